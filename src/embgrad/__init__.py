@@ -1,0 +1,43 @@
+"""embgrad: exact per-sample gradients w.r.t. word embeddings, in one backward.
+
+Public API::
+
+    res = embgrad.gradients(model, inputs, loss_fn)   # Gluon Block or torch Module
+    res.layers                                        # captured lookups, by name
+    res[name].output_grad                             # (B, T, D) dL_i/d emb_i
+    res[name].table_grad()                            # sparse per-sample table rows
+"""
+
+from .core.capture import gradients
+from .core.results import Gradients, LookupGrad
+from .core.sparse import SparseRows
+from .errors import (
+    BatchAxisError,
+    CouplingError,
+    DenseTooLargeError,
+    EmbgradError,
+    InputError,
+    LossError,
+    MissingExtraError,
+    NoLookupError,
+    UnsupportedModelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchAxisError",
+    "CouplingError",
+    "DenseTooLargeError",
+    "EmbgradError",
+    "Gradients",
+    "InputError",
+    "LookupGrad",
+    "LossError",
+    "MissingExtraError",
+    "NoLookupError",
+    "SparseRows",
+    "UnsupportedModelError",
+    "__version__",
+    "gradients",
+]

@@ -1,0 +1,508 @@
+"""``gradients``: capture every lookup, one backward, probe, assemble per-sample results.
+
+Data flow (see docs/design.md):
+
+1. ``backend_for(model)`` picks the framework adapter; ``backend.open`` switches the model into
+   the requested mode and into a state where every lookup is intercepted (restored on exit).
+2. ``session.forward`` runs the model once; each lookup returns ``out + delta`` (``delta`` a zero
+   array the backend can differentiate against) and is recorded as a :class:`Capture`.
+3. One backward of Σ_i L_i w.r.t. the deltas only (no parameter gradients) gives
+   G = Σ_i dL_i/d out, whose slice i along the batch axis is sample i's gradient when samples
+   do not interact — which the probe (``probe.py``) checks with one more backward.
+4. Results are wrapped lazily: sparse per-sample table rows are only built when asked for.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from ..backends import backend_for
+from ..backends.base import Capture, Forward, Mode, Session
+from ..errors import BatchAxisError, CouplingError, InputError, LossError, NoLookupError
+from . import probe as probe_mod
+from .results import Gradients, LookupGrad
+from .sparse import SparseRows, build_rows
+
+Check = Literal["auto", "probe", "exact", "off"]
+LayerSpec = str | type
+BatchAxis = int | None | Mapping[str, int | None]
+
+CHECKS: tuple[str, ...] = get_args(Check)
+MODES: tuple[str, ...] = get_args(Mode)
+
+# model -> {(structure key): resolved batch axes}; remembers probes that passed (check="auto").
+_PROBED: weakref.WeakKeyDictionary[Any, dict[Any, tuple[int | None, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def gradients(
+    model: Any,
+    inputs: Any,
+    loss_fn: Callable[[Any], Any],
+    *,
+    layers: LayerSpec | Sequence[LayerSpec] = "auto",
+    check: Check = "auto",
+    mode: Mode = "eval",
+    batch_axis: BatchAxis = None,
+    seed: int | None = None,
+) -> Gradients:
+    """Exact per-sample gradients w.r.t. every embedding lookup of ``model``, in one backward.
+
+    Args:
+        model: an ``mxnet.gluon.Block`` (hybridized or not, or a ``SymbolBlock``) or a
+            ``torch.nn.Module``. It is not modified: hooks, patches, hybridization, training
+            flags, ``requires_grad``, ``grad_req`` and ``.grad`` are as before on every exit.
+        inputs: one array (``model(inputs)``), a tuple of positional arguments
+            (``model(*inputs)``) or a dict of keyword arguments (``model(**inputs)``).
+            Floating-point arrays among them also get gradients (``res.input_grads``).
+        loss_fn: ``loss_fn(outputs)`` → per-sample losses of shape (B,). Do not reduce over
+            the batch.
+        layers: ``"auto"`` (every input lookup; lookups on output weights such as sampled
+            softmax are left out), or a name / glob / role (``"word"``, ``"position"``,
+            ``"token_type"``) / table name / block or module class, or a sequence of them.
+        check: ``"auto"`` probes for cross-sample coupling with one extra backward, once per
+            (model, mode, loss function, input shapes), and raises CouplingError if samples
+            interact; ``"probe"`` probes on every call; ``"exact"`` runs the exact per-sample
+            loop (B backwards, each forward re-seeded identically) and is correct even when
+            samples interact; ``"off"`` trusts independence.
+        mode: ``"eval"`` (default: dropout off, BatchNorm uses running statistics) or
+            ``"train"`` (dropout on; Gluon's ``autograd.record()`` default). The model's own
+            flags are restored afterwards.
+        batch_axis: the axis of each lookup's ids that indexes samples: found automatically (the
+            axis whose size equals len(losses); the probe resolves ties), or an int for every
+            lookup, or {lookup name: axis or None}.
+        seed: seeds the probe weights and the dropout masks of repeated forwards (Gluon).
+
+    Returns:
+        :class:`Gradients`: ``res.layers``, ``res[name].output_grad`` (B, T, D),
+        ``res[name].table_grad()`` (sparse per-sample rows), ``res.losses``,
+        ``res.input_grads``.
+
+    Raises:
+        InputError, LossError, NoLookupError, BatchAxisError, CouplingError,
+        UnsupportedModelError (all :class:`embgrad.EmbgradError`).
+    """
+    if check not in CHECKS:
+        raise InputError(f"check={check!r} is not one of {', '.join(map(repr, CHECKS))}")
+    if mode not in MODES:
+        raise InputError(f"mode={mode!r} is not one of {', '.join(map(repr, MODES))}")
+    if not callable(loss_fn):
+        raise InputError(f"loss_fn must be callable (outputs -> (B,) losses), got {loss_fn!r}")
+    args, kwargs = _split_inputs(inputs)
+    backend = backend_for(model)
+    rng = np.random.default_rng(seed)
+    fw_seed = int(rng.integers(2**31 - 1))
+    with backend.open(model, mode=mode) as session:
+        session.check_inputs(args, kwargs)
+        run = _Run(session, args, kwargs, loss_fn, fw_seed)
+        fwd = run.forward()
+        losses = _check_losses(session, fwd.losses)
+        batch = int(losses.shape[0])
+        select = _select(fwd.captures, layers)
+        caps = [fwd.captures[i] for i in select]
+        axes = _candidates(caps, batch, batch_axis)
+        if check == "exact" and batch > 1:
+            return _exact(run, fwd, select, caps, axes, batch, mode)
+        key = _probe_key(loss_fn, mode, fwd, batch)
+        remembered = _remembered(model, key) if check == "auto" else None
+        do_probe = batch > 1 and check in ("auto", "probe") and remembered is None
+        if remembered is not None:
+            axes = [[a] if a is not None else [] for a in remembered]
+        ambiguous = [c.name for c, a in zip(caps, axes, strict=True) if len(a) > 1]
+        if ambiguous and not do_probe:
+            raise BatchAxisError(
+                f"the batch axis of lookup(s) {', '.join(ambiguous)} is ambiguous (several axes "
+                f"of size {batch}); pass batch_axis=... or use check='auto'/'probe' to resolve it"
+            )
+        retain = do_probe and session.retained_backward_is_exact
+        grads, in_grads = session.backward(
+            fwd, np.ones(batch), select, inputs=bool(fwd.float_inputs), retain=retain
+        )
+        residual: float | None = None
+        if do_probe:
+            resolved, residual = _probe(run, fwd, select, caps, axes, grads, rng, batch)
+            _remember(model, key, resolved)
+        else:
+            resolved = [a[0] if a else None for a in axes]
+        lookups = [
+            _lookup(session, c, g, ax, batch) for c, g, ax in zip(caps, grads, resolved, strict=True)
+        ]
+        how = "single" if batch == 1 else ("probe-cached" if remembered is not None else check)
+        return Gradients(
+            losses=fwd.losses,
+            lookups=lookups,
+            input_grads=in_grads,
+            check=how,
+            probe_residual=residual,
+            mode=mode,
+            framework=session.framework,
+        )
+
+
+class _Run:
+    """Re-runnable forward with a fixed seed (for exact probes and the per-sample loop)."""
+
+    def __init__(
+        self,
+        session: Session,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        loss_fn: Callable[[Any], Any],
+        seed: int,
+    ) -> None:
+        self.session, self.args, self.kwargs, self.loss_fn, self.seed = (
+            session,
+            args,
+            kwargs,
+            loss_fn,
+            seed,
+        )
+
+    def forward(self) -> Forward:
+        return self.session.forward(self.args, self.kwargs, self.loss_fn, seed=self.seed)
+
+    def again(self, fwd: Forward) -> Forward:
+        """The forward to use for one more backward: the same graph where that is exact."""
+        return fwd if self.session.retained_backward_is_exact else self.forward()
+
+
+def _split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(inputs, Mapping):
+        bad = [k for k in inputs if not isinstance(k, str)]
+        if bad:
+            raise InputError(f"keyword inputs must have str keys, got {bad!r}")
+        return (), dict(inputs)
+    if isinstance(inputs, tuple):
+        return inputs, {}
+    return (inputs,), {}
+
+
+def _check_losses(session: Session, losses: Any) -> np.ndarray:
+    arr = session.ops.to_numpy(session.ops.work(losses))
+    if arr.ndim == 0:
+        raise LossError(
+            "loss_fn returned a scalar; it must return per-sample losses of shape (B,). Do not "
+            "reduce over the batch (torch: reduction='none'; Gluon losses already return (B,))."
+        )
+    if arr.ndim != 1:
+        raise LossError(
+            f"loss_fn returned shape {tuple(arr.shape)}; it must return per-sample losses of "
+            "shape (B,) — one number per sample (squeeze or sum the other axes inside loss_fn)."
+        )
+    if arr.shape[0] == 0:
+        raise InputError("the batch is empty: loss_fn returned 0 losses; pass at least 1 sample")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise LossError(
+            f"loss_fn returned non-finite losses (NaN or inf) for sample(s) "
+            f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''}; gradients would be "
+            "meaningless. Check the inputs of those samples or the loss."
+        )
+    return arr
+
+
+def _matches(c: Capture, spec: LayerSpec) -> bool:
+    if isinstance(spec, type):
+        return isinstance(c.owner, spec)
+    if isinstance(spec, str):
+        return spec in (c.role, c.table) or fnmatchcase(c.name, spec)
+    raise InputError(
+        f"layers= takes names, globs, roles or classes, got {type(spec).__name__}: {spec!r}"
+    )
+
+
+def _select(captures: list[Capture], layers: LayerSpec | Sequence[LayerSpec]) -> list[int]:
+    if not captures:
+        raise NoLookupError(
+            "the forward performed no embedding lookup, so there is nothing to differentiate "
+            "against. embgrad needs a model whose inputs pass through an embedding lookup "
+            "(Gluon nn.Embedding / F.Embedding, torch nn.Embedding / F.embedding / EmbeddingBag)."
+        )
+    if isinstance(layers, str) and layers == "auto":
+        sel = [i for i, c in enumerate(captures) if c.role != "output"]
+    else:
+        specs = [layers] if isinstance(layers, (str, type)) else list(layers)
+        sel = [i for i, c in enumerate(captures) if any(_matches(c, s) for s in specs)]
+    if not sel:
+        found = ", ".join(f"{c.name} ({c.role}, {c.module})" for c in captures)
+        raise NoLookupError(f"layers={layers!r} selects none of the captured lookups: {found}")
+    return sel
+
+
+def _candidates(caps: list[Capture], batch: int, batch_axis: BatchAxis) -> list[list[int]]:
+    out = []
+    for c in caps:
+        shape = c.out_shape[:-1]
+        given: Any = batch_axis
+        if isinstance(batch_axis, Mapping):
+            given = batch_axis.get(c.name, "auto")
+        elif batch_axis is None:
+            given = "auto"
+        if given == "auto":
+            out.append(probe_mod.candidate_axes(shape, batch))
+            continue
+        if given is None:
+            out.append([])
+            continue
+        if not isinstance(given, int) or not -len(shape) <= given < len(shape):
+            raise InputError(
+                f"batch_axis={given!r} for lookup {c.name!r} whose ids have shape {shape}"
+            )
+        given %= len(shape)
+        if shape[given] != batch:
+            raise InputError(
+                f"batch_axis={given} for lookup {c.name!r}: its ids have shape {shape}, whose "
+                f"axis {given} has size {shape[given]}, not the batch size {batch}"
+            )
+        out.append([given])
+    return out
+
+
+def _probe_key(loss_fn: Any, mode: str, fwd: Forward, batch: int) -> Any:
+    code = getattr(loss_fn, "__code__", None) or type(loss_fn)
+    return (code, mode, batch, tuple((c.name, c.out_shape) for c in fwd.captures))
+
+
+def _remembered(model: Any, key: Any) -> tuple[int | None, ...] | None:
+    try:
+        return _PROBED.get(model, {}).get(key)
+    except TypeError:
+        return None
+
+
+def _remember(model: Any, key: Any, axes: list[int | None]) -> None:
+    try:
+        _PROBED.setdefault(model, {})[key] = tuple(axes)
+    except TypeError:  # pragma: no cover - model not weak-referenceable
+        pass
+
+
+def _probe(
+    run: _Run,
+    fwd: Forward,
+    select: list[int],
+    caps: list[Capture],
+    axes: list[list[int]],
+    grads: list[Any],
+    rng: np.random.Generator,
+    batch: int,
+) -> tuple[list[int | None], float]:
+    session = run.session
+    v = probe_mod.probe_weights(batch, rng)
+    gv, _ = session.backward(run.again(fwd), v, select, inputs=False, retain=False)
+    resolved: list[int | None] = []
+    worst = 0.0
+    for c, cand, g, g_v in zip(caps, axes, grads, gv, strict=True):
+        if not cand:
+            resolved.append(None)
+            continue
+        g_np = session.ops.to_numpy(session.ops.work(g))
+        gv_np = session.ops.to_numpy(session.ops.work(g_v))
+        tol = probe_mod.tolerance(g_np.dtype.itemsize)
+        scores = {a: probe_mod.residual(g_np, gv_np, v, a) for a in cand}
+        best = min(scores, key=lambda a: scores[a])
+        if scores[best] > tol:
+            raise CouplingError(
+                f"samples interact in lookup {c.name!r}: one backward of the summed losses does "
+                f"not give per-sample gradients (probe residual {scores[best]:.3g}; independent "
+                f"samples give < {tol:g}). Usual causes: BatchNorm or other batch statistics in "
+                "training mode (use mode='eval'), or a loss_fn that mixes samples. Use "
+                "check='exact' for the exact per-sample loop (B backwards)"
+                + (
+                    ", or batch_axis={%r: None} if these ids have no batch axis" % c.name
+                    if len(c.out_shape) == 2
+                    else ""
+                )
+                + "."
+            )
+        worst = max(worst, scores[best])
+        resolved.append(best)
+    return resolved, worst
+
+
+def _rows_fast(
+    session: Session, c: Capture, grad: Any, axis: int | None, batch: int
+) -> SparseRows:
+    ops = session.ops
+    if c.rows is not None:
+        out_index, ids, vals = c.rows(grad)
+        sample = out_index if axis is not None else ops.full_int(int(ids.shape[0]), 0, ids)
+    else:
+        ids = ops.as_int64(ops.work(c.ids))
+        shape = tuple(ids.shape)
+        if axis is None:
+            sample = ops.full_int(int(np.prod(shape)), 0, ids)
+        else:
+            sample = ops.reshape(ops.batch_index(shape, axis, ids), (-1,))
+        ids = ops.reshape(ids, (-1,))
+        vals = ops.reshape(ops.work(grad), (-1, c.dim))
+    return build_rows(
+        ops,
+        [(sample, ids, vals)],
+        (batch if axis is not None else 1, c.vocab_size, c.dim),
+        padding_idx=c.padding_idx,
+        per_sample=axis is not None,
+        framework=session.framework,
+    )
+
+
+def _note(c: Capture, axis: int | None) -> str:
+    notes = [c.note] if c.note else []
+    if axis is None:
+        notes.append("ids have no batch axis: output_grad and table gradient are batch sums")
+    return "; ".join(notes)
+
+
+def _lookup(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> LookupGrad:
+    return LookupGrad(
+        name=c.name,
+        role=c.role,
+        module=c.module,
+        table=c.table,
+        output_grad=grad,
+        ids=c.ids,
+        batch_axis=axis,
+        vocab_size=c.vocab_size,
+        dim=c.dim,
+        padding_idx=c.padding_idx,
+        tied=c.tied,
+        note=_note(c, axis),
+        rows=lambda: _rows_fast(session, c, grad, axis, batch),
+    )
+
+
+def _exact(
+    run: _Run,
+    fwd: Forward,
+    select: list[int],
+    caps: list[Capture],
+    axes: list[list[int]],
+    batch: int,
+    mode: str,
+) -> Gradients:
+    """The exact per-sample loop: backward of L_i alone for each i (re-seeded forwards)."""
+    session, ops = run.session, run.session.ops
+    per_i: list[list[Any]] = []
+    inputs_i: list[dict[str | int, Any]] = []
+    current = fwd
+    for i in range(batch):
+        e = np.zeros(batch)
+        e[i] = 1.0
+        last = i == batch - 1
+        grads, in_grads = session.backward(
+            current,
+            e,
+            select,
+            inputs=bool(fwd.float_inputs),
+            retain=session.retained_backward_is_exact and not last,
+        )
+        per_i.append(grads)
+        inputs_i.append(in_grads)
+        if not last:
+            current = run.again(current)
+    resolved = [_diagonal_axis(ops, cand, [g[k] for g in per_i]) for k, cand in enumerate(axes)]
+    lookups = []
+    for k, (c, axis) in enumerate(zip(caps, resolved, strict=True)):
+        gs = [g[k] for g in per_i]
+        if axis is None:
+            total = gs[0]
+            for g in gs[1:]:
+                total = total + g
+            output_grad = total
+        else:
+            output_grad = ops.stack([ops.take(ops.work(g), i, axis) for i, g in enumerate(gs)], axis)
+            output_grad = _native_like(session, output_grad, gs[0])
+        lookups.append(
+            LookupGrad(
+                name=c.name,
+                role=c.role,
+                module=c.module,
+                table=c.table,
+                output_grad=output_grad,
+                ids=c.ids,
+                batch_axis=axis,
+                vocab_size=c.vocab_size,
+                dim=c.dim,
+                padding_idx=c.padding_idx,
+                tied=c.tied,
+                note=_note(c, axis),
+                rows=_exact_rows(session, c, gs, axis, batch),
+            )
+        )
+    input_grads = {
+        key: _stack_inputs(session, [d[key] for d in inputs_i], batch) for key in inputs_i[0]
+    }
+    return Gradients(
+        losses=fwd.losses,
+        lookups=lookups,
+        input_grads=input_grads,
+        check="exact",
+        probe_residual=None,
+        mode=mode,
+        framework=session.framework,
+    )
+
+
+def _native_like(session: Session, x: Any, like: Any) -> Any:
+    """Working array → the framework's native type (identity unless the backend converts)."""
+    return session.to_native(x, like)
+
+
+def _diagonal_axis(ops: Any, cand: list[int], gs: list[Any]) -> int | None:
+    """Among candidate axes, the one where sample i's gradient lives in slice i."""
+    if len(cand) <= 1:
+        return cand[0] if cand else None
+    arrays = [ops.to_numpy(ops.work(g)).astype(np.float64) for g in gs]
+
+    def mass(a: int) -> float:
+        return sum(float(np.sum(np.take(g, i, axis=a) ** 2)) for i, g in enumerate(arrays))
+
+    return max(cand, key=mass)
+
+
+def _exact_rows(
+    session: Session, c: Capture, gs: list[Any], axis: int | None, batch: int
+) -> Callable[[], SparseRows]:
+    def build() -> SparseRows:
+        ops = session.ops
+        chunks = []
+        for i, g in enumerate(gs):
+            if c.rows is not None:
+                _, ids, vals = c.rows(g)
+            else:
+                ids = ops.reshape(ops.as_int64(ops.work(c.ids)), (-1,))
+                vals = ops.reshape(ops.work(g), (-1, c.dim))
+            keep = ops.nonzero_rows(vals)
+            ids, vals = ops.mask(ids, keep), ops.mask(vals, keep)
+            chunks.append((ops.full_int(int(ids.shape[0]), i if axis is not None else 0, ids), ids, vals))
+        return build_rows(
+            ops,
+            chunks,
+            (batch if axis is not None else 1, c.vocab_size, c.dim),
+            padding_idx=c.padding_idx,
+            per_sample=axis is not None,
+            framework=session.framework,
+        )
+
+    return build
+
+
+def _stack_inputs(session: Session, gs: list[Any], batch: int) -> Any:
+    """Per-sample input gradients from the loop: slice i of gradient i along the batch axis."""
+    ops = session.ops
+    first = ops.work(gs[0])
+    cand = probe_mod.candidate_axes(tuple(first.shape), batch)
+    axis = _diagonal_axis(ops, cand, gs)
+    if axis is None:
+        total = gs[0]
+        for g in gs[1:]:
+            total = total + g
+        return total
+    stacked = ops.stack([ops.take(ops.work(g), i, axis) for i, g in enumerate(gs)], axis)
+    return _native_like(session, stacked, gs[0])

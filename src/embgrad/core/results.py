@@ -1,0 +1,175 @@
+"""Result types: :class:`Gradients` (one call) and :class:`LookupGrad` (one lookup call site)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .sparse import SparseRows, combine
+
+
+class LookupGrad:
+    """Per-sample gradients of one embedding lookup call site.
+
+    Attributes:
+        name: unique call-site name (module path; ``#2`` for a second call of the same block).
+        role: ``"word"``, ``"position"``, ``"token_type"``, ``"input"`` (other input lookups) or
+            ``"output"`` (lookups on output weights, e.g. sampled softmax; not selected by
+            default).
+        module: type name of the block/module (or ``"F.embedding"``) that did the lookup.
+        table: name of the embedding table (parameter) that was looked up.
+        output_grad: dL_i/d out_i, framework-native, same layout as the lookup output, e.g.
+            (B, T, D); for a lookup without batch axis (``batch_axis is None``) the batch sum.
+        ids: the ids the lookup received (framework-native, as given: Gluon feeds float32).
+        batch_axis: axis of ``ids`` (and of ``output_grad``) that indexes samples, or None when
+            the ids have no batch axis (position ids of shape (T,)): then results are batch sums.
+        vocab_size, dim: the table's shape (V, D).
+        padding_idx: the row that receives no gradient (PyTorch), else None.
+        tied: the table is also used outside lookups (e.g. a tied decoder); the table gradient
+            here covers the lookup path only — it differs from ``weight.grad`` by design.
+        note: a human-readable remark (tied weights, batch-summed, ...), "" when none.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        role: str,
+        module: str,
+        table: str,
+        output_grad: Any,
+        ids: Any,
+        batch_axis: int | None,
+        vocab_size: int,
+        dim: int,
+        padding_idx: int | None,
+        tied: bool,
+        note: str,
+        rows: Callable[[], SparseRows],
+    ) -> None:
+        self.name = name
+        self.role = role
+        self.module = module
+        self.table = table
+        self.output_grad = output_grad
+        self.ids = ids
+        self.batch_axis = batch_axis
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.padding_idx = padding_idx
+        self.tied = tied
+        self.note = note
+        self._build_rows = rows
+        self._rows: SparseRows | None = None
+
+    @property
+    def per_sample(self) -> bool:
+        """True when ``output_grad`` and the table gradient are per sample (not batch sums)."""
+        return self.batch_axis is not None
+
+    def table_grad(self, dense: bool = False, max_bytes: int | None = None) -> Any:
+        """Per-sample gradient of the table through this lookup.
+
+        Returns :class:`SparseRows` (B, V, D) — ``.to_native()`` gives a torch sparse COO
+        tensor or an MXNet row_sparse (B·V, D) array — or, with ``dense=True``, a dense (B, V, D)
+        array refused with DenseTooLargeError above ``max_bytes`` (default 1 GiB).
+        """
+        if self._rows is None:
+            self._rows = self._build_rows()
+        return self._rows.to_dense(max_bytes) if dense else self._rows
+
+    def table_grad_norms(self) -> Any:
+        """(B,) L2 norms of the per-sample table gradients, without any dense (B, V, D)."""
+        return self.table_grad().norms()
+
+    def __repr__(self) -> str:
+        shape = tuple(getattr(self.output_grad, "shape", ()))
+        return (
+            f"LookupGrad({self.name!r}, role={self.role!r}, table={self.table!r}, "
+            f"output_grad{shape}, batch_axis={self.batch_axis})"
+        )
+
+
+class Gradients:
+    """Everything one :func:`embgrad.gradients` call computed.
+
+    Attributes:
+        losses: the per-sample losses (B,), framework-native, detached.
+        layers: names of the captured lookups, in call order.
+        input_grads: gradients w.r.t. the floating-point inputs, keyed by position (int) or
+            keyword (str); per sample under the same independence the probe checks.
+        check: how exactness was established: ``"probe"``, ``"probe-cached"``, ``"exact"``,
+            ``"off"`` or ``"single"`` (B = 1: nothing to check).
+        probe_residual: the probe's largest relative residual (0 = independent), or None.
+        mode: ``"eval"`` or ``"train"``.
+        framework: ``"mxnet"`` or ``"torch"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        losses: Any,
+        lookups: list[LookupGrad],
+        input_grads: dict[str | int, Any],
+        check: str,
+        probe_residual: float | None,
+        mode: str,
+        framework: str,
+    ) -> None:
+        self.losses = losses
+        self._lookups = {lk.name: lk for lk in lookups}
+        self.input_grads = input_grads
+        self.check = check
+        self.probe_residual = probe_residual
+        self.mode = mode
+        self.framework = framework
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._lookups)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.losses.shape[0])
+
+    def __getitem__(self, name: str) -> LookupGrad:
+        try:
+            return self._lookups[name]
+        except KeyError:
+            raise KeyError(
+                f"no captured lookup named {name!r}; captured: {', '.join(self._lookups)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._lookups
+
+    def __iter__(self) -> Iterator[LookupGrad]:
+        return iter(self._lookups.values())
+
+    def __len__(self) -> int:
+        return len(self._lookups)
+
+    def by_role(self, role: str) -> list[LookupGrad]:
+        """The lookups with the given role (e.g. ``"word"``), in call order."""
+        return [lk for lk in self if lk.role == role]
+
+    @property
+    def tables(self) -> dict[str, list[str]]:
+        """Table name → the call sites that looked it up."""
+        out: dict[str, list[str]] = {}
+        for lk in self:
+            out.setdefault(lk.table, []).append(lk.name)
+        return out
+
+    def table_grad(self, table: str, dense: bool = False, max_bytes: int | None = None) -> Any:
+        """Per-sample gradient of ``table`` summed over every call site that looked it up."""
+        if table not in self.tables:
+            raise KeyError(f"no captured table named {table!r}; tables: {', '.join(self.tables)}")
+        rows = combine([self[n].table_grad() for n in self.tables[table]])
+        return rows.to_dense(max_bytes) if dense else rows
+
+    def __repr__(self) -> str:
+        return (
+            f"Gradients(framework={self.framework!r}, batch={self.batch_size}, "
+            f"layers={self.layers}, check={self.check!r})"
+        )
