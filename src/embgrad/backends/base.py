@@ -64,6 +64,15 @@ class Capture:
     tied: bool = False
     note: str = ""
     rows: Callable[[Any], tuple[Any, Any, Any]] | None = None
+    #: the lookup's output as the model used it (after ``replace``), detached, native
+    output: Any = None
+    #: the table's values (V, D), detached, native — for HotFlip and baselines
+    weight: Any = None
+
+
+#: ``replace(name, role, output) -> new output or None`` lets callers substitute a lookup's output
+#: (integrated gradients, SmoothGrad); gradients are then taken at the substituted value.
+Replace = Callable[[str, str, Any], Any]
 
 
 @dataclass(eq=False)
@@ -84,6 +93,9 @@ class Session(abc.ABC):
     #: False where a second backward over a retained graph is not exact (MXNet re-draws dropout
     #: masks): the core then re-runs the forward with the same seed instead.
     retained_backward_is_exact: bool = True
+    #: set by the core before ``forward``: every lookup output ``out`` is replaced by
+    #: ``replace(name, role, out)`` when that returns non-None (same shape and dtype required).
+    replace: Replace | None = None
 
     @abc.abstractmethod
     def forward(
@@ -100,15 +112,17 @@ class Session(abc.ABC):
         self,
         fwd: Forward,
         cotangent: Any,
-        captures: list[Capture],
+        select: list[int],
         *,
         inputs: bool,
         retain: bool,
     ) -> tuple[list[Any], dict[str | int, Any]]:
-        """Gradients of ``sum(cotangent * losses)`` w.r.t. each capture's output, and w.r.t. the
-        float inputs when ``inputs``; ``cotangent`` is a numpy float64 array of shape (B,)."""
+        """Gradients of ``sum(cotangent * losses)`` w.r.t. the outputs of ``fwd.captures[k]`` for
+        each index k in ``select`` (indices, because the core may re-run the forward and then
+        address the new Forward's captures), and w.r.t. the float inputs when ``inputs``.
+        ``cotangent`` is a numpy float64 array of shape (B,). Returns native arrays."""
 
-    def check_inputs(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    def check_inputs(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:  # noqa: B027
         """Cheap checks before any forward (devices, empty arrays); raise InputError."""
 
     def to_native(self, x: Any, like: Any) -> Any:

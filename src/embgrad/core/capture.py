@@ -14,6 +14,7 @@ Data flow (see docs/design.md):
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -22,7 +23,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..backends import backend_for
-from ..backends.base import Capture, Forward, Mode, Session
+from ..backends.base import Capture, Forward, Mode, Replace, Session
 from ..errors import BatchAxisError, CouplingError, InputError, LossError, NoLookupError
 from . import probe as probe_mod
 from .results import Gradients, LookupGrad
@@ -51,6 +52,7 @@ def gradients(
     mode: Mode = "eval",
     batch_axis: BatchAxis = None,
     seed: int | None = None,
+    replace: Replace | None = None,
 ) -> Gradients:
     """Exact per-sample gradients w.r.t. every embedding lookup of ``model``, in one backward.
 
@@ -78,6 +80,9 @@ def gradients(
             axis whose size equals len(losses); the probe resolves ties), or an int for every
             lookup, or {lookup name: axis or None}.
         seed: seeds the probe weights and the dropout masks of repeated forwards (Gluon).
+        replace: ``replace(name, role, output)`` may return a substitute for a lookup's output
+            (same shape and dtype), e.g. an interpolation for integrated gradients; gradients
+            are then taken at the substitute. Return None to keep the output.
 
     Returns:
         :class:`Gradients`: ``res.layers``, ``res[name].output_grad`` (B, T, D),
@@ -99,6 +104,7 @@ def gradients(
     rng = np.random.default_rng(seed)
     fw_seed = int(rng.integers(2**31 - 1))
     with backend.open(model, mode=mode) as session:
+        session.replace = replace
         session.check_inputs(args, kwargs)
         run = _Run(session, args, kwargs, loss_fn, fw_seed)
         fwd = run.forward()
@@ -131,7 +137,8 @@ def gradients(
         else:
             resolved = [a[0] if a else None for a in axes]
         lookups = [
-            _lookup(session, c, g, ax, batch) for c, g, ax in zip(caps, grads, resolved, strict=True)
+            _lookup(session, c, g, ax, batch)
+            for c, g, ax in zip(caps, grads, resolved, strict=True)
         ]
         how = "single" if batch == 1 else ("probe-cached" if remembered is not None else check)
         return Gradients(
@@ -277,10 +284,8 @@ def _remembered(model: Any, key: Any) -> tuple[int | None, ...] | None:
 
 
 def _remember(model: Any, key: Any, axes: list[int | None]) -> None:
-    try:
+    with contextlib.suppress(TypeError):  # a model that is not weak-referenceable
         _PROBED.setdefault(model, {})[key] = tuple(axes)
-    except TypeError:  # pragma: no cover - model not weak-referenceable
-        pass
 
 
 def _probe(
@@ -315,7 +320,7 @@ def _probe(
                 "training mode (use mode='eval'), or a loss_fn that mixes samples. Use "
                 "check='exact' for the exact per-sample loop (B backwards)"
                 + (
-                    ", or batch_axis={%r: None} if these ids have no batch axis" % c.name
+                    f", or batch_axis={{{c.name!r}: None}} if these ids have no batch axis"
                     if len(c.out_shape) == 2
                     else ""
                 )
@@ -326,9 +331,7 @@ def _probe(
     return resolved, worst
 
 
-def _rows_fast(
-    session: Session, c: Capture, grad: Any, axis: int | None, batch: int
-) -> SparseRows:
+def _rows_fast(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> SparseRows:
     ops = session.ops
     if c.rows is not None:
         out_index, ids, vals = c.rows(grad)
@@ -374,6 +377,8 @@ def _lookup(session: Session, c: Capture, grad: Any, axis: int | None, batch: in
         tied=c.tied,
         note=_note(c, axis),
         rows=lambda: _rows_fast(session, c, grad, axis, batch),
+        output=c.output,
+        weight=c.weight,
     )
 
 
@@ -416,7 +421,9 @@ def _exact(
                 total = total + g
             output_grad = total
         else:
-            output_grad = ops.stack([ops.take(ops.work(g), i, axis) for i, g in enumerate(gs)], axis)
+            output_grad = ops.stack(
+                [ops.take(ops.work(g), i, axis) for i, g in enumerate(gs)], axis
+            )
             output_grad = _native_like(session, output_grad, gs[0])
         lookups.append(
             LookupGrad(
@@ -433,6 +440,8 @@ def _exact(
                 tied=c.tied,
                 note=_note(c, axis),
                 rows=_exact_rows(session, c, gs, axis, batch),
+                output=c.output,
+                weight=c.weight,
             )
         )
     input_grads = {
@@ -480,7 +489,9 @@ def _exact_rows(
                 vals = ops.reshape(ops.work(g), (-1, c.dim))
             keep = ops.nonzero_rows(vals)
             ids, vals = ops.mask(ids, keep), ops.mask(vals, keep)
-            chunks.append((ops.full_int(int(ids.shape[0]), i if axis is not None else 0, ids), ids, vals))
+            chunks.append(
+                (ops.full_int(int(ids.shape[0]), i if axis is not None else 0, ids), ids, vals)
+            )
         return build_rows(
             ops,
             chunks,

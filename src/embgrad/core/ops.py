@@ -86,7 +86,9 @@ class Ops:
         """Boolean (N,): rows of ``values`` (N, D) with any non-zero entry."""
         raise NotImplementedError
 
-    def dense_scatter(self, shape: tuple[int, ...], sample: Array, row: Array, values: Array) -> Array:
+    def dense_scatter(
+        self, shape: tuple[int, ...], sample: Array, row: Array, values: Array
+    ) -> Array:
         raise NotImplementedError
 
     def itemsize(self, x: Array) -> int:
@@ -163,7 +165,9 @@ class NumpyOps(Ops):
     def nonzero_rows(self, values: Array) -> Array:
         return np.any(values != 0, axis=1)
 
-    def dense_scatter(self, shape: tuple[int, ...], sample: Array, row: Array, values: Array) -> Array:
+    def dense_scatter(
+        self, shape: tuple[int, ...], sample: Array, row: Array, values: Array
+    ) -> Array:
         out = np.zeros(shape, dtype=values.dtype)
         out[sample, row] = values
         return out

@@ -28,6 +28,9 @@ class LookupGrad:
         tied: the table is also used outside lookups (e.g. a tied decoder); the table gradient
             here covers the lookup path only — it differs from ``weight.grad`` by design.
         note: a human-readable remark (tied weights, batch-summed, ...), "" when none.
+        output: the lookup's output as the model used it (detached, native), e.g. the
+            embeddings x for gradient×input; None if the backend did not keep it.
+        weight: the table's values (V, D), detached, native (HotFlip); None if unavailable.
     """
 
     def __init__(
@@ -46,6 +49,8 @@ class LookupGrad:
         tied: bool,
         note: str,
         rows: Callable[[], SparseRows],
+        output: Any = None,
+        weight: Any = None,
     ) -> None:
         self.name = name
         self.role = role
@@ -59,6 +64,8 @@ class LookupGrad:
         self.padding_idx = padding_idx
         self.tied = tied
         self.note = note
+        self.output = output
+        self.weight = weight
         self._build_rows = rows
         self._rows: SparseRows | None = None
 

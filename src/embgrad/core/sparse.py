@@ -218,7 +218,9 @@ def combine(parts: Sequence[SparseRows]) -> SparseRows:
         return first
     for p in parts[1:]:
         if p.shape != first.shape:
-            raise ValueError(f"cannot combine table gradients of shapes {first.shape} and {p.shape}")
+            raise ValueError(
+                f"cannot combine table gradients of shapes {first.shape} and {p.shape}"
+            )
     return build_rows(
         first._ops,
         [(p.sample, p.row, p.values) for p in parts],
