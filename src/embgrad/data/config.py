@@ -1,0 +1,202 @@
+"""What a run is asked to do (:class:`RunConfig`), what it did (:class:`RunSummary`), and
+the small protocol the engines need from an explainer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ..errors import InputError
+
+Engine = Literal["local", "ray"]
+ENGINES: tuple[str, ...] = ("local", "ray")
+
+
+class AttributionLike(Protocol):
+    """The fields of ``embgrad.explain.TokenAttribution`` that a run writes."""
+
+    text: str
+    tokens: list[str]
+    scores: list[float]
+    loss: float
+    table_grad_norm: float
+    delta: float | None
+    hotflip: list[dict[str, Any]]
+    truncated: bool
+    method: str
+    target: str | None
+
+
+class ExplainerLike(Protocol):
+    """What the engines call: ``embgrad.explain.Explainer`` satisfies it."""
+
+    max_length: int
+
+    def explain(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        targets: list[str | int] | None = None,
+        *,
+        method: str = "gradient",
+        hotflip_k: int = 3,
+        **options: Any,
+    ) -> Sequence[AttributionLike]: ...
+
+
+#: ``factory(model_spec, framework)`` → an explainer; the default is ``Explainer.from_spec``.
+ExplainerFactory = Callable[[str | None, str], ExplainerLike]
+
+
+def default_factory(spec: str | None, framework: str) -> ExplainerLike:
+    """Load ``embgrad.explain.Explainer.from_spec(spec, framework=framework)``."""
+    from ..explain import Explainer
+
+    return Explainer.from_spec(spec, framework=framework)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ``embgrad run``: read ``data``, explain every row, write Parquet shards to ``out``.
+
+    Attributes:
+        data: a ``.jsonl`` (``.ndjson``, ``.json`` with one object a line), ``.csv`` or
+            ``.parquet`` file.
+        text_column / pair_column / label_column / id_column: column names. With a pair
+            column each row explains the pair's similarity (both sides are written); a label
+            column gives each row's ``target``; an id column gives the ``id`` written (as a
+            string), else ``id`` is the row's 0-based index in the file (blank lines skipped).
+        out: the output folder (created; a folder holding a different run is refused).
+        model / framework: passed to ``Explainer.from_spec`` (None: the bundled MiniLM).
+        method / hotflip_k / options: passed to ``Explainer.explain``.
+        batch_size: rows per ``explain`` call.
+        rows_per_shard: input rows per output shard: the unit of resumption.
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data, an actor pool).
+        ray_address: a Ray cluster to join (``engine="ray"`` only); None starts a local one.
+        workers: Ray actors, each holding one model (``engine="ray"`` only).
+    """
+
+    data: Path | str
+    text_column: str
+    out: Path | str
+    pair_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
+    model: str | None = None
+    framework: str = "torch"
+    method: str = "gradient"
+    hotflip_k: int = 3
+    options: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 16
+    rows_per_shard: int = 1000
+    engine: Engine = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "options", dict(self.options))
+        if self.engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        for name in ("batch_size", "rows_per_shard"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer; got {value!r}")
+        if not isinstance(self.hotflip_k, int) or self.hotflip_k < 0:
+            raise InputError(f"hotflip_k must be an integer >= 0; got {self.hotflip_k!r}")
+        if self.engine != "ray" and (self.workers is not None or self.ray_address is not None):
+            raise InputError(
+                "--workers and --ray-address (workers=, ray_address=) apply to --engine ray only"
+            )
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise InputError(f"workers must be a positive integer; got {self.workers!r}")
+        try:
+            json.dumps(self.options)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"options must be JSON-serialisable: {exc}") from exc
+
+    def explain_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Explainer.explain`` (besides texts, pairs, targets)."""
+        return {"method": self.method, "hotflip_k": self.hotflip_k, **self.options}
+
+    def described(self) -> dict[str, Any]:
+        """JSON-ready description (for the manifest and the Parquet metadata)."""
+        d = asdict(self)
+        d["data"], d["out"] = str(self.data), str(self.out)
+        return d
+
+
+@dataclass
+class RunSummary:
+    """What one invocation did. ``explained + errors + skipped == total_rows`` when complete.
+
+    ``errors`` and ``truncated`` count this invocation's rows; ``errors_total`` counts the
+    lines of ``errors.jsonl`` (earlier invocations included).
+    """
+
+    out: Path
+    total_rows: int
+    explained: int = 0
+    errors: int = 0
+    skipped: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    work_seconds: float = 0.0
+    errors_total: int = 0
+
+    @property
+    def rows_per_s(self) -> float:
+        """Rows handled per second of work (after the checks and the model load)."""
+        done = self.explained + self.errors
+        return done / self.work_seconds if self.work_seconds > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.explained + self.errors + self.skipped >= self.total_rows
+
+    def format(self) -> str:
+        """A few lines for the terminal."""
+        lines = [
+            f"embgrad run: {self.total_rows} rows in {self.out}",
+            f"  explained now      {self.explained}"
+            + (f" ({self.truncated} truncated to the model's limit)" if self.truncated else ""),
+            f"  already done       {self.skipped} (skipped)",
+            f"  errors now         {self.errors}"
+            + (
+                f" ({self.errors_total} in total, see {self.out / 'errors.jsonl'})"
+                if self.errors_total
+                else ""
+            ),
+            f"  time               {self.seconds:.1f} s "
+            f"({self.seconds - self.work_seconds:.1f} s checks and model load), "
+            f"{self.rows_per_s:.1f} rows/s",
+        ]
+        return "\n".join(lines)
+
+
+def run(
+    config: RunConfig,
+    *,
+    explainer_factory: ExplainerFactory | None = None,
+    progress: bool | None = None,
+    command: str | None = None,
+) -> RunSummary:
+    """Run ``config`` with its engine; see :class:`RunConfig`.
+
+    ``explainer_factory(model, framework)`` replaces ``Explainer.from_spec`` (it must be
+    picklable for the Ray engine). ``progress``: show a bar (None: when stderr is a TTY).
+    ``command``: the command line, recorded in the manifest. Raises ``InputError`` before any
+    work for a missing column, an unloadable model or an ``out`` holding a different run.
+    """
+    factory = explainer_factory or default_factory
+    if config.engine == "ray":
+        from .ray_engine import run_ray
+
+        return run_ray(config, factory, progress=progress, command=command)
+    from .local import run_local
+
+    return run_local(config, factory, progress=progress, command=command)

@@ -1,0 +1,80 @@
+"""The local engine: read rows in file order, explain them in batches, write one Parquet shard
+per ``rows_per_shard`` input rows, skipping the shards a previous run finished."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from .badrows import InputRow, RowError
+from .batch import explain_rows, split_rows
+from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
+from .prepare import Prepared, begin, prepare
+from .progress import Progress
+from .writer import output_schema, to_table
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _shards(prep: Prepared, skip: set[int]) -> Iterator[tuple[int, list[InputRow | RowError]]]:
+    size = prep.config.rows_per_shard
+    for shard, rows in itertools.groupby(prep.source.rows(), key=lambda r: r.row // size):
+        if shard not in skip:
+            yield shard, list(rows)
+
+
+def process(
+    prep: Prepared,
+    explainer: ExplainerLike,
+    done: set[int],
+    summary: RunSummary,
+    bar: Progress,
+) -> None:
+    """Explain and commit every shard not in ``done``, updating ``summary``."""
+    config = prep.config
+    schema = output_schema(config)
+    for shard, rows in _shards(prep, done):
+        good, errors = split_rows(rows)
+        bar.update(len(errors))
+        records = []
+        for batch in chunks(good, config.batch_size):
+            got, failed = explain_rows(explainer, batch, config)
+            records += got
+            errors += failed
+            bar.update(len(batch))
+        errors.sort(key=lambda e: e.row)
+        prep.out.commit_shard(shard, to_table(records, schema), errors)
+        summary.explained += len(records)
+        summary.errors += len(errors)
+        summary.truncated += sum(1 for r in records if r["truncated"] or r["pair_truncated"])
+
+
+def run_local(
+    config: RunConfig,
+    factory: ExplainerFactory,
+    *,
+    progress: bool | None = None,
+    command: str | None = None,
+) -> RunSummary:
+    """Run ``config`` in this process; see ``embgrad.data.run``."""
+    prep, explainer = prepare(config, factory)
+    with prep.out.lock():
+        done = begin(prep, command)
+        summary = RunSummary(
+            prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
+        )
+        work_started = time.perf_counter()
+        with Progress(prep.total, summary.skipped, progress) as bar:
+            process(prep, explainer, done, summary, bar)
+        summary.errors_total = prep.out.rebuild_errors()
+    summary.work_seconds = time.perf_counter() - work_started
+    summary.seconds = time.perf_counter() - prep.started
+    return summary

@@ -1,0 +1,322 @@
+"""``--engine ray``: the same rows and files as the local engine, computed by Ray Data.
+
+Pipeline: read in Ray tasks (jsonl and csv through ``read_binary_files``; Parquet one task per
+row group), parsed by the local engine's parsers so that row indices and bad-row handling are
+identical → normalised rows with their index → only the shards not yet done → ``map_batches`` over an
+actor pool (``ActorPoolStrategy``), one explainer per actor, per-row errors emitted as data
+→ ``write_parquet`` into a staging folder → committed into ``OUT/data`` (see ``outdir``).
+
+Actors get fractional CPUs (``(cluster CPUs − 1) / workers``, at least 0.25): 2 actors with one
+whole CPU each on a 2-CPU cluster deadlock (the read task waits for a CPU forever).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import EmbgradError, InputError
+from ._deps import require
+from .badrows import Columns, InputRow, RowError
+from .batch import explain_rows, split_rows
+from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
+from .prepare import Prepared, begin, columns_of, load_explainer, prepare
+from .readers import parse_bytes, rows_from_table
+from .writer import output_schema
+
+DEFAULT_WORKERS = 2
+_ROW = "__embgrad_row"
+_ERROR_COLUMNS = ("error_kind", "error_reason")
+
+
+def import_ray() -> Any:
+    """``import ray`` (and ray.data) with usage stats and token auth off unless set."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray = require("ray", "ray")
+    require("ray.data", "ray", "ray[data]")
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """Use the running Ray, join ``address``, or start a private local one (stopped after)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    temp = None
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise InputError(f"--ray-address {address}: cannot join the cluster: {exc}") from exc
+    else:
+        temp = tempfile.mkdtemp(prefix="embgrad-ray-")
+        ray.init(
+            num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, _temp_dir=temp, **quiet
+        )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def data_context(ray: Any, progress: bool) -> Iterator[Any]:
+    """Ray Data settings for one run (order kept, quiet), restored afterwards."""
+    ctx = ray.data.DataContext.get_current()
+    names = ("enable_progress_bars", "print_on_execution_start", "enable_auto_log_stats")
+    saved = {n: getattr(ctx, n) for n in names}
+    saved_order = ctx.execution_options.preserve_order
+    logger = logging.getLogger("ray.data")
+    saved_level = logger.level
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    ctx.execution_options.preserve_order = True
+    logger.setLevel(logging.ERROR)
+    try:
+        yield ctx
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+        ctx.execution_options.preserve_order = saved_order
+        logger.setLevel(saved_level)
+
+
+# -- normalised rows: what the actors receive -----------------------------------------------
+
+
+def _normal_schema(config: RunConfig) -> Any:
+    pa = require("pyarrow", "data")
+    id_type = pa.string() if config.id_column is not None else pa.int64()
+    return pa.schema(
+        [
+            (_ROW, pa.int64()),
+            ("id", id_type),
+            ("text", pa.string()),
+            ("pair", pa.string()),
+            ("label", pa.string()),
+            ("error_kind", pa.string()),
+            ("error_reason", pa.string()),
+        ]
+    )
+
+
+def _normalise(rows: Iterator[InputRow | RowError], config: RunConfig) -> Any:
+    pa = require("pyarrow", "data")
+    out = []
+    for r in rows:
+        if isinstance(r, InputRow):
+            out.append({_ROW: r.row, "id": r.id, "text": r.text, "pair": r.pair, "label": r.label})
+        else:
+            out.append({_ROW: r.row, "id": r.id, "error_kind": r.kind, "error_reason": r.reason})
+    return pa.Table.from_pylist(out, schema=_normal_schema(config))
+
+
+def _denormalise(table: Any) -> list[InputRow | RowError]:
+    out: list[InputRow | RowError] = []
+    for r in table.to_pylist():
+        if r["error_kind"] is None:
+            out.append(InputRow(r[_ROW], r["id"], r["text"], r["pair"], r["label"]))
+        else:
+            out.append(RowError(r[_ROW], r["id"], r["error_kind"], r["error_reason"]))
+    return out
+
+
+def _parse_file(batch: Any, *, config: RunConfig, fmt: str, columns: Columns) -> Any:
+    """jsonl / csv file bytes → normalised rows (the local engine's parser)."""
+    import io
+
+    pa = require("pyarrow", "data")
+    tables = [
+        _normalise(parse_bytes(io.BytesIO(data), fmt, columns), config)
+        for data in batch.column("bytes").to_pylist()
+    ]
+    return pa.concat_tables(tables)
+
+
+def _parse_row_groups(batch: Any, *, config: RunConfig, path: str, columns: Columns) -> Any:
+    """(row group, first row) pairs of a Parquet file → its normalised rows."""
+    pa = require("pyarrow", "data")
+    pq = require("pyarrow.parquet", "data", "pyarrow")
+    file = pq.ParquetFile(path)
+    present = [c for c in columns.used() if c in file.schema_arrow.names]
+    tables = []
+    for group, start in zip(
+        batch.column("group").to_pylist(), batch.column("start").to_pylist(), strict=True
+    ):
+        table = file.read_row_group(group, columns=present)
+        index = range(start, start + table.num_rows)
+        tables.append(_normalise(rows_from_table(table, columns, index), config))
+    return pa.concat_tables(tables)
+
+
+def _keep_pending(batch: Any, *, done: list[int], rows_per_shard: int) -> Any:
+    """Drop the rows of shards a previous run committed."""
+    pa = require("pyarrow", "data")
+    pc = require("pyarrow.compute", "data", "pyarrow")
+    shard = pc.divide(batch.column(_ROW), pa.scalar(rows_per_shard, pa.int64()))
+    return batch.filter(pc.invert(pc.is_in(shard, value_set=pa.array(done, pa.int64()))))
+
+
+class _ExplainWorker:
+    """One actor: one explainer; normalised rows in, output rows plus error columns out."""
+
+    def __init__(self, config: RunConfig, factory: ExplainerFactory) -> None:
+        self.config = config
+        self.explainer: ExplainerLike = load_explainer(config, factory)
+        pa = require("pyarrow", "data")
+        base = output_schema(config)
+        self.schema = pa.schema(
+            [*base, *(pa.field(n, pa.string()) for n in _ERROR_COLUMNS)], metadata=base.metadata
+        )
+
+    def __call__(self, batch: Any) -> Any:
+        pa = require("pyarrow", "data")
+        good, bad = split_rows(_denormalise(batch))
+        records, failed = explain_rows(self.explainer, good, self.config)
+        for e in bad + failed:
+            records.append(
+                {"row": e.row, "id": e.id, "error_kind": e.kind, "error_reason": e.reason}
+            )
+        records.sort(key=lambda r: r["row"])
+        return pa.Table.from_pylist(records, schema=self.schema)
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def _read(ray: Any, prep: Prepared) -> Any:
+    config, columns = prep.config, columns_of(prep.config)
+    path = str(prep.source.path.resolve())
+    if prep.source.fmt == "parquet":
+        # One task per row group, which knows its first row's index (Dataset.zip with a
+        # range would too, but it is deprecated: Ray does not guarantee its ordering).
+        pq = require("pyarrow.parquet", "data", "pyarrow")
+        meta = pq.ParquetFile(path).metadata
+        starts = [0]
+        for g in range(meta.num_row_groups):
+            starts.append(starts[-1] + meta.row_group(g).num_rows)
+        groups = [{"group": g, "start": starts[g]} for g in range(meta.num_row_groups)]
+        return ray.data.from_items(groups, override_num_blocks=max(1, len(groups))).map_batches(
+            _parse_row_groups,
+            fn_kwargs={"config": config, "path": path, "columns": columns},
+            batch_format="pyarrow",
+            batch_size=1,
+        )
+    return ray.data.read_binary_files(path).map_batches(
+        _parse_file,
+        fn_kwargs={"config": config, "fmt": prep.source.fmt, "columns": columns},
+        batch_format="pyarrow",
+    )
+
+
+def _cpus_per_actor(ray: Any, workers: int) -> float:
+    cpus = float(ray.cluster_resources().get("CPU", 2))
+    share = (cpus - 1) / workers
+    return max(0.25, min(share, math.floor(share * 4) / 4))
+
+
+def _pipeline(ray: Any, prep: Prepared, factory: ExplainerFactory, done: set[int]) -> Any:
+    config = prep.config
+    workers = config.workers or DEFAULT_WORKERS
+    pending = prep.total - sum(prep.shard_rows(s) for s in done)
+    ds = _read(ray, prep)
+    if done:
+        ds = ds.map_batches(
+            _keep_pending,
+            fn_kwargs={"done": sorted(done), "rows_per_shard": config.rows_per_shard},
+            batch_format="pyarrow",
+        )
+    blocks = min(4096, max(2 * workers, math.ceil(pending / (4 * config.batch_size))))
+    ds = ds.repartition(blocks)
+    return ds.map_batches(
+        _ExplainWorker,
+        fn_constructor_args=(config, factory),
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=_cpus_per_actor(ray, workers),
+    )
+
+
+def _errors_of(mat: Any) -> list[RowError]:
+    from ray.data.expressions import col
+
+    bad = mat.filter(expr=col("error_kind").is_not_null())
+    rows = bad.select_columns(["row", "id", *_ERROR_COLUMNS]).take_all()
+    return [RowError(r["row"], r["id"], r["error_kind"], r["error_reason"]) for r in rows]
+
+
+def run_ray(
+    config: RunConfig,
+    factory: ExplainerFactory,
+    *,
+    progress: bool | None = None,
+    command: str | None = None,
+) -> RunSummary:
+    """Run ``config`` on Ray; see ``embgrad.data.run``. Commits once, when the job ends."""
+    import sys
+
+    import_ray()
+    prep, explainer = prepare(config, factory)
+    del explainer  # checked here; every actor loads its own
+    show = sys.stderr.isatty() if progress is None else progress
+    finished = prep.out.manifest.is_file() and len(prep.out.done()) >= prep.n_shards
+    # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
+    session = contextlib.nullcontext(None) if finished else ray_session(config.ray_address)
+    with session as ray, prep.out.lock():
+        done = begin(prep, command)
+        summary = RunSummary(
+            prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
+        )
+        started = time.perf_counter()
+        todo = [s for s in range(prep.n_shards) if s not in done]
+        if todo:
+            with data_context(ray, show):
+                _execute(ray, prep, factory, done, todo, summary)
+        summary.errors_total = prep.out.rebuild_errors()
+    summary.work_seconds = time.perf_counter() - started
+    summary.seconds = time.perf_counter() - prep.started
+    return summary
+
+
+def _execute(
+    ray: Any,
+    prep: Prepared,
+    factory: ExplainerFactory,
+    done: set[int],
+    todo: list[int],
+    summary: RunSummary,
+) -> None:
+    from ray.data.expressions import col
+
+    run = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    staging = prep.out.ray_staging(run)
+    try:
+        mat = _pipeline(ray, prep, factory, done).materialize()
+    except Exception as exc:  # RayTaskError wraps the actor's exception
+        raise EmbgradError(f"the Ray job failed; nothing was committed: {exc}") from exc
+    ok = mat.filter(expr=col("error_kind").is_null()).drop_columns(list(_ERROR_COLUMNS))
+    ok.write_parquet(str(staging), schema=output_schema(prep.config))
+    errors = sorted(_errors_of(mat), key=lambda e: e.row)
+    truncated = ok.filter(
+        expr=(col("truncated") == True) | (col("pair_truncated") == True)  # noqa: E712
+    ).count()
+    prep.out.commit_ray(run, todo, errors)
+    summary.explained += ok.count()
+    summary.errors += len(errors)
+    summary.truncated += truncated

@@ -1,0 +1,156 @@
+"""The output schema, Parquet metadata, and files written atomically (temp file, then rename).
+
+One output row per explained input row (all columns nullable except ``row``)::
+
+    row               int64          0-based index of the row in the input file
+    id                int64|string   the row index, or the --id-column value as a string
+    text, pair        string         the input text (and its pair, null without --pair-column)
+    target            string         the explained target (--label-column), else null
+    loss              double         the explained quantity (pair cosine similarity, or the
+                                     target's loss)
+    tokens            list<string>   the text's tokens (after truncation)
+    scores            list<float>    one score per token
+    table_grad_norm   double         L2 norm of the row's per-sample word-table gradient
+    delta             double         integrated gradients' completeness delta, else null
+    hotflip           list<struct<position: int32, token, replacement: string, score: float>>
+    truncated         bool           the text was longer than the model's limit and was cut
+    pair_*            the same six fields for the pair's side (null without --pair-column)
+
+The file's key-value metadata ``embgrad`` holds JSON: embgrad's version, the model spec, the
+method and its options, the columns and the input file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ._deps import require
+from .config import RunConfig
+
+METADATA_KEY = b"embgrad"
+_SIDE = ("tokens", "scores", "table_grad_norm", "delta", "hotflip", "truncated")
+
+
+def _side_fields(pa: Any, prefix: str) -> list[Any]:
+    hotflip = pa.struct(
+        [
+            ("position", pa.int32()),
+            ("token", pa.string()),
+            ("replacement", pa.string()),
+            ("score", pa.float32()),
+        ]
+    )
+    types = {
+        "tokens": pa.list_(pa.string()),
+        "scores": pa.list_(pa.float32()),
+        "table_grad_norm": pa.float64(),
+        "delta": pa.float64(),
+        "hotflip": pa.list_(hotflip),
+        "truncated": pa.bool_(),
+    }
+    return [pa.field(prefix + name, types[name]) for name in _SIDE]
+
+
+def run_metadata(config: RunConfig) -> dict[str, Any]:
+    """What goes into every file's ``embgrad`` metadata."""
+    return {
+        "embgrad_version": __version__,
+        "model": config.model or "bundled:all-MiniLM-L6-v2",
+        "framework": config.framework,
+        "method": config.method,
+        "options": dict(config.options),
+        "hotflip_k": config.hotflip_k,
+        "columns": {
+            "text": config.text_column,
+            "pair": config.pair_column,
+            "label": config.label_column,
+            "id": config.id_column,
+        },
+        "data": os.path.abspath(config.data),
+    }
+
+
+def output_schema(config: RunConfig) -> Any:
+    """The pyarrow schema of the data shards, with the run's metadata attached."""
+    pa = require("pyarrow", "data")
+    fields = [
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("id", pa.string() if config.id_column is not None else pa.int64()),
+        pa.field("text", pa.string()),
+        pa.field("pair", pa.string()),
+        pa.field("target", pa.string()),
+        pa.field("loss", pa.float64()),
+        *_side_fields(pa, ""),
+        *_side_fields(pa, "pair_"),
+    ]
+    meta = {METADATA_KEY: json.dumps(run_metadata(config), sort_keys=True).encode()}
+    return pa.schema(fields, metadata=meta)
+
+
+def to_table(records: Sequence[Mapping[str, Any]], schema: Any) -> Any:
+    """A pyarrow Table of ``records`` in ``schema`` (metadata kept)."""
+    pa = require("pyarrow", "data")
+    return pa.Table.from_pylist(list(records), schema=schema)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported (e.g. Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_path(dest: Path, tmp_dir: Path) -> Path:
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return tmp_dir / f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def commit_file(tmp: Path, dest: Path) -> None:
+    """Rename a finished temp file into place (atomic on one filesystem) and sync the folder."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
+def write_parquet_atomic(table: Any, dest: Path, tmp_dir: Path) -> None:
+    """Write ``table`` to ``dest``: a reader sees no file or the whole file, never a part."""
+    pq = require("pyarrow.parquet", "data", "pyarrow")
+    tmp = _temp_path(dest, tmp_dir)
+    try:
+        with tmp.open("wb") as stream:
+            pq.write_table(table, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        commit_file(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, dest: Path, tmp_dir: Path) -> None:
+    """Write ``text`` (UTF-8) to ``dest`` atomically."""
+    tmp = _temp_path(dest, tmp_dir)
+    try:
+        with tmp.open("w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        commit_file(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def jsonl(records: Iterable[Mapping[str, Any]]) -> str:
+    """Records as JSON lines (non-ASCII kept as is)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -1,0 +1,145 @@
+"""``--engine ray`` against the local engine: the same rows, row for row, and the same errors,
+on one session-wide local Ray (2 CPUs). Two Ray pipelines in all (jsonl, then parquet)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+import data_fakes  # noqa: E402
+from data_fakes import BAD_ROWS, make_fake, write_corpus  # noqa: E402
+from embgrad.data import RunConfig, run  # noqa: E402
+from embgrad.data.ray_engine import _cpus_per_actor, _keep_pending  # noqa: E402
+
+N = 60
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[Any]:
+    pytest.importorskip("ray")
+    from embgrad.data.ray_engine import import_ray
+
+    ray = import_ray()
+    ray.cloudpickle.register_pickle_by_value(data_fakes)  # the stand-in, for the actors
+    temp = tempfile.mkdtemp(prefix="embgrad-ray-test-")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _both(config: RunConfig, tmp_path: Path) -> tuple[Any, Any, Any, Any]:
+    local = run(replace(config, out=tmp_path / "local"), explainer_factory=make_fake)
+    on_ray = run(
+        replace(config, out=tmp_path / "ray", engine="ray", workers=2), explainer_factory=make_fake
+    )
+    frames = [
+        pq.read_table(tmp_path / name / "data")
+        .to_pandas()
+        .sort_values("row")
+        .reset_index(drop=True)
+        for name in ("local", "ray")
+    ]
+    return local, on_ray, frames[0], frames[1]
+
+
+@pytest.mark.ray
+def test_ray_engine_writes_the_local_engines_rows_row_for_row(
+    local_ray: Any, tmp_path: Path
+) -> None:
+    data = write_corpus(tmp_path / "corpus.jsonl", N, blank_every=9)
+    config = RunConfig(
+        data=data,
+        text_column="text",
+        pair_column="pair",
+        out=tmp_path / "x",
+        rows_per_shard=16,
+        batch_size=4,
+    )
+    local, on_ray, a, b = _both(config, tmp_path)
+    assert len(a) == N - len(BAD_ROWS)
+    assert a.equals(b)
+    local_errors = (tmp_path / "local" / "errors.jsonl").read_text()
+    assert (tmp_path / "ray" / "errors.jsonl").read_text() == local_errors
+    assert {json.loads(x)["row"]: json.loads(x)["kind"] for x in local_errors.splitlines()} == (
+        BAD_ROWS
+    )
+    assert (on_ray.explained, on_ray.errors, on_ray.truncated) == (
+        local.explained,
+        local.errors,
+        local.truncated,
+    )
+    ray_files = sorted((tmp_path / "ray" / "data").glob("part-ray-*.parquet"))
+    meta = [pq.read_schema(f).metadata[b"embgrad"] for f in ray_files]
+    assert (
+        meta[0]
+        == pq.read_schema(tmp_path / "local" / "data" / "part-000000.parquet").metadata[b"embgrad"]
+    )
+    again = run(
+        replace(config, out=tmp_path / "ray", engine="ray", workers=2), explainer_factory=make_fake
+    )
+    assert again.skipped == N and again.explained == 0  # committed: nothing is redone
+
+
+@pytest.mark.ray
+def test_ray_engine_finishes_a_partial_local_run_of_a_parquet_file(
+    local_ray: Any, tmp_path: Path
+) -> None:
+    texts = [f"text number {i} " + "x " * (i % 10) for i in range(N)]
+    texts[7] = ""
+    table = pa.table({"text": texts, "key": [f"id-{i}" for i in range(N)]})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=25)
+    config = RunConfig(
+        data=tmp_path / "in.parquet",
+        text_column="text",
+        id_column="key",
+        out=tmp_path / "local",
+        rows_per_shard=20,
+        batch_size=8,
+    )
+    run(config, explainer_factory=make_fake)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    (tmp_path / "ray" / "data" / "part-000000.parquet").unlink()  # as if killed before it
+    (tmp_path / "ray" / "data" / "part-000002.parquet").unlink()
+    summary = run(
+        replace(config, out=tmp_path / "ray", engine="ray", workers=2), explainer_factory=make_fake
+    )
+    assert summary.skipped == 20 and summary.explained + summary.errors == 40
+    a, b = (
+        pq.read_table(tmp_path / name / "data")
+        .to_pandas()
+        .sort_values("row")
+        .reset_index(drop=True)
+        for name in ("local", "ray")
+    )
+    assert a.equals(b) and len(a) == N - 1
+    assert list(b["id"][:3]) == ["id-0", "id-1", "id-2"]
+    errors = (tmp_path / "ray" / "errors.jsonl").read_text()
+    assert errors == (tmp_path / "local" / "errors.jsonl").read_text() and '"row": 7' in errors
+
+
+def test_ray_skips_committed_shards_and_shares_cpus_without_deadlock() -> None:
+    batch = pa.table({"__embgrad_row": list(range(10))})
+    kept = _keep_pending(batch, done=[0, 2], rows_per_shard=3)
+    assert kept.column("__embgrad_row").to_pylist() == [3, 4, 5, 9]
+
+    class Cluster:
+        def __init__(self, cpus: float) -> None:
+            self.cpus = cpus
+
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": self.cpus}
+
+    assert _cpus_per_actor(Cluster(2), 2) == 0.5  # 2 × 1 CPU on 2 CPUs would deadlock
+    assert _cpus_per_actor(Cluster(2), 8) == 0.25
+    assert _cpus_per_actor(Cluster(16), 4) == 3.75
