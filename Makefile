@@ -56,9 +56,11 @@ test-np2: venv-np2
 	$(PY2) -m pytest -q -p no:cacheprovider -m "not gluon and not hf and not ray and not peers" tests
 
 bench: venv
+	$(PIP) install --no-deps -c requirements/constraints.txt -r requirements/bench.txt
 	$(PY) benchmarks/run_all.py
 
 bench-quick: venv
+	$(PIP) install --no-deps -c requirements/constraints.txt -r requirements/bench.txt
 	$(PY) benchmarks/run_all.py --quick
 
 clean:

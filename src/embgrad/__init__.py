@@ -6,6 +6,9 @@ Public API::
     res.layers                                        # captured lookups, by name
     res[name].output_grad                             # (B, T, D) dL_i/d emb_i
     res[name].table_grad()                            # sparse per-sample table rows
+
+    att = embgrad.attribute(model, inputs, target=1, method="integrated_gradients")
+    embgrad.list_methods()                            # the registered attribution methods
 """
 
 from .core.capture import gradients
@@ -22,10 +25,12 @@ from .errors import (
     NoLookupError,
     UnsupportedModelError,
 )
+from .methods import Attribution, attribute, list_methods
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attribution",
     "BatchAxisError",
     "CouplingError",
     "DenseTooLargeError",
@@ -39,5 +44,7 @@ __all__ = [
     "SparseRows",
     "UnsupportedModelError",
     "__version__",
+    "attribute",
     "gradients",
+    "list_methods",
 ]

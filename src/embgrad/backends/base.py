@@ -24,7 +24,7 @@ ROLES = ("word", "position", "token_type", "input", "output")
 
 
 _ROLE_WORDS = (
-    ("position", ("position", "wpe", "pos_emb", "pos_embed", "positional")),
+    ("position", ("position", "wpe", "pos_emb", "pos_embed", "positional", "relative_attention")),
     ("token_type", ("token_type", "segment", "type_emb")),
     ("word", ("word", "wte", "tok", "shared", "embed_tokens", "input_embed")),
 )

@@ -115,7 +115,9 @@ def gradients(
         axes = _candidates(caps, batch, batch_axis)
         if check == "exact" and batch > 1:
             return _exact(run, fwd, select, caps, axes, batch, mode)
-        key = _probe_key(loss_fn, mode, fwd, batch)
+        # The selection and batch_axis are part of the key: remembered axes are per selected
+        # lookup, and must not override a batch_axis the caller passes.
+        key = (_probe_key(loss_fn, mode, fwd, batch), tuple(select), repr(batch_axis))
         remembered = _remembered(model, key) if check == "auto" else None
         do_probe = batch > 1 and check in ("auto", "probe") and remembered is None
         if remembered is not None:
@@ -302,6 +304,7 @@ def _probe(
     v = probe_mod.probe_weights(batch, rng)
     gv, _ = session.backward(run.again(fwd), v, select, inputs=False, retain=False)
     resolved: list[int | None] = []
+    failed: list[tuple[Capture, float, float]] = []
     worst = 0.0
     for c, cand, g, g_v in zip(caps, axes, grads, gv, strict=True):
         if not cand:
@@ -309,13 +312,21 @@ def _probe(
             continue
         g_np = session.ops.to_numpy(session.ops.work(g))
         gv_np = session.ops.to_numpy(session.ops.work(g_v))
-        tol = probe_mod.tolerance(g_np.dtype.itemsize)
+        # The native dtype's width: bfloat16 reaches numpy as float32 but rounds like a half.
+        tol = probe_mod.tolerance(session.ops.itemsize(session.ops.work(g)))
         scores = {a: probe_mod.residual(g_np, gv_np, v, a) for a in cand}
         best = min(scores, key=lambda a: scores[a])
         if scores[best] > tol:
+            failed.append((c, scores[best], tol))
+            resolved.append(None)
+            continue
+        worst = max(worst, scores[best])
+        resolved.append(best)
+    for c, score, tol in failed:
+        if not _broadcast_ids(c, caps, resolved):
             raise CouplingError(
                 f"samples interact in lookup {c.name!r}: one backward of the summed losses does "
-                f"not give per-sample gradients (probe residual {scores[best]:.3g}; independent "
+                f"not give per-sample gradients (probe residual {score:.3g}; independent "
                 f"samples give < {tol:g}). Usual causes: BatchNorm or other batch statistics in "
                 "training mode (use mode='eval'), or a loss_fn that mixes samples. Use "
                 "check='exact' for the exact per-sample loop (B backwards)"
@@ -326,9 +337,23 @@ def _probe(
                 )
                 + "."
             )
-        worst = max(worst, scores[best])
-        resolved.append(best)
     return resolved, worst
+
+
+def _broadcast_ids(c: Capture, caps: list[Capture], resolved: list[int | None]) -> bool:
+    """Whether a lookup that failed the probe on its only size-B axes has no batch axis at all.
+
+    Position ids of shape (T,) or (1, T) with T == B (or relative positions (T, T)) have an axis
+    of the batch size that is not the batch: the probe fails on it although samples are
+    independent.  When another lookup passed with a batch axis (so samples do not interact) and
+    this one is a position lookup or its ids are broadcast-shaped (fewer dimensions than that
+    lookup's, or a leading axis of size 1), its gradients are batch sums (``batch_axis=None``),
+    which are exact.
+    """
+    passed = [len(p.out_shape) for p, a in zip(caps, resolved, strict=False) if a is not None]
+    shape = c.out_shape[:-1]
+    broadcast = len(c.out_shape) < max(passed, default=0) or (len(shape) > 1 and shape[0] == 1)
+    return bool(passed) and (broadcast or c.role == "position")
 
 
 def _rows_fast(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> SparseRows:

@@ -165,7 +165,11 @@ class SparseRows:
             s, r, v = self.numpy()
             sample, row, values = torch.from_numpy(s), torch.from_numpy(r), torch.from_numpy(v)
         indices = torch.stack([sample, row])
-        return torch.sparse_coo_tensor(indices, values, self.shape, is_coalesced=True)
+        # Rows are sorted by (sample, row) and unique by construction: skip the (warning)
+        # invariant check.
+        return torch.sparse_coo_tensor(
+            indices, values, self.shape, is_coalesced=True, check_invariants=False
+        )
 
     def to_native(self) -> Any:
         """The framework's own sparse form: MXNet row_sparse (B·V, D) or torch sparse COO."""

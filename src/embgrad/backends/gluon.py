@@ -1,0 +1,379 @@
+"""MXNet Gluon backend: every embedding lookup of a Block, captured in one recorded forward.
+
+How, and why (measured facts: ``../shared/notes/gluon.md``):
+
+- **Hybridized and exported models run their own graph** (``gluon_symbol.py``): a block with
+  a traced graph (an exported ``SymbolBlock``, or a hybridized block that has run) runs that
+  graph rewritten with a zero input after every lookup, compiled once into its own cached op
+  with the block's flags — as fast as the user's cached op, which is never touched (no
+  re-trace, same ``static_alloc``/``static_shape``).
+- **Everything else runs imperatively**: ``_active`` is saved and cleared on every other
+  HybridBlock (via ``net.apply``) and restored afterwards (``hybridize(active=False)`` would
+  drop cached ops and reset flags) — including a block hybridized but never run, which is not
+  traced (tracing would change it).
+- **One interception point for imperative lookups** (``gluon_trace.py``): while a forward is
+  recorded, ``mx.nd.Embedding`` — where ``F.Embedding`` resolves in imperative mode — returns
+  ``out + delta`` for a zero ``delta`` with ``attach_grad()``. Gradients come from
+  ``autograd.grad`` w.r.t. the deltas (the graph path adds the same deltas as graph inputs),
+  so parameter ``.grad`` buffers (also with ``grad_req='add'``) and ``grad_req`` are never
+  touched.
+- **Train mode.** MXNet 1.9.1 re-draws dropout masks on a second backward of a retained graph,
+  so ``retained_backward_is_exact`` is False and every forward is re-seeded with
+  ``mx.random.seed(seed)`` (the core re-runs forwards with one seed). Parameters still waiting
+  for deferred initialization are initialized first by one unrecorded forward in predict mode,
+  so that initialization does not consume random numbers between seed and forward. Running
+  statistics (BatchNorm's ``running_mean``/``running_var``: non-differentiable parameters, or
+  a graph's auxiliary states), which MXNet updates during a training-mode *backward*, are
+  restored on exit.
+- The backward runs in the forward's mode (``autograd.grad(train_mode=...)``): its default,
+  True, makes BatchNorm's backward use batch statistics even after a predict-mode forward,
+  which couples samples.
+
+Global state changed and not restored: in ``mode="train"`` the MXNet random generator is
+re-seeded (MXNet cannot read its state back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..core.ops import NumpyOps
+from ..errors import InputError, LossError
+from .base import Backend, Capture, Forward, Mode, Session
+from .gluon_symbol import has_graph, intercept
+from .gluon_trace import Tracer, lazy_mxnet, patched, to_numpy
+
+__all__ = ["GluonBackend", "GluonSession"]
+
+
+# -- arrays ----------------------------------------------------------------------------------
+class MXNetOps(NumpyOps):
+    """NumpyOps whose working arrays are numpy copies of MXNet NDArrays (``asnumpy``)."""
+
+    name = "mxnet"
+
+    def work(self, x: Any) -> Any:
+        return to_numpy(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return to_numpy(x)
+
+
+def _labelled_arrays(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(label, value) for every leaf of the inputs, descending into lists/tuples/dicts."""
+
+    def walk(label: str, x: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(x, (list, tuple)):
+            for i, y in enumerate(x):
+                yield from walk(f"{label}[{i}]", y)
+        elif isinstance(x, Mapping):
+            for k, y in x.items():
+                yield from walk(f"{label}[{k!r}]", y)
+        else:
+            yield label, x
+
+    for i, a in enumerate(args):
+        yield from walk(f"input {i}", a)
+    for k, a in kwargs.items():
+        yield from walk(f"input {k!r}", a)
+
+
+def _param_contexts(params: Mapping[str, Any]) -> set[Any]:
+    ctxs: set[Any] = set()
+    for p in params.values():
+        with contextlib.suppress(RuntimeError):  # not initialized: the forward will say so
+            ctxs.update(p.list_ctx())
+    return ctxs
+
+
+def check_inputs(
+    params: Mapping[str, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> None:
+    """Raise InputError for numpy inputs, empty arrays, or arrays on other contexts than the
+    parameters ``params`` (or on several contexts)."""
+    nd = lazy_mxnet().nd
+    arrays = []
+    for label, x in _labelled_arrays(args, kwargs):
+        if isinstance(x, np.ndarray):
+            raise InputError(
+                f"{label} is a numpy array; Gluon models take mxnet NDArrays: pass "
+                "mx.nd.array(x, ctx=...) on the context of the model's parameters"
+            )
+        if isinstance(x, nd.NDArray):
+            if x.size == 0:
+                raise InputError(
+                    f"{label} is empty (shape {x.shape}); pass at least one sample with at "
+                    "least one token"
+                )
+            arrays.append((label, x))
+    found = {x.context for _, x in arrays}
+    if len(found) > 1:
+        where = ", ".join(f"{label} on {x.context}" for label, x in arrays)
+        raise InputError(
+            f"the inputs are on different contexts ({where}); move them to one context with "
+            "x.as_in_context(ctx)"
+        )
+    contexts = _param_contexts(params)
+    for label, x in arrays:
+        if contexts and x.context not in contexts:
+            raise InputError(
+                f"{label} is on {x.context} but the model's parameters are on "
+                f"{', '.join(map(str, sorted(contexts, key=str)))}; move the inputs with "
+                "x.as_in_context(ctx) (or the model with net.collect_params().reset_ctx(ctx))"
+            )
+
+
+def _float_leaves(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], dict[str | int, Any]]:
+    """Replace real-valued top-level inputs by copies that record gradients.
+
+    Gluon feeds ids as float32, so a floating-point input counts as real-valued only when one
+    of its values is not an integer; integral float inputs (ids, valid lengths, zero states)
+    get no input gradient.
+    """
+    nd = lazy_mxnet().nd
+
+    def leaf(x: Any) -> Any:
+        if not isinstance(x, nd.NDArray) or x.stype != "default":
+            return None
+        if not np.issubdtype(np.dtype(x.dtype), np.floating):
+            return None
+        a = x.asnumpy()
+        if np.all(np.isfinite(a) & (a == np.round(a))):
+            return None
+        v = x.copy()
+        v.attach_grad()
+        return v
+
+    floats: dict[str | int, Any] = {}
+    new_args = list(args)
+    for i, a in enumerate(args):
+        v = leaf(a)
+        if v is not None:
+            new_args[i] = floats[i] = v
+    new_kwargs = dict(kwargs)
+    for k, a in kwargs.items():
+        v = leaf(a)
+        if v is not None:
+            new_kwargs[k] = floats[k] = v
+    return tuple(new_args), new_kwargs, floats
+
+
+# -- the session -----------------------------------------------------------------------------
+class GluonSession(Session):
+    """What a Block and a SymbolBlock session share: backward, conversions, input checks."""
+
+    framework = "mxnet"
+
+    def __init__(self, model: Any, mode: Mode, params: Mapping[str, Any]) -> None:
+        self.ops = MXNetOps()
+        self.model = model
+        self.params = params  # name -> Parameter (collected once: collect_params is slow)
+        self.train = mode == "train"
+        self.retained_backward_is_exact = not self.train
+
+    def check_inputs(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        if kwargs and isinstance(self.model, lazy_mxnet().gluon.SymbolBlock):
+            names = [s.name for s in self.model._cached_graph[0]]
+            raise InputError(
+                f"exported models take positional inputs, in the order {names}; got keyword "
+                f"input(s) {sorted(kwargs)}: pass a tuple"
+            )
+        check_inputs(self.params, args, kwargs)
+
+    def seed(self, seed: int) -> None:
+        """Seed MXNet's generators before a training-mode forward (dropout masks)."""
+        if self.train:
+            lazy_mxnet().random.seed(seed)
+
+    def finish(self, losses: Any, captures: list[Capture], floats: dict[str | int, Any]) -> Forward:
+        """Check what ``loss_fn`` returned and package the recorded forward."""
+        nd = lazy_mxnet().nd
+        if not isinstance(losses, nd.NDArray):
+            raise LossError(
+                f"loss_fn returned {type(losses).__name__}; it must return an mxnet NDArray of "
+                "per-sample losses, shape (B,), computed from the model's outputs with mxnet "
+                "operations (so that it is recorded), e.g. gluon.loss.SoftmaxCELoss()(out, y)"
+            )
+        _check_not_reduced(losses, captures)
+        return Forward(losses=losses.detach(), captures=captures, float_inputs=floats, state=losses)
+
+    def backward(
+        self,
+        fwd: Forward,
+        cotangent: Any,
+        captures: list[Capture] | list[int],
+        *,
+        inputs: bool,
+        retain: bool,
+    ) -> tuple[list[Any], dict[str | int, Any]]:
+        """``autograd.grad`` of Σ cotangent_i L_i w.r.t. the deltas (and float inputs) only.
+
+        ``captures`` are Captures or indices into ``fwd.captures`` (the core passes indices).
+        Every variable is also passed as a head with a zero head gradient, so a lookup or input
+        that does not reach the loss gets a zero gradient instead of an MXNet error.
+        """
+        mx = lazy_mxnet()
+        captures = [fwd.captures[c] if isinstance(c, int) else c for c in captures]
+        losses = fwd.state
+        keys = list(fwd.float_inputs) if inputs else []
+        variables = [c.handle for c in captures] + [fwd.float_inputs[k] for k in keys]
+        head = mx.nd.array(np.asarray(cotangent), ctx=losses.context, dtype=losses.dtype)
+        zeros = [mx.nd.zeros(v.shape, ctx=v.context, dtype=v.dtype) for v in variables]
+        grads = mx.autograd.grad(
+            [losses, *variables],
+            variables,
+            head_grads=[head, *zeros],
+            retain_graph=retain,
+            train_mode=self.train,
+        )
+        n = len(captures)
+        return list(grads[:n]), dict(zip(keys, grads[n:], strict=True))
+
+    def to_native(self, x: Any, like: Any) -> Any:
+        a = np.asarray(x)
+        return lazy_mxnet().nd.array(a, ctx=like.context, dtype=a.dtype)
+
+
+def _check_not_reduced(losses: Any, captures: list[Capture]) -> None:
+    """MXNet's ``sum()``/``mean()`` return shape (1,), not a scalar: catch that case."""
+    if tuple(losses.shape) != (1,) or not captures:
+        return
+    if all(1 not in tuple(c.out_shape[:-1]) for c in captures):
+        raise LossError(
+            "loss_fn returned shape (1,) but no lookup has a batch of 1: it looks reduced over "
+            "the batch (MXNet's .sum()/.mean() return shape (1,), not a scalar). Return one "
+            "loss per sample, shape (B,) (Gluon losses such as SoftmaxCELoss already do)."
+        )
+
+
+class BlockSession(GluonSession):
+    """A Block with every lookup intercepted (inside ``GluonBackend.open``)."""
+
+    def __init__(self, model: Any, mode: Mode, tracer: Tracer) -> None:
+        super().__init__(model, mode, tracer.params)
+        self.tracer = tracer
+        self._warm = False
+
+    def forward(
+        self,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        loss_fn: Callable[[Any], Any],
+        *,
+        seed: int,
+    ) -> Forward:
+        autograd = lazy_mxnet().autograd
+        self._warm_up(args, kwargs)
+        self.seed(seed)
+        args, kwargs, floats = _float_leaves(args, kwargs)
+        with self.tracer.capturing() as captures, autograd.record(train_mode=self.train):
+            losses = loss_fn(self.model(*args, **kwargs))
+        return self.finish(losses, captures, floats)
+
+    def _warm_up(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Finish deferred initialization (unrecorded, predict mode) before any seeding."""
+        if self._warm:
+            return
+        self._warm = True
+        if any(p._data is None and p._deferred_init for p in self.params.values()):
+            with lazy_mxnet().autograd.predict_mode():
+                self.model(*args, **kwargs)
+        self.tracer.index_params()
+
+
+# -- state switches --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _switched(model: Any, tracer: Tracer) -> Iterator[list[Any]]:
+    """Route every lookup through embgrad for the duration; restore everything on exit.
+
+    Blocks with a traced graph (exported SymbolBlocks, hybridized blocks that have run) run
+    their rewritten graph: their ``_call_cached_op`` is shadowed by an instance attribute. Every
+    other HybridBlock runs imperatively: ``_active`` saved and cleared. Yields the graph blocks.
+    """
+    hybrid = lazy_mxnet().gluon.HybridBlock
+    saved: dict[int, tuple[Any, bool]] = {}
+    graphs: dict[int, tuple[Any, Any]] = {}  # id -> (block, its own instance attribute, if any)
+
+    def visit(block: Any) -> None:
+        if id(block) in saved or id(block) in graphs:
+            return
+        if has_graph(block):
+            graphs[id(block)] = (block, block.__dict__.get("_call_cached_op", _MISSING))
+        elif isinstance(block, hybrid):
+            saved[id(block)] = (block, block._active)
+            block._active = False
+
+    try:
+        model.apply(visit)
+        for block, _ in graphs.values():
+            block.__dict__["_call_cached_op"] = intercept(block, tracer)
+        yield [block for block, _ in graphs.values()]
+    finally:
+        for block, own in graphs.values():
+            block.__dict__.pop("_call_cached_op", None)
+            if own is not _MISSING:
+                block.__dict__["_call_cached_op"] = own
+        for block, active in saved.values():
+            block._active = active
+
+
+_MISSING = object()
+
+
+def _aux_states(params: Mapping[str, Any], graphs: list[Any]) -> list[Any]:
+    """Parameters a training-mode pass may update: BatchNorm running statistics (Blocks mark
+    them non-differentiable; exported graphs list them as auxiliary states)."""
+    aux = {p.name: p for p in params.values() if not p._differentiable}
+    for block in graphs:
+        for name in block._cached_graph[1].list_auxiliary_states():
+            if name in params:
+                aux[name] = params[name]
+    return list(aux.values())
+
+
+@contextlib.contextmanager
+def aux_restored(aux: list[Any], train: bool) -> Iterator[None]:
+    """In training mode, restore the auxiliary states ``aux`` (BatchNorm running statistics,
+    which MXNet updates in a training-mode backward) on exit."""
+    saved = []
+    if train:
+        for p in aux:
+            if p._data is not None and p._stype == "default":
+                saved.append((p, [a.copy() for a in p.list_data()]))
+    try:
+        yield
+    finally:
+        for p, copies in saved:
+            for dst, src in zip(p.list_data(), copies, strict=True):
+                dst[:] = src
+
+
+# -- the backend -----------------------------------------------------------------------------
+class GluonBackend(Backend):
+    """``mxnet.gluon.Block`` models, hybridized or not, and exported ``SymbolBlock``s."""
+
+    framework = "mxnet"
+    extra = "gluon"
+
+    @staticmethod
+    def accepts(model: Any) -> bool:
+        mx = sys.modules.get("mxnet")
+        gluon = getattr(mx, "gluon", None)
+        return gluon is not None and isinstance(model, gluon.Block)
+
+    @contextlib.contextmanager
+    def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:
+        tracer = Tracer(model, {p.name: p for p in model.collect_params().values()})
+        with contextlib.ExitStack() as stack:
+            graphs = stack.enter_context(_switched(model, tracer))
+            stack.enter_context(patched(tracer))
+            aux = _aux_states(tracer.params, graphs)
+            stack.enter_context(aux_restored(aux, mode == "train"))
+            yield BlockSession(model, mode, tracer)

@@ -1,0 +1,318 @@
+"""Gluon lookup interception: ``mx.nd.Embedding`` replaced, every call recorded as a Capture.
+
+In imperative mode every lookup goes through ``mx.nd.Embedding``: ``nn.Embedding`` (also with
+``sparse_grad=True``), ``contrib.nn.SparseEmbedding``, gluonnlp's direct ``F.Embedding`` on
+position weights and its sampled-softmax decoders. While a forward is recorded, :func:`patched`
+replaces that function by a wrapper that validates the ids (before the real lookup: MXNet would
+silently clip them), calls the real lookup and returns ``out + delta`` for a zero ``delta`` with
+``attach_grad()``. Forward hooks cannot do this: Gluon discards their return values.
+
+Who looked up what: the calling block is the first ``self`` up the Python stack that is a Block;
+the table Parameter is the one whose stored array *is* the weight, else (AWD-LSTM's
+weight-dropped copy, SparseEmbedding's row_sparse copy) the one parameter of the calling block
+with the weight's shape. Names are structured block paths (``encoder.position_weight``,
+``word_embed.0``; ``#2`` for a second call); lookups made by sampled-softmax blocks get role
+``"output"``; a table also registered by a non-lookup block (a tied decoder) is flagged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import Capture, guess_role
+
+__all__ = ["Site", "Tracer", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
+
+
+def lazy_mxnet() -> Any:
+    """The mxnet module, imported on first use (embgrad never imports a framework eagerly)."""
+    import mxnet
+
+    return mxnet
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """An NDArray (any storage type) or array-like as a numpy array."""
+    asnumpy = getattr(x, "asnumpy", None)
+    return asnumpy() if callable(asnumpy) else np.asarray(x)
+
+
+def _is_embedding_block(block: Any) -> bool:
+    return type(block).__name__.endswith("Embedding")
+
+
+def _is_output_block(block: Any) -> bool:
+    """Sampled-softmax decoders (gluonnlp ``ISDense``/``NCEDense`` and sparse variants)."""
+    return any(
+        c.__module__.startswith("gluonnlp.model.sampled_block") or "Sampled" in c.__name__
+        for c in type(block).__mro__
+    )
+
+
+def _block_paths(model: Any) -> dict[int, tuple[Any, str]]:
+    """id(block) -> (block, structured path such as ``encoder.0.embed``; "" for the root)."""
+    paths: dict[int, tuple[Any, str]] = {}
+
+    def walk(block: Any, path: str) -> None:
+        if id(block) in paths:
+            return
+        paths[id(block)] = (block, path)
+        for key, child in block._children.items():
+            walk(child, f"{path}.{key}" if path else str(key))
+
+    walk(model, "")
+    return paths
+
+
+def _param_users(paths: dict[int, tuple[Any, str]]) -> dict[str, list[tuple[Any, str]]]:
+    """Parameter name -> the blocks (and their paths) that register it."""
+    users: dict[str, list[tuple[Any, str]]] = {}
+    for block, path in paths.values():
+        for p in block._reg_params.values():
+            users.setdefault(p.name, []).append((block, path))
+    return users
+
+
+def _calling_block(frame: FrameType | None) -> Any:
+    """The innermost Block whose method is on the Python stack above ``frame`` (or None)."""
+    block_type = lazy_mxnet().gluon.Block
+    while frame is not None:
+        code = frame.f_code
+        if code.co_argcount and code.co_varnames[0] == "self":
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, block_type):
+                return owner
+        frame = frame.f_back
+    return None
+
+
+def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name)
+
+
+def validate_ids(ids: Any, vocab: int, name: str, table: str) -> None:
+    """Raise InputError naming the lookup, the first bad id and the vocabulary size."""
+    a = to_numpy(ids)
+    rule = f"ids must be integers in [0, {vocab})"
+    where = f"lookup {name!r} (table {table!r}, vocab size {vocab})"
+    checks: list[tuple[np.ndarray, str]] = []
+    if np.issubdtype(a.dtype, np.floating):
+        checks.append(
+            (~np.isfinite(a) | (a != np.round(a)), "a non-integral id (Gluon feeds ids as float)")
+        )
+    checks += [(a < 0, "a negative id"), (a >= vocab, "an id out of range")]
+    for bad, what in checks:
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(
+                f"{where} got {what}: {a[idx]:g} at index {idx}; {rule}. Check the tokenizer "
+                "and that the vocabulary matches the model."
+            )
+
+
+@dataclass
+class Site:
+    """Where a lookup happened: its call-site name, the block and the table Parameter."""
+
+    name: str
+    owner: Any
+    param: Any
+    table: str
+    module: str
+    users: list[str]  # non-lookup blocks that also use the table (tied weights)
+
+
+class Tracer:
+    """Stands in for ``mx.nd.Embedding`` while a forward is recorded; one Capture per call.
+
+    Also names the lookups found in rewritten symbol graphs (``gluon_symbol.intercept``).
+    """
+
+    def __init__(self, model: Any, params: Mapping[str, Any]) -> None:
+        self.model = model
+        self.params = dict(params)  # a plain dict: ParameterDict.get would create parameters
+        self.paths = _block_paths(model)
+        self.users = _param_users(self.paths)
+        self.prefixes = sorted(
+            ((b.prefix, b) for b, _ in self.paths.values() if b.prefix),
+            key=lambda item: -len(item[0]),
+        )
+        self.by_id: dict[int, tuple[Any, Any]] = {}
+        self.captures: list[Capture] = []
+        self.counts: dict[str, int] = {}
+        self.thread: int | None = None
+
+    def index_params(self) -> None:
+        """Remember every parameter array, to match a lookup's weight by identity."""
+        for p in self.params.values():
+            for arr in p._data or []:
+                self.by_id[id(arr)] = (arr, p)
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[Capture]]:
+        self.captures, self.counts = [], {}
+        self.thread = threading.get_ident()
+        try:
+            yield self.captures
+        finally:
+            self.thread = None
+
+    def capturing_here(self) -> bool:
+        return self.thread == threading.get_ident()
+
+    def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(real)
+        def embedding(*args: Any, **kwargs: Any) -> Any:
+            if not self.capturing_here():
+                return real(*args, **kwargs)
+            return self.lookup(real, sys._getframe(1), args, kwargs)
+
+        return embedding
+
+    def lookup(
+        self, real: Callable[..., Any], frame: FrameType, args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        """One imperative lookup: validate, look up, return ``out + delta``, record it."""
+        nd = lazy_mxnet().nd
+        ids, weight = _arg(args, kwargs, 0, "data"), _arg(args, kwargs, 1, "weight")
+        if not isinstance(ids, nd.NDArray) or not isinstance(weight, nd.NDArray):
+            return real(*args, **kwargs)
+        owner = _calling_block(frame)
+        param, local = self._table(weight, owner)
+        site = self._site(owner, param, local)
+        vocab, dim = int(weight.shape[0]), int(weight.shape[-1])
+        validate_ids(ids, vocab, site.name, site.table)
+        out = real(*args, **kwargs)
+        delta = nd.zeros(out.shape, ctx=out.context, dtype=out.dtype)
+        delta.attach_grad()
+        self.add(site, ids, delta, vocab, dim)
+        return out + delta
+
+    def site_of_node(self, block: Any, node: str, table: str) -> Site:
+        """The site of an Embedding node of ``block``'s graph: the block whose prefix names the
+        node (hybridized models), else the node itself (exported models)."""
+        owner = next((b for prefix, b in self.prefixes if node.startswith(prefix)), None)
+        param = self.params.get(table)
+        if owner is None:
+            n = self.counts[node] = self.counts.get(node, 0) + 1
+            name = node if n == 1 else f"{node}#{n}"
+            site = Site(name, block, param, table, "Embedding", [])
+            site.users = self._tied_with(block, param)
+            return site
+        return self._site(owner, param, _local_name(owner, param, table))
+
+    def add(
+        self, site: Site, ids: Any, delta: Any, vocab: int, dim: int, graph_tied: bool = False
+    ) -> None:
+        """Record one lookup (its output's gradient will be the gradient w.r.t. ``delta``)."""
+        tied = bool(site.users) or graph_tied
+        self.captures.append(
+            Capture(
+                name=site.name,
+                role=_role(site.owner, site.name, site.table),
+                module=site.module,
+                table=site.table,
+                ids=ids,
+                out_shape=tuple(delta.shape),
+                vocab_size=vocab,
+                dim=dim,
+                handle=delta,
+                owner=site.owner,
+                tied=tied,
+                note=_tied_note(site.table, site.users or ["a non-lookup node"]) if tied else "",
+            )
+        )
+
+    def _site(self, owner: Any, param: Any, local: str) -> Site:
+        table = param.name if param is not None else local
+        module = type(owner).__name__ if owner is not None else "F.Embedding"
+        return Site(
+            self._name(owner, local), owner, param, table, module, self._tied_with(owner, param)
+        )
+
+    def _table(self, weight: Any, owner: Any) -> tuple[Any, str]:
+        """(Parameter or None, its local name in the owner) for the weight a lookup received."""
+        hit = self.by_id.get(id(weight))
+        param = hit[1] if hit is not None and hit[0] is weight else None
+        if param is None and owner is not None:
+            shape = tuple(weight.shape)
+            subtree = owner._collect_params_with_prefix().values()
+            for pool in (list(owner._reg_params.values()), list(subtree)):
+                same = [p for p in pool if tuple(p.shape) == shape]
+                if len(same) == 1:
+                    param = same[0]
+                    break
+        return param, _local_name(owner, param, "weight")
+
+    def _name(self, owner: Any, local: str) -> str:
+        hit = self.paths.get(id(owner)) if owner is not None else None
+        path = hit[1] if hit is not None else None
+        if path is None:
+            base = local
+        elif _is_embedding_block(owner):
+            base = path or "embedding"
+        else:
+            base = f"{path}.{local}" if path else local
+        n = self.counts[base] = self.counts.get(base, 0) + 1
+        return base if n == 1 else f"{base}#{n}"
+
+    def _tied_with(self, owner: Any, param: Any) -> list[str]:
+        """Paths of non-lookup blocks that also use the lookup's table (a tied decoder)."""
+        if param is None:
+            return []
+        return [
+            path or type(b).__name__
+            for b, path in self.users.get(param.name, [])
+            if b is not owner and not _is_embedding_block(b)
+        ]
+
+
+def _local_name(owner: Any, param: Any, default: str) -> str:
+    """The attribute name under which ``owner`` registers ``param`` (else its full name)."""
+    if owner is not None and param is not None:
+        for key, p in owner._reg_params.items():
+            if p.name == param.name:
+                return str(key)
+    return param.name if param is not None else default
+
+
+def _role(owner: Any, name: str, table: str) -> str:
+    if owner is not None and _is_output_block(owner):
+        return "output"
+    role = guess_role(name)
+    return role if role != "input" else guess_role(table)
+
+
+def _tied_note(table: str, users: list[str]) -> str:
+    if not users:
+        return ""
+    return (
+        f"table {table!r} is also used by {', '.join(users)} (tied weights): the table gradient "
+        "covers the lookup path only and differs from weight.grad() by design"
+    )
+
+
+@contextlib.contextmanager
+def patched(tracer: Tracer) -> Iterator[None]:
+    """Replace ``mx.nd.Embedding`` (where ``F.Embedding`` resolves) by the tracer's wrapper."""
+    mx = lazy_mxnet()
+    real = mx.nd.Embedding
+    modules = [m for m in {id(m): m for m in (mx.nd, mx.nd.op)}.values() if m.Embedding is real]
+    wrapper = tracer.wrap(real)
+    try:
+        for m in modules:
+            m.Embedding = wrapper
+        yield
+    finally:
+        for m in modules:
+            m.Embedding = real

@@ -1,0 +1,227 @@
+"""The PyTorch backend: ``torch.nn.Module`` models, HuggingFace included.
+
+``TorchBackend.open`` sets every submodule's ``training`` flag for the requested mode (and, in
+train mode, snapshots the buffers, which BatchNorm updates) and restores both exactly on exit.
+``TorchSession.forward`` runs the model once with a :class:`~.torch_capture.LookupRecorder`
+active, so every ``F.embedding`` / ``F.embedding_bag`` call is captured without hooks or edits;
+``torch.compile``d modules run their original module eagerly (``set_stance("force_eager")``).
+``backward`` is one ``torch.autograd.grad`` w.r.t. the captured lookup outputs (and detached
+copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written.
+Dropout masks live in the retained graph, so repeated backwards over it are exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from ..errors import InputError, LossError
+from .base import Backend, Forward, Mode, Session
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _unwrap(model: Any) -> Any:
+    """The module to run: the original module of a ``torch.compile``d one, else ``model``."""
+    return getattr(model, "_orig_mod", model) if _is_compiled(model) else model
+
+
+def _is_compiled(model: Any) -> bool:
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    return dynamo is not None and isinstance(model, dynamo.OptimizedModule)
+
+
+class TorchBackend(Backend):
+    """Backend for ``torch.nn.Module`` (plain, HuggingFace, ``torch.compile``d)."""
+
+    framework = "torch"
+    extra = "torch"
+
+    @staticmethod
+    def accepts(model: Any) -> bool:
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(model, torch.nn.Module)
+
+    @contextlib.contextmanager
+    def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:
+        module = _unwrap(model)
+        flags = [(m, m.training) for m in module.modules()]
+        saved = _snapshot_buffers(module) if mode == "train" else []
+        try:
+            for m, _ in flags:
+                m.training = mode == "train"
+            yield TorchSession(module)
+        finally:
+            for m, was in flags:
+                m.training = was
+            _restore_buffers(saved)
+
+
+def _snapshot_buffers(module: Any) -> list[tuple[Any, Any]]:
+    """(buffer, copy) for every buffer: train-mode forwards update BatchNorm statistics (without
+    bumping the version counter, so every buffer is copied back)."""
+    torch = _torch()
+    with torch.no_grad():
+        return [(b, b.clone()) for b in module.buffers()]
+
+
+def _restore_buffers(saved: list[tuple[Any, Any]]) -> None:
+    """Copy back the buffers whose values changed (untouched ones are not written to)."""
+    torch = _torch()
+    with torch.no_grad():
+        for buf, copy in saved:
+            if not torch.equal(buf, copy):
+                buf.copy_(copy)
+
+
+def _walk(x: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """(path, tensor) for every tensor in nested tuples / lists / dicts."""
+    torch = _torch()
+    if isinstance(x, torch.Tensor):
+        yield path, x
+    elif isinstance(x, (tuple, list)):
+        for i, v in enumerate(x):
+            yield from _walk(v, (*path, i))
+    elif isinstance(x, Mapping):
+        for k, v in x.items():
+            yield from _walk(v, (*path, k))
+
+
+def _label(path: tuple[Any, ...]) -> str:
+    head = f"positional input {path[0]}" if isinstance(path[0], int) else f"input {path[0]!r}"
+    return head + "".join(f"[{p!r}]" for p in path[1:])
+
+
+class TorchSession(Session):
+    """A module opened for capture (see the module docstring)."""
+
+    framework = "torch"
+    retained_backward_is_exact = True
+
+    def __init__(self, module: Any) -> None:
+        from .torch_ops import TorchOps
+        from .torch_tables import TableNames
+
+        self.module = module
+        self.ops = TorchOps()
+        self.names = TableNames(module)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check_inputs(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """InputError for empty tensors and tensors on a device the model's parameters are not."""
+        devices = {t.device for t in self.module.parameters()} or {
+            t.device for t in self.module.buffers()
+        }
+        tensors = list(_walk(args)) + list(_walk(dict(kwargs)))
+        for path, t in tensors:
+            if t.numel() == 0:
+                raise InputError(
+                    f"{_label(path)} is empty (shape {tuple(t.shape)}): the batch is empty; pass "
+                    "at least one sample with at least one position"
+                )
+            if devices and t.device not in devices:
+                where = ", ".join(sorted(str(d) for d in devices))
+                raise InputError(
+                    f"{_label(path)} is on {t.device} but the model's parameters are on {where}; "
+                    f"move the inputs there first (e.g. x.to('{sorted(map(str, devices))[0]}'))"
+                )
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        loss_fn: Callable[[Any], Any],
+        *,
+        seed: int,
+    ) -> Forward:
+        """Run ``model(*args, **kwargs)`` once with every lookup captured; ``loss_fn`` on it."""
+        from .torch_capture import LookupRecorder
+
+        torch = _torch()
+        args, kwargs, floats = self._float_leaves(args, kwargs)
+        recorder = LookupRecorder(self.names, self.replace)
+        with torch.enable_grad(), _eager(), recorder:
+            outputs = self.module(*args, **kwargs)
+        with torch.enable_grad():
+            losses = loss_fn(outputs)
+        if not isinstance(losses, torch.Tensor):
+            raise LossError(
+                f"loss_fn returned {type(losses).__name__}; with a torch model it must return a "
+                "torch.Tensor of per-sample losses, shape (B,), still attached to the graph"
+            )
+        if recorder.captures and losses.ndim == 1 and not losses.requires_grad:
+            raise LossError(
+                "loss_fn's losses do not depend on the model's lookups through autograd (no "
+                "grad_fn): do not detach them, call .item()/.numpy(), or compute them under "
+                "torch.no_grad()"
+            )
+        return Forward(
+            losses=losses.detach(), captures=recorder.captures, float_inputs=floats, state=losses
+        )
+
+    def _float_leaves(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str | int, Any]]:
+        """Replace top-level floating-point tensors by detached copies that require grad."""
+        torch = _torch()
+        floats: dict[str | int, Any] = {}
+
+        def leaf(key: str | int, x: Any) -> Any:
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                floats[key] = x.detach().requires_grad_()
+                return floats[key]
+            return x
+
+        new_args = tuple(leaf(i, x) for i, x in enumerate(args))
+        new_kwargs = {k: leaf(k, x) for k, x in kwargs.items()}
+        return new_args, new_kwargs, floats
+
+    # -- backward ---------------------------------------------------------------------------------
+    def backward(
+        self,
+        fwd: Forward,
+        cotangent: Any,
+        select: list[int],
+        *,
+        inputs: bool,
+        retain: bool,
+    ) -> tuple[list[Any], dict[str | int, Any]]:
+        """Gradients of Σ_i cotangent_i·L_i w.r.t. the outputs of ``fwd.captures[k]``, k in
+        ``select`` (and the float inputs when ``inputs``).
+
+        Returns one tensor per selected capture, shaped like its output, and {key: gradient}
+        for the float inputs; gradients that do not reach a target are zeros.
+        """
+        torch = _torch()
+        caps = [fwd.captures[k] for k in select]
+        losses = fwd.state
+        weights = torch.as_tensor(cotangent, dtype=losses.dtype, device=losses.device)
+        keys = list(fwd.float_inputs) if inputs else []
+        targets = [c.handle for c in caps] + [fwd.float_inputs[k] for k in keys]
+        grads = torch.autograd.grad(
+            losses,
+            targets,
+            grad_outputs=weights,
+            retain_graph=retain,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return list(grads[: len(caps)]), dict(zip(keys, grads[len(caps) :], strict=True))
+
+
+@contextlib.contextmanager
+def _eager() -> Iterator[None]:
+    """Run ``torch.compile``d code eagerly (if dynamo was ever imported), so lookups are seen."""
+    if "torch._dynamo" not in sys.modules:
+        yield
+        return
+    torch = _torch()
+    with torch.compiler.set_stance("force_eager"):
+        yield

@@ -1,0 +1,231 @@
+"""Discovery of every embedding lookup a torch forward performs, with no edits to the model.
+
+A :class:`LookupRecorder` (a ``TorchFunctionMode``, active only while the model runs) sees every
+call of ``F.embedding``, ``F.embedding_bag``, ``torch.embedding`` and ``torch.embedding_bag``,
+whatever module or nesting makes it (``nn.Embedding`` / ``nn.EmbeddingBag`` call the ``F``
+functions).  For each call it validates the ids *before* the real lookup, runs the lookup, and
+records a :class:`Capture` whose ``handle`` is the lookup output (a fresh leaf when the table is
+frozen or ``replace`` substituted it).  The model receives a clone of it, so in-place edits of
+the output inside the model cannot change what is differentiated.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..errors import InputError
+from .base import Capture, Replace
+from .torch_bags import bag_rows
+from .torch_tables import TableNames, check_ids, norm_pad
+
+_EMB_SIG = inspect.signature(F.embedding)
+_BAG_SIG = inspect.signature(F.embedding_bag)
+_BAG_MODES = ("sum", "mean", "max")
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str, default: Any) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+class LookupRecorder(TorchFunctionMode):
+    """Records every embedding lookup made while active (one :class:`Capture` per call)."""
+
+    def __init__(self, names: TableNames, replace: Replace | None = None) -> None:
+        super().__init__()
+        self.names = names
+        self.replace = replace
+        self.captures: list[Capture] = []
+        self._calls: Counter[str] = Counter()
+        self._handlers: dict[Any, Callable[..., Any]] = {
+            F.embedding: self._f_embedding,
+            torch.embedding: self._t_embedding,
+            F.embedding_bag: self._f_bag,
+            torch.embedding_bag: self._t_bag,
+        }
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        handler = self._handlers.get(func)
+        if handler is None:
+            return func(*args, **kwargs)
+        return handler(func, args, kwargs)
+
+    # -- naming and recording ------------------------------------------------------------------
+    def _site(self, weight: torch.Tensor, kind: str) -> dict[str, Any]:
+        info = self.names.describe(weight, kind)
+        self._calls[info["name"]] += 1
+        k = self._calls[info["name"]]
+        if k > 1:
+            info["name"] = f"{info['name']}#{k}"
+        return info
+
+    def _record(
+        self, out: torch.Tensor, weight: torch.Tensor, info: dict[str, Any], **fields: Any
+    ) -> torch.Tensor:
+        """Record ``out`` as a capture; return the tensor the model should continue with.
+
+        The differentiation target is ``out`` itself, or a fresh leaf when it does not require
+        grad (frozen table) or ``replace`` substituted it; the model gets a clone, so in-place
+        edits inside the model leave the target as looked up.
+        """
+        sub = self._substitute(out, info)
+        if sub is not None:
+            target = sub.detach().requires_grad_()
+        else:
+            target = out if out.requires_grad else out.detach().requires_grad_()
+        v, d = weight.shape
+        self.captures.append(
+            Capture(
+                out_shape=tuple(out.shape),
+                vocab_size=int(v),
+                dim=int(d),
+                handle=target,
+                output=target.detach(),
+                weight=weight.detach(),
+                **info,
+                **fields,
+            )
+        )
+        return target.clone()
+
+    def _substitute(self, out: torch.Tensor, info: dict[str, Any]) -> torch.Tensor | None:
+        """``replace(name, role, output)``'s substitute for ``out`` (checked), or None."""
+        if self.replace is None:
+            return None
+        sub = self.replace(info["name"], info["role"], out.detach())
+        if sub is None:
+            return None
+        if not isinstance(sub, torch.Tensor) or sub.shape != out.shape or sub.dtype != out.dtype:
+            got = (
+                f"{tuple(sub.shape)} {sub.dtype}"
+                if isinstance(sub, torch.Tensor)
+                else type(sub).__name__
+            )
+            raise InputError(
+                f"replace() for lookup {info['name']!r} returned {got}; it must return None or a "
+                f"tensor of the output's shape {tuple(out.shape)} and dtype {out.dtype}"
+            )
+        return sub
+
+    # -- F.embedding / torch.embedding ---------------------------------------------------------
+    def _f_embedding(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        a = _EMB_SIG.bind(*args, **kwargs).arguments
+        ids, weight = a["input"], a["weight"]
+        pad = norm_pad(a.get("padding_idx"), weight.shape[0], negative_is_none=False)
+        return self._embedding(func, args, kwargs, ids, weight, pad, "F.embedding", a)
+
+    def _t_embedding(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        weight = _arg(args, kwargs, 0, "weight", None)
+        ids = _arg(args, kwargs, 1, "indices", None)
+        pad_arg = _arg(args, kwargs, 2, "padding_idx", -1)
+        pad = norm_pad(pad_arg, weight.shape[0], negative_is_none=True)
+        extra = {"scale_grad_by_freq": _arg(args, kwargs, 3, "scale_grad_by_freq", False)}
+        return self._embedding(func, args, kwargs, ids, weight, pad, "torch.embedding", extra)
+
+    def _embedding(
+        self,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ids: torch.Tensor,
+        weight: torch.Tensor,
+        pad: int | None,
+        kind: str,
+        opts: dict[str, Any],
+    ) -> Any:
+        info = self._site(weight, kind)
+        check_ids(info["name"], ids, weight.shape[0])
+        out = func(*args, **kwargs)
+        info["note"] = _join(info["note"], _option_note(opts))
+        return self._record(out, weight, info, ids=ids, padding_idx=pad)
+
+    # -- F.embedding_bag / torch.embedding_bag -------------------------------------------------
+    def _f_bag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        a = _BAG_SIG.bind(*args, **kwargs).arguments
+        ids, weight, offsets = a["input"], a["weight"], a.get("offsets")
+        if not isinstance(ids, torch.Tensor) or getattr(ids, "is_nested", False):
+            raise InputError("embedding_bag with nested-tensor or non-tensor ids is not supported")
+        if ids.dim() not in (1, 2) or (ids.dim() == 2) == (offsets is not None):
+            return func(*args, **kwargs)  # malformed: PyTorch's own error
+        info = self._site(weight, "F.embedding_bag")
+        check_ids(info["name"], ids, weight.shape[0])
+        out = func(*args, **kwargs)
+        flat = ids.reshape(-1)
+        last = bool(a.get("include_last_offset", False)) and ids.dim() == 1
+        starts: torch.Tensor = (
+            offsets
+            if offsets is not None
+            else torch.arange(0, ids.numel(), ids.shape[1], device=ids.device)
+        )
+        mode = a.get("mode", "mean")
+        pad = norm_pad(a.get("padding_idx"), weight.shape[0], negative_is_none=False)
+        argmax = None
+        if mode == "max":
+            with torch.no_grad():
+                argmax = torch.embedding_bag(
+                    weight.detach(), flat, starts.to(flat.dtype), False, 2, False, None, last, pad
+                )[3]
+        rows = bag_rows(
+            flat,
+            starts,
+            mode=mode,
+            include_last=last,
+            padding_idx=pad,
+            weights=a.get("per_sample_weights"),
+            argmax=argmax,
+            vocab=weight.shape[0],
+        )
+        info["note"] = _join(info["note"], _option_note(a))
+        return self._record(out, weight, info, ids=ids, padding_idx=pad, rows=rows)
+
+    def _t_bag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        weight = _arg(args, kwargs, 0, "weight", None)
+        ids = _arg(args, kwargs, 1, "indices", None)
+        offsets = _arg(args, kwargs, 2, "offsets", None)
+        mode = _BAG_MODES[int(_arg(args, kwargs, 4, "mode", 0))]
+        weights = _arg(args, kwargs, 6, "per_sample_weights", None)
+        last = bool(_arg(args, kwargs, 7, "include_last_offset", False))
+        pad = norm_pad(
+            _arg(args, kwargs, 8, "padding_idx", None), weight.shape[0], negative_is_none=False
+        )
+        info = self._site(weight, "torch.embedding_bag")
+        check_ids(info["name"], ids, weight.shape[0])
+        out, *rest = func(*args, **kwargs)
+        rows = bag_rows(
+            ids.reshape(-1),
+            offsets,
+            mode=mode,
+            include_last=last,
+            padding_idx=pad,
+            weights=weights,
+            argmax=rest[2] if mode == "max" else None,
+            vocab=weight.shape[0],
+        )
+        opts = {"scale_grad_by_freq": _arg(args, kwargs, 3, "scale_grad_by_freq", False)}
+        info["note"] = _join(info["note"], _option_note(opts))
+        new = self._record(out, weight, info, ids=ids, padding_idx=pad, rows=rows)
+        return (new, *rest)
+
+
+def _option_note(opts: dict[str, Any]) -> str:
+    notes = []
+    if opts.get("scale_grad_by_freq"):
+        notes.append(
+            "scale_grad_by_freq is not applied: table rows are the plain per-sample gradients"
+        )
+    if opts.get("max_norm") is not None:
+        notes.append("max_norm renormalises the table in place during the forward (PyTorch)")
+    return "; ".join(notes)
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)

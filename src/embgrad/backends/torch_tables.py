@@ -1,0 +1,135 @@
+"""Naming and validating torch embedding lookups: registered table names, ids checks.
+
+A lookup is named after the table it reads: the parameter (or buffer) name under which the
+model registers the weight tensor, without its ``.weight`` suffix (``embeddings.word_embeddings``).
+A tensor registered under several names is a tied table; it is named after the module whose
+forward made the call.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import FrameType
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .base import guess_role
+
+_ID_DTYPES = (torch.int64, torch.int32)
+#: how many frames above a lookup are searched for the module that made it (tied tables)
+_FRAME_DEPTH = 12
+
+
+class TableNames:
+    """The model's registered tensors (parameters and buffers) by identity, for naming lookups."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.names: dict[int, list[str]] = {}
+        for name, p in module.named_parameters(remove_duplicate=False):
+            self.names.setdefault(id(p), []).append(name)
+        for name, b in module.named_buffers(remove_duplicate=False):
+            self.names.setdefault(id(b), []).append(name)
+        self.modules: dict[int, list[str]] = {}
+        for name, m in module.named_modules(remove_duplicate=False):
+            self.modules.setdefault(id(m), []).append(name)
+
+    def _caller_first(self, names: list[str], weight: torch.Tensor) -> list[str]:
+        """``names`` with the name under which the calling module holds ``weight`` first.
+
+        A table registered under several names (T5's ``shared`` / ``encoder.embed_tokens``,
+        GPT-2's ``wte`` / ``lm_head``) is named after the module whose forward is on the stack.
+        """
+        frame: FrameType | None = sys._getframe(2)
+        for _ in range(_FRAME_DEPTH):
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, torch.nn.Module):
+                attrs = [k for k, v in owner._parameters.items() if v is weight]
+                for path in self.modules.get(id(owner), []) if attrs else []:
+                    full = f"{path}.{attrs[0]}" if path else attrs[0]
+                    if full in names:
+                        return [full] + [n for n in names if n != full]
+            frame = frame.f_back
+        return names
+
+    def describe(self, weight: torch.Tensor, kind: str) -> dict[str, Any]:
+        """Capture fields (name, role, module, table, owner, tied, note) of a lookup on ``weight``."""
+        names = self.names.get(id(weight))
+        if names is None and weight._base is not None:
+            names = self.names.get(id(weight._base))
+        if not names:
+            v, d = weight.shape
+            return {
+                "name": kind,
+                "role": "input",
+                "module": kind,
+                "table": f"<unregistered {v}x{d} tensor>",
+                "owner": None,
+                "tied": False,
+                "note": "the table is not a registered parameter or buffer of the model",
+            }
+        if len(names) > 1:
+            names = self._caller_first(names, weight)
+        path, _, attr = names[0].rpartition(".")
+        owner = self.module.get_submodule(path)
+        table = _plain(names[0])
+        path = _plain(path)
+        is_layer = attr == "weight" and isinstance(
+            owner, (torch.nn.Embedding, torch.nn.EmbeddingBag)
+        )
+        site = path if attr == "weight" and path else table
+        note = ""
+        if len(names) > 1:
+            note = (
+                f"tied weights: table {table} is also registered as "
+                f"{', '.join(map(_plain, names[1:]))}; the "
+                "table gradient covers this lookup's path only, not the table's other uses"
+            )
+        return {
+            "name": site,
+            "role": guess_role(table),
+            "module": type(owner).__name__ if is_layer else kind,
+            "table": table,
+            "owner": owner,
+            "tied": len(names) > 1,
+            "note": note,
+        }
+
+
+def _plain(name: str) -> str:
+    """A registered name without the ``_orig_mod`` segments of nested torch.compile wrappers."""
+    return ".".join(p for p in name.split(".") if p != "_orig_mod")
+
+
+def check_ids(site: str, ids: torch.Tensor, vocab: int) -> None:
+    """Raise InputError unless ``ids`` is an int32/int64 tensor with values in [0, vocab)."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in _ID_DTYPES:
+        dtype = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise InputError(
+            f"lookup {site!r} got ids of dtype {dtype}; embedding ids must be integer tensors "
+            "(torch.int64 or torch.int32). Convert them with ids.long() — float ids are not "
+            "rounded implicitly."
+        )
+    if ids.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(ids))
+    if lo >= 0 and hi < vocab:
+        return
+    bad = ((ids < 0) | (ids >= vocab)).nonzero()[0]
+    where = tuple(int(i) for i in bad)
+    value = int(ids[where])
+    raise InputError(
+        f"lookup {site!r} got id {value} at position {where}, outside its table of {vocab} rows "
+        f"(valid ids are 0..{vocab - 1}). Check that the tokenizer / vocabulary matches the model."
+    )
+
+
+def norm_pad(padding_idx: int | None, vocab: int, *, negative_is_none: bool) -> int | None:
+    """PyTorch's padding_idx as a row number in [0, vocab), or None."""
+    if padding_idx is None or (negative_is_none and padding_idx < 0):
+        return None
+    return padding_idx + vocab if padding_idx < 0 else int(padding_idx)

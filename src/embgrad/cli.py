@@ -1,0 +1,228 @@
+"""The ``embgrad`` command line: ``embgrad explain`` and ``embgrad methods``.
+
+The command tree is built by :func:`build_parser`; method names, summaries and options come from
+the method registry. Another package may add a subcommand: if the module ``embgrad.data.cli``
+exists, its ``add_parser(subparsers)`` is called. Exit codes: 0 ok, 1 an embgrad error (one line
+on stderr, no traceback), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import EmbgradError
+from .methods import get_method, list_methods
+
+FORMATS = ("terminal", "html", "json", "png")
+DEFAULT_FORMATS = ("terminal", "html", "png")
+
+
+def _formats(value: str) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in chosen if v not in FORMATS]
+    if bad or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {', '.join(bad) or repr(value)}; choose from {', '.join(FORMATS)}"
+        )
+    return chosen
+
+
+def _option(value: str) -> tuple[str, Any]:
+    key, eq, raw = value.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"method options look like KEY=VALUE, got {value!r}")
+    try:
+        parsed: Any = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        parsed = raw
+    return key.strip(), parsed
+
+
+def _methods_help() -> str:
+    return "; ".join(f"{n}: {get_method(n).summary}" for n in list_methods())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``embgrad`` parser with its subcommands (and ``embgrad.data.cli``'s, if present)."""
+    parser = argparse.ArgumentParser(
+        prog="embgrad",
+        description="Exact per-sample gradients w.r.t. word embeddings, and token attributions.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_explain(sub)
+    methods = sub.add_parser("methods", help="list the attribution methods and their options")
+    methods.set_defaults(func=_run_methods)
+    try:
+        found = importlib.util.find_spec("embgrad.data.cli") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        importlib.import_module("embgrad.data.cli").add_parser(sub)
+    return parser
+
+
+def _add_explain(sub: Any) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="show which tokens drive a model's output (heatmaps, HotFlip swaps)",
+        description=(
+            "Explain which tokens drive a model's output. With no --text: a few bundled "
+            "sentence pairs with all-MiniLM-L6-v2, explaining each pair's cosine similarity. "
+            "Texts longer than the model's token limit are truncated (and flagged so)."
+        ),
+        epilog="methods: " + _methods_help(),
+    )
+    p.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="hf:PATH (HF sequence classifier or encoder folder) or module:pkg.mod:factory "
+        "(returns (model, tokenizer)); default: the bundled all-MiniLM-L6-v2",
+    )
+    p.add_argument("--framework", choices=("torch", "gluon"), default="torch",
+                   help="gluon: the same BERT weights in gluonnlp's BERTModel (default torch)")  # fmt: skip
+    p.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
+    p.add_argument(
+        "--pair", action="append", metavar="TEXT",
+        help="the partner of the text at the same position (repeatable): explains the pair's "
+        "cosine similarity, one result per sentence",
+    )  # fmt: skip
+    p.add_argument(
+        "--target", action="append", metavar="LABEL",
+        help="class label or index to explain (classifiers; one for all texts or one per text); "
+        "default: the predicted class",
+    )  # fmt: skip
+    p.add_argument("--method", choices=list_methods(), default="gradient",
+                   help="attribution method (default gradient); see `embgrad methods`")  # fmt: skip
+    p.add_argument("-O", "--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. -O n_steps=32 (repeatable)")  # fmt: skip
+    p.add_argument("--hotflip-k", type=int, default=3, metavar="K",
+                   help="HotFlip substitutions shown per text (0: none; default 3)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=16, help="texts per forward (default 16)")
+    p.add_argument("--out", default="embgrad-out", metavar="DIR",
+                   help="folder for the html/json/png outputs (default ./embgrad-out)")  # fmt: skip
+    p.add_argument(
+        "--format", action="append", type=_formats, metavar="FORMATS",
+        help=f"outputs: {', '.join(FORMATS)}; repeatable or a comma list "
+        f"(default {','.join(DEFAULT_FORMATS)})",
+    )  # fmt: skip
+    p.set_defaults(func=_run_explain)
+
+
+def _bundled_pairs() -> tuple[list[str], list[str]]:
+    data = json.loads(
+        (Path(__file__).parent / "models" / "data" / "pairs.json").read_text(encoding="utf-8")
+    )
+    return [a for a, _ in data["pairs"]], [b for _, b in data["pairs"]]
+
+
+def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .explain import Explainer
+
+    formats = [f for group in (args.format or [list(DEFAULT_FORMATS)]) for f in group]
+    texts, pairs = args.text, args.pair
+    if pairs and not texts:
+        parser.error("--pair needs --text (one --text per --pair)")
+    if texts is None and args.model is None:
+        texts, pairs = _bundled_pairs()
+    elif texts is None:
+        parser.error("--text is required with --model")
+    explainer = Explainer.from_spec(args.model, framework=args.framework)
+    explainer.batch_size = max(2, args.batch_size)
+    options = dict(args.option)
+    items = explainer.explain(
+        texts, pairs, args.target, method=args.method, hotflip_k=args.hotflip_k, **options
+    )
+    titles = (
+        [f"pair {i // 2 + 1}{'AB'[i % 2]}" for i in range(len(items))]
+        if pairs
+        else [f"[{i + 1}]" for i in range(len(items))]
+    )
+    what = "cosine similarity" if pairs else None
+    if "terminal" in formats:
+        from .render.terminal import render_terminal
+
+        render_terminal(items, titles=titles, quantity=what)
+    written = _write(items, formats, Path(args.out), titles, what, explainer, args, options)
+    for path in written:
+        print(f"embgrad: wrote {path}")
+    return 0
+
+
+def _write(
+    items: list[Any],
+    formats: list[str],
+    out: Path,
+    titles: list[str],
+    what: str | None,
+    explainer: Any,
+    args: argparse.Namespace,
+    options: dict[str, Any],
+) -> list[Path]:
+    files = [f for f in formats if f != "terminal"]
+    if not files:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    subtitle = f"model {explainer.name} ({explainer.framework})"
+    if "html" in files:
+        from .render.html import render_html
+
+        path = out / "report.html"
+        path.write_text(
+            render_html(items, titles=titles, quantity=what, subtitle=subtitle), encoding="utf-8"
+        )
+        written.append(path)
+    if "json" in files:
+        from .methods.result import items_to_json
+
+        meta = {
+            "model": explainer.name,
+            "framework": explainer.framework,
+            "method": args.method,
+            "options": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
+                        for k, v in options.items()},
+            "quantity": what or "log p(target)",
+        }  # fmt: skip
+        path = out / "attributions.json"
+        path.write_text(items_to_json(items, meta), encoding="utf-8")
+        written.append(path)
+    if "png" in files:
+        from .render.png import write_png
+
+        written.append(write_png(items, out / "heatmap.png", titles=titles, quantity=what))
+    return written
+
+
+def _run_methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    for name in list_methods():
+        cls = get_method(name)
+        print(f"{name}: {cls.summary}")
+        for opt, default in cls.options().items():
+            print(f"    {opt} (default {default!r}): {cls.option_help.get(opt, '')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 embgrad error, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args, parser))
+    except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else 2
+    except EmbgradError as e:
+        message = " ".join(str(e).split())
+        print(f"embgrad: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""``embgrad.attribute``: one call from a model and a batch to token attributions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ._arrays import framework_of, to_numpy
+from ._passes import LossFn, batch_size_hint
+from .base import Scores, get_method
+from .result import Attribution, TokenAttribution
+
+
+def attribute(
+    model: Any,
+    inputs: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    target: Any = None,
+    method: str = "gradient",
+    tokenizer: Any = None,
+    layer: str = "word",
+    mode: str = "eval",
+    check: str = "auto",
+    **options: Any,
+) -> Attribution:
+    """Token attributions of ``model`` on a batch, by the registered ``method``.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``mxnet.gluon.Block`` with an embedding lookup.
+        inputs: as for :func:`embgrad.gradients` (an array, a tuple, or a dict such as a
+            tokenizer's output); batch first. A dict's ``attention_mask`` marks the tokens kept.
+        loss_fn: ``loss_fn(outputs)`` or ``loss_fn(outputs, rows)`` → the explained quantity per
+            sample, (B,). Or leave it None and give ``target``.
+        target: a class index, a label name (``model.config.label2id``) or one per sample: the
+            explained quantity is then log p(target | x) from the model's (B, classes) logits.
+        method: one of :func:`embgrad.list_methods`.
+        tokenizer: optional, to display tokens (``convert_ids_to_tokens``) and to exclude its
+            special tokens from HotFlip.
+        layer, mode, check: which lookup, the model's mode, the independence check.
+        **options: the method's options (``embgrad methods`` lists them).
+
+    Returns:
+        :class:`Attribution`: ``.tokens``, ``.scores``, ``.delta``, ``.items``, ``.to_html()``,
+        ``.to_json()``, ``.plot()``, ``.show()``.
+    """
+    cls = get_method(method)
+    label: Any = None
+    if loss_fn is None:
+        if target is None:
+            raise InputError("give loss_fn (outputs -> (B,) quantity) or target= (a class)")
+        from ..models.heads import ClassLogProb, resolve_targets
+
+        config = getattr(model, "config", None)
+        labels = getattr(config, "label2id", None) or None
+        targets = resolve_targets(target, batch_size_hint(inputs), labels)
+        loss_fn = ClassLogProb(targets)
+        id2label = getattr(config, "id2label", None) or {}
+        label = [str(id2label.get(int(t), t)) for t in targets]
+    elif target is not None:
+        raise InputError("pass either loss_fn or target, not both")
+    mask = _attention_mask(inputs)
+    if cls.name == "hotflip":
+        if "mask" not in options and mask is not None:
+            options["mask"] = mask
+        if "exclude_ids" not in options and tokenizer is not None:
+            options["exclude_ids"] = list(getattr(tokenizer, "all_special_ids", []) or [])
+    scores = cls(model, layer=layer, mode=mode, check=check).attribute(inputs, loss_fn, **options)
+    keep = _keep(scores, mask)
+    items = build_items(
+        scores,
+        keep,
+        tokens_of=_token_namer(tokenizer),
+        texts=None,
+        targets=label,
+        truncated=None,
+        flips=scores.hotflip,
+        hotflip_k=None,
+    )
+    return Attribution(items=items, method=cls.name, raw=scores, mask=keep)
+
+
+def _attention_mask(inputs: Any) -> np.ndarray | None:
+    if isinstance(inputs, dict) and framework_of(inputs.get("attention_mask")):
+        return to_numpy(inputs["attention_mask"]).astype(bool)
+    return None
+
+
+def _keep(scores: Scores, mask: np.ndarray | None) -> np.ndarray:
+    if mask is not None and mask.shape == scores.ids.shape:
+        return mask
+    pad = scores.base.padding_idx if scores.base is not None else None
+    return scores.ids != pad if pad is not None else np.ones(scores.ids.shape, dtype=bool)
+
+
+def _token_namer(tokenizer: Any) -> Callable[[list[int]], list[str]]:
+    if tokenizer is not None and hasattr(tokenizer, "convert_ids_to_tokens"):
+        return lambda ids: [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
+    return lambda ids: [str(i) for i in ids]
+
+
+def rank_key(direction: str) -> Callable[[dict[str, Any]], float]:
+    """Sort key (descending) of HotFlip candidates for ``direction``."""
+    if direction == "decrease":
+        return lambda c: -c["score"]
+    if direction == "abs":
+        return lambda c: abs(c["score"])
+    return lambda c: c["score"]
+
+
+def build_items(
+    scores: Scores,
+    keep: np.ndarray,
+    *,
+    tokens_of: Callable[[list[int]], list[str]],
+    texts: Sequence[str] | None,
+    targets: Sequence[str | None] | None,
+    truncated: Sequence[bool] | None,
+    flips: list[list[dict[str, Any]]] | None,
+    hotflip_k: int | None,
+    direction: str = "increase",
+) -> list[TokenAttribution]:
+    """One :class:`TokenAttribution` per sample, keeping the positions where ``keep`` (B, T).
+
+    HotFlip candidates get token strings and positions among the kept tokens; with
+    ``hotflip_k``, each position's best candidate (by ``direction``) is kept and the best
+    ``hotflip_k`` positions remain: the swaps that would change f most, at distinct positions.
+    """
+    norms = np.zeros(scores.losses.shape[0])
+    if scores.base is not None:
+        norms = to_numpy(scores.base.lookup.table_grad_norms()).astype(np.float64)
+    items = []
+    for b in range(scores.ids.shape[0]):
+        pos = np.flatnonzero(keep[b])
+        where = {int(p): i for i, p in enumerate(pos)}
+        ids = scores.ids[b, pos].tolist()
+        cands = [c for c in (flips[b] if flips is not None else []) if c["position"] in where]
+        if hotflip_k is not None:
+            best: dict[int, dict[str, Any]] = {}
+            for c in sorted(cands, key=rank_key(direction), reverse=True):
+                best.setdefault(c["position"], c)
+            cands = list(best.values())[:hotflip_k]
+        names = tokens_of([c["replacement_id"] for c in cands]) if cands else []
+        current = tokens_of(ids)
+        hot = [
+            {
+                "position": where[c["position"]],
+                "token": current[where[c["position"]]],
+                "replacement": name,
+                "score": float(c["score"]),
+            }
+            for c, name in zip(cands, names, strict=True)
+        ]
+        items.append(
+            TokenAttribution(
+                text=texts[b] if texts is not None else " ".join(current),
+                tokens=current,
+                scores=[float(s) for s in scores.scores[b, pos]],
+                loss=float(scores.losses[b]),
+                table_grad_norm=float(norms[b]),
+                delta=None if scores.delta is None else float(scores.delta[b]),
+                hotflip=hot,
+                truncated=bool(truncated[b]) if truncated is not None else False,
+                method=scores.method,
+                target=targets[b] if targets is not None else None,
+            )
+        )
+    return items

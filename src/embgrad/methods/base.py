@@ -1,0 +1,159 @@
+"""The method protocol, its result type and the registry (``register`` / ``list_methods``).
+
+Every method has the same call shape (captum-style)::
+
+    scores = Method(model, layer="word").attribute(inputs, loss_fn, **options)
+
+``loss_fn(outputs)`` (or ``loss_fn(outputs, rows)``, see ``_passes``) returns the per-sample
+quantity being explained, shape (B,). Options are keyword-only arguments of the method's
+``_attribute``; their names, defaults and help come from there, so the CLI's help and error
+messages are built from the registry, never written by hand.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from ..errors import InputError
+from ._passes import Base, LossFn, base_pass
+
+_REGISTRY: dict[str, type[Method]] = {}
+M = TypeVar("M", bound="type[Method]")
+
+
+@dataclass
+class Scores:
+    """What one method computed for a batch, in numpy, batch first.
+
+    Attributes:
+        method: the method's registry name.
+        scores: (B, T) float64, one number per token (what it means: the method's ``summary``).
+        losses: f(x), the explained per-sample quantity at the inputs, (B,) float64.
+        ids: the word ids (B, T) int64.
+        signed: (B, T) signed per-token sums where ``scores`` are magnitudes, else None.
+        attributions: (B, T, D) per-dimension attributions (gradient×input, integrated
+            gradients) or the (mean) gradient (gradient, SmoothGrad); None for HotFlip.
+        delta: (B,) completeness delta |Σ attributions − (f(x) − f(baseline))| (integrated
+            gradients), else None.
+        hotflip: per sample, a list of candidate swaps
+            ``{"position", "token_id", "replacement_id", "score", "rank"}`` (HotFlip), else None.
+        base: the plain gradient pass at the inputs (kept for table-gradient norms).
+        info: method-specific facts (baseline, rule, steps, sigma, ...).
+    """
+
+    method: str
+    scores: np.ndarray
+    losses: np.ndarray
+    ids: np.ndarray
+    signed: np.ndarray | None = None
+    attributions: np.ndarray | None = None
+    delta: np.ndarray | None = None
+    hotflip: list[list[dict[str, Any]]] | None = None
+    base: Base | None = field(default=None, repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """One attribution method over the outputs of one embedding lookup (the word lookup).
+
+    Args:
+        model: a ``torch.nn.Module`` or an ``mxnet.gluon.Block``.
+        layer: which lookup to attribute to: a role (default ``"word"``), a call-site name or a
+            glob (see ``embgrad.gradients(layers=)``).
+        mode: ``"eval"`` (default) or ``"train"``.
+        check: the independence check of ``embgrad.gradients`` (``"auto"`` by default).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    #: help text per option (keyword of ``_attribute``), shown by ``embgrad methods``
+    option_help: ClassVar[dict[str, str]] = {}
+    #: the method needs only the plain gradient at the inputs (no extra passes)
+    single_pass: ClassVar[bool] = False
+
+    def __init__(
+        self, model: Any, *, layer: str = "word", mode: str = "eval", check: str = "auto"
+    ) -> None:
+        self.model, self.layer, self.mode, self.check = model, layer, mode, check
+
+    def attribute(self, inputs: Any, loss_fn: LossFn, **options: Any) -> Scores:
+        """Attributions for a batch; see the class docstring for the options."""
+        opts = self.validate(options)
+        base = base_pass(
+            self.model, inputs, loss_fn, layer=self.layer, mode=self.mode, check=self.check
+        )
+        return self.from_base(base, inputs, loss_fn, **opts)
+
+    def from_base(self, base: Base, inputs: Any, loss_fn: LossFn, **options: Any) -> Scores:
+        """Attributions given an already computed plain gradient pass at the same inputs."""
+        scores = self._attribute(base, inputs, loss_fn, **self.validate(options))
+        scores.base = base
+        return scores
+
+    @property
+    def expanded_check(self) -> str:
+        """The check for repeated-sample passes: with ``"auto"`` the plain pass already checked
+        that samples are independent (a property of the model and loss), so they skip it."""
+        return "off" if self.check == "auto" else self.check
+
+    #: ``_attribute(self, base, inputs, loss_fn, *, option=default, ...) -> Scores``: each
+    #: method's computation; its keyword-only arguments are the method's options.
+    _attribute: Callable[..., Scores]
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """Option name → default, from the keyword-only arguments of ``_attribute``."""
+        sig = inspect.signature(cls._attribute)
+        return {p.name: p.default for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY}
+
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        known = cls.options()
+        bad = sorted(set(options) - set(known))
+        if bad:
+            raise InputError(
+                f"method {cls.name!r} has no option(s) {', '.join(bad)}; its options are: "
+                + (", ".join(f"{k} (default {v!r})" for k, v in known.items()) or "none")
+            )
+        return options
+
+
+def register(cls: M) -> M:
+    """Class decorator adding a :class:`Method` subclass to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"a method named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    """Names of the registered attribution methods, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``; InputError listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(
+            f"unknown method {name!r}; choose one of: {', '.join(list_methods())}"
+        ) from None
+
+
+def choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """InputError unless ``value`` is one of ``allowed`` (message built from ``allowed``)."""
+    if value not in allowed:
+        raise InputError(f"{name}={value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+
+
+def reduce_tokens(x: np.ndarray, how: str) -> np.ndarray:
+    """(B, T, D) → (B, T): ``"norm"`` (L2 over D) or ``"sum"`` (signed sum over D)."""
+    if how == "norm":
+        return np.sqrt(np.einsum("btd,btd->bt", x, x, dtype=np.float64))
+    return x.sum(axis=-1, dtype=np.float64)

@@ -1,0 +1,152 @@
+"""What is explained, per framework: a class's log-probability, or a pair's cosine similarity.
+
+Both are per-sample quantities f_i (B,) built from a model's outputs, written once for torch and
+once for MXNet (a handful of array operations each). ``loss_fn(outputs, rows)`` follows the
+contract of ``embgrad.methods`` (``rows``: each output row's sample in the caller's batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..methods._arrays import framework_of, from_numpy, take, to_numpy
+
+
+def first_array(outputs: Any, attr: str) -> Any:
+    """``outputs.<attr>`` (HF ModelOutput), the array itself, or the first element of a tuple."""
+    if hasattr(outputs, attr):
+        return getattr(outputs, attr)
+    if framework_of(outputs):
+        return outputs
+    if isinstance(outputs, (tuple, list)) and outputs and framework_of(outputs[0]):
+        return outputs[0]
+    raise InputError(
+        f"cannot find {attr} in the model's outputs of type {type(outputs).__name__}: expected "
+        f"an array, a tuple whose first element is one, or an object with .{attr}"
+    )
+
+
+def log_softmax_pick(logits: Any, index: np.ndarray) -> Any:
+    """log softmax(logits)[i, index[i]], (B,), native and differentiable."""
+    if framework_of(logits) == "torch":
+        import torch
+
+        idx = torch.as_tensor(index, dtype=torch.long, device=logits.device)
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        return lp.gather(1, idx[:, None])[:, 0]
+    import mxnet as mx
+
+    lp = mx.nd.log_softmax(logits.astype("float32"), axis=-1)
+    return mx.nd.pick(lp, mx.nd.array(index, ctx=logits.context), axis=-1)
+
+
+def mean_pool_normalized(hidden: Any, mask: Any) -> Any:
+    """Mean of ``hidden`` (B, T, D) over the positions where ``mask`` (B, T) is 1, L2-normalised."""
+    fw = framework_of(hidden)
+    if fw == "torch":
+        import torch
+
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+    import mxnet as mx
+
+    m = mask.astype(hidden.dtype).expand_dims(-1)
+    pooled = mx.nd.sum(hidden * m, axis=1) / mx.nd.maximum(mx.nd.sum(m, axis=1), 1e-9)
+    return pooled / mx.nd.maximum(mx.nd.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+def detach(x: Any) -> Any:
+    return x.detach()
+
+
+def row_dot(a: Any, b: Any) -> Any:
+    """Σ_d a_i,d b_i,d, (B,)."""
+    if framework_of(a) == "torch":
+        return (a * b).sum(-1)
+    import mxnet as mx
+
+    return mx.nd.sum(a * b, axis=-1)
+
+
+class ClassLogProb:
+    """f_i = log p(target_i | x_i) from (B, classes) logits; one target per caller sample.
+
+    With ``targets=None`` the first call (rows = the caller's batch) explains each sample's
+    predicted class (the argmax) and keeps it in ``targets`` for later calls.
+    """
+
+    def __init__(self, targets: Sequence[int] | np.ndarray | None) -> None:
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+
+    def __call__(self, outputs: Any, rows: np.ndarray) -> Any:
+        logits = first_array(outputs, "logits")
+        if logits.ndim != 2:
+            raise InputError(
+                "a target needs (B, classes) logits from the model; got outputs of shape "
+                f"{tuple(logits.shape)} (for an encoder, explain a pair's similarity instead)"
+            )
+        n_cls = int(logits.shape[-1])
+        if self.targets is None:
+            self.targets = to_numpy(logits).argmax(-1).astype(np.int64)
+        if self.targets.size and (self.targets.min() < 0 or self.targets.max() >= n_cls):
+            raise InputError(
+                f"target index out of range: the model has {n_cls} classes, got "
+                f"{sorted(set(self.targets.tolist()))}"
+            )
+        return log_softmax_pick(logits, self.targets[rows])
+
+
+class PairSimilarity:
+    """f_j = cos(e_j, stopgrad(e_partner(j))), e = mean-pooled, L2-normalised last hidden state.
+
+    The first call (rows = the caller's batch, which holds both sentences of every pair) takes
+    the partner's embedding from the same batch, detached; it keeps all embeddings (numpy) so
+    later calls on repeated samples (integrated gradients, SmoothGrad) use those constants. The
+    gradient w.r.t. sentence j's tokens is exactly that of cos(e_j, e_partner) since e_partner
+    does not depend on them; samples stay independent, so one backward is exact.
+
+    Args:
+        partner: (B,) int, the batch index of each sentence's partner.
+        mask: callable rows → the attention mask (B', T) of those rows, native.
+    """
+
+    def __init__(self, partner: np.ndarray, mask: Callable[[np.ndarray], Any]) -> None:
+        self.partner = np.asarray(partner, dtype=np.int64)
+        self.mask = mask
+        self.embeddings: np.ndarray | None = None
+
+    def __call__(self, outputs: Any, rows: np.ndarray) -> Any:
+        hidden = first_array(outputs, "last_hidden_state")
+        emb = mean_pool_normalized(hidden, self.mask(rows))
+        if self.embeddings is None:
+            if not np.array_equal(rows, np.arange(self.partner.shape[0])):
+                raise InputError("the first pass of a pair similarity must hold every sentence")
+            other = take(detach(emb), self.partner, 0)
+            self.embeddings = to_numpy(emb).astype(np.float64)
+        else:
+            other = from_numpy(self.embeddings[self.partner[rows]], emb)
+        return row_dot(emb, other)
+
+
+def resolve_targets(target: Any, batch: int, labels: dict[str, int] | None) -> np.ndarray:
+    """Target(s) → (B,) class indices: an int, a label name, or one of those per sample."""
+    items = list(target) if isinstance(target, (list, tuple, np.ndarray)) else [target] * batch
+    if len(items) != batch:
+        raise InputError(f"got {len(items)} targets for a batch of {batch}")
+    out = []
+    for t in items:
+        if (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) or (
+            isinstance(t, str) and t.lstrip("-").isdigit()
+        ):
+            out.append(int(t))
+        elif isinstance(t, str) and labels and t in labels:
+            out.append(int(labels[t]))
+        else:
+            known = ", ".join(sorted(labels)) if labels else "none (use class indices)"
+            raise InputError(f"unknown target {t!r}; the model's labels are: {known}")
+    return np.asarray(out, dtype=np.int64)

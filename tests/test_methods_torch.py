@@ -1,0 +1,166 @@
+"""The attribution methods on the real all-MiniLM-L6-v2, against slow references and Captum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import embgrad  # noqa: E402
+from embgrad.methods import get_method  # noqa: E402
+from oracle_methods import CosToConstant, encode, minilm, naive_grads, sentences  # noqa: E402
+
+pytestmark = pytest.mark.hf
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+
+
+@pytest.fixture(scope="module")
+def batch():
+    model, tok = minilm()
+    enc = encode(sentences(3))
+    return model, tok, enc, CosToConstant(enc["attention_mask"])
+
+
+def test_gradient_and_grad_x_input_match_per_sample_autograd(batch):
+    model, _, enc, f = batch
+    x, g, fx = naive_grads(enc, f)
+    grad = get_method("gradient")(model).attribute(enc, f)
+    gxi = get_method("grad_x_input")(model).attribute(enc, f)
+    assert rel(grad.attributions, g) < 1e-4
+    assert rel(grad.losses, fx) < 1e-5
+    assert rel(grad.scores, np.linalg.norm(g, axis=-1)) < 1e-4
+    # Σ_d g is ~0 here (LayerNorm follows the lookup): compare on the gradient's scale
+    assert np.abs(grad.signed - g.sum(-1)).max() < 1e-4 * np.abs(g).max()
+    assert rel(gxi.scores, (g * x).sum(-1)) < 1e-4
+    assert rel(gxi.attributions, g * x) < 1e-4
+
+
+@pytest.mark.peers
+@pytest.mark.filterwarnings("ignore:.*deprecated - use:DeprecationWarning")  # captum → matplotlib
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
+def test_integrated_gradients_equal_captum_layer_integrated_gradients(batch, rule):
+    from captum.attr import LayerIntegratedGradients
+
+    model, tok, enc, f = batch
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+
+    def forward(ids, mask, c):
+        from oracle_methods import pooled
+
+        return (pooled(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask) * c).sum(
+            -1
+        )
+
+    ours = get_method("integrated_gradients")(model).attribute(
+        enc, f, n_steps=6, rule=rule, baseline="pad", internal_batch_size=7
+    )
+    lig = LayerIntegratedGradients(forward, model.embeddings.word_embeddings)
+    attr, delta = lig.attribute(
+        ids,
+        baselines=torch.full_like(ids, tok.pad_token_id),
+        additional_forward_args=(mask, f.c),
+        n_steps=6,
+        method=rule,
+        internal_batch_size=7,
+        return_convergence_delta=True,
+    )
+    assert rel(ours.attributions, attr.detach().numpy()) < 1e-4
+    assert np.allclose(ours.delta, delta.abs().numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_integrated_gradients_delta_shrinks_as_steps_grow(batch):
+    model, _, enc, f = batch
+    ig = get_method("integrated_gradients")(model)
+    deltas = [
+        ig.attribute(enc, f, n_steps=n, rule="riemann_middle", baseline="zeros").delta.sum()
+        for n in (2, 6, 18)
+    ]
+    assert deltas[0] > deltas[1] > deltas[2]
+    assert deltas[2] < 0.2 * deltas[0]
+
+
+def test_integrated_gradients_do_not_depend_on_internal_batch_size(batch):
+    model, _, enc, f = batch
+    ig = get_method("integrated_gradients")(model)
+    one = ig.attribute(enc, f, n_steps=4, baseline="pad")
+    chunked = ig.attribute(enc, f, n_steps=4, baseline="pad", internal_batch_size=5)
+    assert rel(chunked.attributions, one.attributions) < 1e-5
+    assert rel(chunked.delta + 1, one.delta + 1) < 1e-6
+
+
+def test_smoothgrad_with_a_seed_equals_the_naive_noise_loop(batch):
+    model, _, enc, f = batch
+    n, sigma, seed = 3, 0.5, 7
+    sg = get_method("smoothgrad")(model).attribute(
+        enc, f, n_samples=n, sigma=sigma, seed=seed, internal_batch_size=4
+    )
+    table = model.embeddings.word_embeddings.weight.detach().numpy()
+    b, t = enc["input_ids"].shape
+    noise = np.random.default_rng(seed).standard_normal((b * n, t, 384), dtype=np.float32)
+    noise *= np.float32(sigma * table.std(dtype=np.float64))
+    _, g, _ = naive_grads(enc, f, noise)
+    g = g.reshape(b, n, t, 384)
+    assert rel(sg.attributions, g.mean(1)) < 1e-4
+    assert rel(sg.scores, np.linalg.norm(g, axis=-1).mean(1)) < 1e-4
+
+
+def test_hotflip_scores_equal_the_naive_first_order_estimate(batch):
+    model, tok, enc, f = batch
+    _, g, _ = naive_grads(enc, f)
+    table = model.embeddings.word_embeddings.weight.detach().numpy().astype(np.float64)
+    special = tok.all_special_ids
+    hf = get_method("hotflip")(model).attribute(
+        enc, f, k=4, direction="abs", exclude_ids=special, mask=enc["attention_mask"].numpy()
+    )
+    ids = enc["input_ids"].numpy()
+    for b, cands in enumerate(hf.hotflip):
+        positions = {c["position"] for c in cands}
+        assert positions == {
+            t
+            for t in range(ids.shape[1])
+            if enc["attention_mask"][b, t] and ids[b, t] not in special
+        }
+        for c in cands[:8]:  # a few positions: every candidate's score, written out
+            t, w, w2 = c["position"], c["token_id"], c["replacement_id"]
+            assert w == ids[b, t] and w2 not in special and w2 != w
+            naive = float((table[w2] - table[w]) @ g[b, t])
+            assert abs(c["score"] - naive) < 1e-4 * max(1.0, abs(naive))
+        t = cands[0]["position"]  # the ranking at one position: brute force over the table
+        full = (table - table[ids[b, t]]) @ g[b, t]
+        full[[*special, ids[b, t]]] = 0.0
+        best = np.argsort(-np.abs(full))[:4]
+        assert [c["replacement_id"] for c in cands if c["position"] == t] == best.tolist()
+
+
+def test_attribute_explains_a_classifier_target_with_token_strings():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    _, tok = minilm()
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
+        label2id={"neg": 0, "neu": 1, "pos": 2},
+    )  # fmt: skip
+    model = BertForSequenceClassification(config).eval()
+    enc = tok(["good film", "a <script> tag here"], padding=True, return_tensors="pt")
+    att = embgrad.attribute(model, dict(enc), target="pos", method="grad_x_input", tokenizer=tok)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**enc).logits, -1)[:, 2].numpy()
+    assert np.allclose(att.losses, logp, atol=1e-5)
+    assert att.tokens[0] == ["[CLS]", "good", "film", "[SEP]"]
+    assert [len(s) for s in att.scores] == [4, 8]
+    assert att.items[1].target == "pos" and att.delta is None
+    assert '"method": "grad_x_input"' in att.to_json()
+    assert "&lt;" in att.to_html() and "<script>" not in att.to_html()
+    with pytest.raises(embgrad.InputError, match=r"unknown target 'great'.*neg, neu, pos"):
+        embgrad.attribute(model, dict(enc), target="great")
+    with pytest.raises(embgrad.InputError, match=r"unknown method 'lime'.*gradient"):
+        embgrad.attribute(model, dict(enc), target=0, method="lime")
+    with pytest.raises(embgrad.InputError, match=r"no option.*n_step.*n_steps"):
+        embgrad.attribute(model, dict(enc), target=0, method="integrated_gradients", n_step=3)

@@ -1,0 +1,169 @@
+"""Torch backend: bad inputs give embgrad's own clear errors, and the user's state is untouched
+after every call, successful or not (training flags, requires_grad, .grad, hooks, modes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import embgrad
+from models_torch import Bag, NoLookup, Raises, TinyText, ce_loss
+from oracle_torch import assert_untouched, close, snapshot
+
+
+@pytest.fixture
+def model() -> TinyText:
+    torch.manual_seed(0)
+    m = TinyText(vocab=40)
+    m.train()  # the user's own flags (train) must come back after an eval-mode call
+    m.out.weight.grad = torch.full_like(m.out.weight, 3.0)  # previous .grad contents
+    m.score.weight.requires_grad_(False)
+    return m
+
+
+def _loss(b: int = 3):
+    return ce_loss(torch.arange(b) % 3)
+
+
+def _fails(model: torch.nn.Module, inputs, loss, error, match: str, **kw) -> None:
+    before = snapshot(model)
+    with pytest.raises(error, match=match):
+        embgrad.gradients(model, inputs, loss, **kw)
+    assert_untouched(before, model)
+
+
+def test_id_out_of_range_names_the_lookup_the_value_and_the_vocab_size(model):
+    ids = torch.randint(1, 40, (3, 5))
+    ids[1, 2] = 40
+    _fails(
+        model, ids, _loss(), embgrad.InputError, r"'word' got id 40 at position \(1, 2\).*40 rows"
+    )
+
+
+def test_negative_id_is_refused_before_the_lookup(model):
+    ids = torch.randint(1, 40, (3, 5))
+    ids[2, 0] = -1
+    _fails(model, ids, _loss(), embgrad.InputError, r"got id -1 at position \(2, 0\)")
+
+
+def test_float_ids_are_refused_with_the_conversion_to_use(model):
+    ids = torch.randint(1, 40, (3, 5)).float()
+    _fails(model, ids, _loss(), embgrad.InputError, r"dtype torch.float32.*ids.long\(\)")
+
+
+def test_embedding_bag_id_out_of_range_is_refused():
+    model = Bag(vocab=30)
+    ids = torch.randint(0, 30, (3, 4))
+    ids[0, 0] = 99
+    _fails(model, ids, _loss(), embgrad.InputError, r"'bag' got id 99.*30 rows")
+
+
+def test_empty_batch_is_refused_before_the_forward(model):
+    ids = torch.zeros((0, 5), dtype=torch.long)
+    _fails(model, ids, _loss(0), embgrad.InputError, "empty")
+
+
+def test_inputs_on_another_device_than_the_model_are_refused(model):
+    ids = torch.zeros((3, 5), dtype=torch.long, device="meta")
+    _fails(
+        model, ids, _loss(), embgrad.InputError, "is on meta but the model's parameters are on cpu"
+    )
+
+
+def test_scalar_loss_is_refused_with_the_reduction_hint(model):
+    ids = torch.randint(1, 40, (3, 5))
+    loss = lambda out: out.sum()  # noqa: E731
+    _fails(model, ids, loss, embgrad.LossError, "reduction='none'")
+
+
+def test_nan_loss_names_the_samples(model):
+    ids = torch.randint(1, 40, (3, 5))
+
+    def loss(out: torch.Tensor) -> torch.Tensor:
+        per = out.sum(1)
+        return per * torch.tensor([1.0, float("nan"), 1.0])
+
+    _fails(model, ids, loss, embgrad.LossError, r"sample\(s\) \[1\]")
+
+
+def test_detached_or_non_tensor_losses_are_refused(model):
+    ids = torch.randint(1, 40, (3, 5))
+    _fails(model, ids, lambda out: out.sum(1).detach(), embgrad.LossError, "no grad_fn")
+    _fails(model, ids, lambda out: out.sum(1).tolist(), embgrad.LossError, "torch.Tensor")
+
+
+def test_model_without_lookups_raises_no_lookup_error():
+    model = NoLookup()
+    _fails(model, torch.randn(3, 4), lambda out: out, embgrad.NoLookupError, "no embedding lookup")
+
+
+def test_module_raising_mid_forward_propagates_and_leaves_no_mode_or_hook():
+    model = Raises()
+    ids = torch.randint(0, 10, (2, 3))
+    _fails(model, ids, lambda out: out, RuntimeError, "boom in the middle")
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_loss_fn_raising_propagates_with_state_restored(model):
+    def loss(out: torch.Tensor) -> torch.Tensor:
+        raise KeyError("label missing")
+
+    _fails(model, torch.randint(1, 40, (3, 5)), loss, KeyError, "label missing")
+
+
+def test_replace_returning_a_wrong_shape_is_refused(model):
+    ids = torch.randint(1, 40, (3, 5))
+    _fails(
+        model,
+        ids,
+        _loss(),
+        embgrad.InputError,
+        r"replace\(\) for lookup 'word' returned \(2,\)",
+        replace=lambda name, role, out: torch.zeros(2),
+    )
+
+
+def test_successful_calls_leave_flags_grads_and_hooks_untouched(model):
+    before = snapshot(model)
+    ids = torch.randint(1, 40, (3, 5))
+    for mode in ("eval", "train"):
+        for check in ("auto", "probe", "exact", "off"):
+            embgrad.gradients(model, ids, _loss(), mode=mode, check=check)
+            assert_untouched(before, model)
+    assert model.training and model.word.training
+    assert not model.score.weight.requires_grad
+    assert torch.equal(model.out.weight.grad, torch.full_like(model.out.weight, 3.0))
+    assert model.word.weight.grad is None
+
+
+def test_eval_mode_really_switches_off_dropout_inside_a_model_left_in_train_mode():
+    torch.manual_seed(1)
+    model = TinyText(dropout=0.9).train()
+    ids = torch.randint(1, 40, (3, 5))
+    a = embgrad.gradients(model, ids, _loss()).losses
+    b = embgrad.gradients(model, ids, _loss()).losses
+    assert torch.equal(a, b) and model.training
+
+
+def test_unsupported_model_type_names_the_supported_frameworks():
+    with pytest.raises(embgrad.UnsupportedModelError, match=r"torch\.nn\.Module"):
+        embgrad.gradients(object(), torch.zeros(2, dtype=torch.long), lambda out: out)
+
+
+def test_replace_takes_gradients_at_the_substitute_and_output_weight_are_kept():
+    torch.manual_seed(2)
+    model = TinyText()
+    ids, labels = torch.randint(1, 40, (4, 5)), torch.arange(4) % 3
+    half = lambda name, role, out: out * 0.5 if role == "word" else None  # noqa: E731
+    res = embgrad.gradients(model, ids, ce_loss(labels), replace=half)
+    lk = res["word"]
+    looked_up = model.word(ids).detach()
+    close(lk.output, looked_up * 0.5)
+    assert torch.equal(lk.weight, model.word.weight.detach())
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def one(e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model, params, (), {"embeds": e[None]})
+        return torch.nn.functional.cross_entropy(out, y[None])
+
+    close(lk.output_grad, torch.func.vmap(torch.func.grad(one))(looked_up * 0.5, labels))
