@@ -14,11 +14,13 @@ linear head over the [CLS] state):
 - ``vmap``: ``torch.func.vmap(grad)`` through ``inputs_embeds`` (per-sample output grads).
 
 Timing: one process, ``--threads`` torch threads, every method once per round in turn (after one
-warm-up round); medians, with each run's CPU/wall ratio to spot disturbed rounds.  Peak memory:
-each method alone in a fresh subprocess (``ru_maxrss`` after building the model and two runs).
+warm-up round, the order rotating each round); medians, with each run's CPU/wall ratio to spot
+disturbed rounds.  Peak memory: each method alone in a fresh subprocess (VmHWM after building
+the model and two runs).
 
-    python benchmarks/bench_torch_bert.py             # BERT-base, ~10 min on 2 busy cores
-    python benchmarks/bench_torch_bert.py --quick     # a tiny BERT, seconds
+    python benchmarks/bench_torch_bert.py             # BERT-base: ~10 min on 2 idle cores
+    python benchmarks/bench_torch_bert.py --no-peers --no-memory   # the headline ratios only
+    python benchmarks/bench_torch_bert.py --quick     # a tiny BERT (smoke run)
 """
 
 from __future__ import annotations
@@ -176,28 +178,39 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def timing(bench: Bench, methods: list[str], rounds: int) -> dict[str, dict[str, float]]:
-    """Interleaved runs (one warm-up round): median wall seconds and median CPU/wall per method."""
+def timing(bench: Bench, methods: list[str], rounds: int) -> dict[str, dict[str, Any]]:
+    """Interleaved runs (one warm-up round; the order rotates each round): per method the wall
+    and CPU seconds of every measured round, their medians, and the minimum wall time."""
     runs = {m: bench.method(m) for m in methods}
     walls: dict[str, list[float]] = {m: [] for m in methods}
-    loads: dict[str, list[float]] = {m: [] for m in methods}
+    cpus: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(rounds + 1):
-        for m in methods:
+        for m in methods[r % len(methods) :] + methods[: r % len(methods)]:  # rotate the order
             wall, cpu = _timed(runs[m])
             if r:
                 walls[m].append(wall)
-                loads[m].append(cpu / wall)
+                cpus[m].append(cpu)
         if r:
             done = ", ".join(f"{m} {walls[m][-1]:.2f}s" for m in methods)
             print(f"  round {r}/{rounds}: {done}", file=sys.stderr)
     return {
         m: {
+            "wall": walls[m],
+            "cpu": cpus[m],
             "median_s": statistics.median(walls[m]),
             "min_s": min(walls[m]),
-            "cpu_per_wall": statistics.median(loads[m]),
+            "cpu_s": statistics.median(cpus[m]),
         }
         for m in methods
     }
+
+
+def paired(times: dict[str, dict[str, Any]], a: str, b: str, key: str = "wall") -> float:
+    """Median over rounds of a's time / b's time in the same round (side-by-side ratio)."""
+    if a not in times or b not in times:
+        return float("nan")
+    pairs = zip(times[a][key], times[b][key], strict=True)
+    return statistics.median(x / y for x, y in pairs)
 
 
 def memory(method: str, quick: bool, threads: int) -> float:
@@ -233,37 +246,39 @@ def _peak_rss_mb() -> float:
 
 
 def report(
-    bench: Bench, times: dict[str, dict[str, float]], mem: dict[str, float], threads: int
+    bench: Bench, times: dict[str, dict[str, Any]], mem: dict[str, float], threads: int
 ) -> str:
-    def ratio(a: str, b: str) -> str:
-        if a not in times or b not in times:
-            return "-"
-        return f"{times[a]['median_s'] / times[b]['median_s']:.3f}"
+    def r(a: str, b: str, key: str = "wall") -> str:
+        x = paired(times, a, b, key)
+        return "-" if x != x else f"{x:.3f}"
 
+    cfg = bench.model.config
     lines = [
         f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
-        f"{threads} threads, B={bench.batch}, T={bench.seq}, "
-        f"vocab {bench.model.config.vocab_size}, hidden {bench.model.config.hidden_size}, "
-        f"{bench.model.config.num_hidden_layers} layers",
+        f"{threads} threads, B={bench.batch}, T={bench.seq}, vocab {cfg.vocab_size}, "
+        f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers",
         "",
-        "| method | median s | min s | CPU/wall | × floor | × train | peak RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| method | median wall s | min wall s | median CPU s | × floor (wall) | × floor (CPU) "
+        "| × train (wall) | × train (CPU) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    nan = {"median_s": float("nan"), "min_s": float("nan"), "cpu_per_wall": float("nan")}
     for m in times or mem:
-        t = times.get(m, nan)
+        t = times.get(m)
         rss = mem.get(m, float("nan"))
+        cells = f"{t['median_s']:.3f} | {t['min_s']:.3f} | {t['cpu_s']:.3f}" if t else "- | - | -"
         lines.append(
-            f"| {m} | {t['median_s']:.3f} | {t['min_s']:.3f} | {t['cpu_per_wall']:.2f} | "
-            f"{ratio(m, 'floor')} | {ratio(m, 'train')} | "
-            f"{'-' if rss != rss else f'{rss:.0f}'} |"
+            f"| {m} | {cells} | {r(m, 'floor')} | {r(m, 'floor', 'cpu')} | {r(m, 'train')} | "
+            f"{r(m, 'train', 'cpu')} | {'-' if rss != rss else f'{rss:.0f}'} |"
         )
     lines += [
         "",
-        f"- embgrad (check='off') / floor: {ratio('embgrad', 'floor')} (target ≤ 1.05)",
-        f"- embgrad (check='auto', probe cached) / floor: {ratio('embgrad_auto', 'floor')}",
-        f"- embgrad + sparse table grads + norms / training step: "
-        f"{ratio('embgrad_table', 'train')} (target ≤ 0.75)",
+        "Ratios are medians over rounds of the two methods' times in the same round.",
+        f"- embgrad (check='off') / floor: {r('embgrad', 'floor')} wall, "
+        f"{r('embgrad', 'floor', 'cpu')} CPU (target ≤ 1.05)",
+        f"- embgrad (check='auto', probe cached) / floor: {r('embgrad_auto', 'floor')} wall, "
+        f"{r('embgrad_auto', 'floor', 'cpu')} CPU",
+        f"- embgrad + sparse table grads + norms / training step: {r('embgrad_table', 'train')} "
+        f"wall, {r('embgrad_table', 'train', 'cpu')} CPU (target ≤ 0.75)",
     ]
     return "\n".join(lines)
 

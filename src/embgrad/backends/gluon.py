@@ -174,7 +174,7 @@ class GluonSession(Session):
     def __init__(self, model: Any, mode: Mode, params: Mapping[str, Any]) -> None:
         self.ops = MXNetOps()
         self.model = model
-        self.params = params  # name -> Parameter (collected once: collect_params is slow)
+        self.params = params  # name -> Parameter, collected once per call
         self.train = mode == "train"
         self.retained_backward_is_exact = not self.train
 
@@ -271,6 +271,7 @@ class BlockSession(GluonSession):
     ) -> Forward:
         autograd = lazy_mxnet().autograd
         self._warm_up(args, kwargs)
+        self.tracer.replace = self.replace
         self.seed(seed)
         args, kwargs, floats = _float_leaves(args, kwargs)
         with self.tracer.capturing() as captures, autograd.record(train_mode=self.train):
@@ -355,6 +356,18 @@ def aux_restored(aux: list[Any], train: bool) -> Iterator[None]:
                 dst[:] = src
 
 
+def _all_params(model: Any) -> dict[str, Any]:
+    """Name -> Parameter of every block, as ``collect_params()`` gives them, without its
+    per-block container check (a millisecond per call on a small model)."""
+    params: dict[str, Any] = {}
+
+    def visit(block: Any) -> None:
+        params.update((p.name, p) for p in block.params.values())
+
+    model.apply(visit)
+    return params
+
+
 # -- the backend -----------------------------------------------------------------------------
 class GluonBackend(Backend):
     """``mxnet.gluon.Block`` models, hybridized or not, and exported ``SymbolBlock``s."""
@@ -370,7 +383,7 @@ class GluonBackend(Backend):
 
     @contextlib.contextmanager
     def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:
-        tracer = Tracer(model, {p.name: p for p in model.collect_params().values()})
+        tracer = Tracer(model, _all_params(model))
         with contextlib.ExitStack() as stack:
             graphs = stack.enter_context(_switched(model, tracer))
             stack.enter_context(patched(tracer))

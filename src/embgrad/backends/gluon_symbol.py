@@ -286,6 +286,8 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         if not tracer.capturing_here():
             return original(*args)
+        if tracer.replace is not None:
+            return _imperative(block, args)
         graph = graph_for(block)
         flat = _flat_inputs(block, args)
         given = dict(zip(graph.data_names, flat, strict=True))
@@ -305,3 +307,20 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
         return _regroup(outs[: graph.n_outputs], block._out_format)
 
     return call
+
+
+def _imperative(block: Any, args: tuple[Any, ...]) -> Any:
+    """Run a hybridized block's Python forward once, so ``replace=`` can substitute lookup
+    outputs (a traced graph cannot); ``_active`` is restored on exit. Exported SymbolBlocks
+    have no Python forward: they refuse ``replace=``."""
+    if isinstance(block, lazy_mxnet().gluon.SymbolBlock):
+        raise InputError(
+            "replace= (used by integrated gradients and SmoothGrad) needs a Python forward, and "
+            "an exported SymbolBlock has none: use the original Block, or a method that does not "
+            "substitute embeddings (gradient, grad_x_input, hotflip)"
+        )
+    block._active = False
+    try:
+        return block.forward(*args)
+    finally:
+        block._active = True

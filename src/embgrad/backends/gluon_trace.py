@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .base import Capture, guess_role
+from .base import Capture, Replace, guess_role
 
-__all__ = ["Site", "Tracer", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
+__all__ = ["Site", "Tracer", "dense", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
 
 
 def lazy_mxnet() -> Any:
@@ -45,6 +45,13 @@ def to_numpy(x: Any) -> np.ndarray:
     """An NDArray (any storage type) or array-like as a numpy array."""
     asnumpy = getattr(x, "asnumpy", None)
     return asnumpy() if callable(asnumpy) else np.asarray(x)
+
+
+def dense(weight: Any) -> Any:
+    """A table as a detached dense NDArray (row_sparse weights of sparse lookups converted)."""
+    if getattr(weight, "stype", "default") != "default":
+        weight = weight.tostype("default")
+    return weight.detach()
 
 
 def _is_embedding_block(block: Any) -> bool:
@@ -151,6 +158,7 @@ class Tracer:
         self.captures: list[Capture] = []
         self.counts: dict[str, int] = {}
         self.thread: int | None = None
+        self.replace: Replace | None = None  # set by the session from the core's replace=
 
     def index_params(self) -> None:
         """Remember every parameter array, to match a lookup's weight by identity."""
@@ -192,11 +200,27 @@ class Tracer:
         site = self._site(owner, param, local)
         vocab, dim = int(weight.shape[0]), int(weight.shape[-1])
         validate_ids(ids, vocab, site.name, site.table)
-        out = real(*args, **kwargs)
+        out = self.substitute(site, real(*args, **kwargs))
         delta = nd.zeros(out.shape, ctx=out.context, dtype=out.dtype)
         delta.attach_grad()
-        self.add(site, ids, delta, vocab, dim)
+        self.add(site, ids, delta, vocab, dim, output=out.detach(), weight=dense(weight))
         return out + delta
+
+    def substitute(self, site: Site, out: Any) -> Any:
+        """``replace(name, role, out)``'s substitute for ``out`` (checked, detached), or ``out``."""
+        if self.replace is None:
+            return out
+        sub = self.replace(site.name, _role(site.owner, site.name, site.table), out.detach())
+        if sub is None:
+            return out
+        nd = lazy_mxnet().nd
+        if not isinstance(sub, nd.NDArray) or sub.shape != out.shape or sub.dtype != out.dtype:
+            got = f"{sub.shape} {sub.dtype}" if isinstance(sub, nd.NDArray) else type(sub).__name__
+            raise InputError(
+                f"replace() for lookup {site.name!r} returned {got}; it must return None or an "
+                f"NDArray of the output's shape {out.shape} and dtype {out.dtype}"
+            )
+        return sub.detach()
 
     def site_of_node(self, block: Any, node: str, table: str) -> Site:
         """The site of an Embedding node of ``block``'s graph: the block whose prefix names the
@@ -212,10 +236,26 @@ class Tracer:
         return self._site(owner, param, _local_name(owner, param, table))
 
     def add(
-        self, site: Site, ids: Any, delta: Any, vocab: int, dim: int, graph_tied: bool = False
+        self,
+        site: Site,
+        ids: Any,
+        delta: Any,
+        vocab: int,
+        dim: int,
+        graph_tied: bool = False,
+        output: Any = None,
+        weight: Any = None,
     ) -> None:
-        """Record one lookup (its output's gradient will be the gradient w.r.t. ``delta``)."""
+        """Record one lookup (its output's gradient will be the gradient w.r.t. ``delta``).
+
+        ``output``/``weight`` are the lookup's values and its table (detached); when a graph
+        lookup gives none, the table comes from the Parameter and the output is its gather.
+        """
         tied = bool(site.users) or graph_tied
+        if weight is None and site.param is not None:
+            weight = dense(site.param.list_data()[0])
+        if output is None and weight is not None:
+            output = lazy_mxnet().nd.take(weight.as_in_context(ids.context), ids, axis=0)
         self.captures.append(
             Capture(
                 name=site.name,
@@ -230,6 +270,8 @@ class Tracer:
                 owner=site.owner,
                 tied=tied,
                 note=_tied_note(site.table, site.users or ["a non-lookup node"]) if tied else "",
+                output=output,
+                weight=weight,
             )
         )
 
