@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": len(texts),
         "tokens_per_sentence_padded": int(ids.shape[1]),
         "steps": args.steps,
-        "internal_batch_size": ibs
-        or "each library's default (embgrad: ~4096 token positions per pass; captum: all rows)",
+        "internal_batch_size": ibs or "defaults (both: all rows in one pass)",
         "rounds": args.rounds,
         "median_s": med,
         "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},

@@ -177,7 +177,13 @@ def check(name: str, make: Callable, dtype: torch.dtype, device: str) -> dict[st
     if isinstance(inputs, tuple):
         inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
     t0 = time.perf_counter()
-    res = embgrad.gradients(model, inputs, loss_fn, check="probe")
+    try:
+        res = embgrad.gradients(model, inputs, loss_fn, check="probe")
+    except embgrad.InputError as e:  # e.g. CUDA has no bf16 backward for per_sample_weights
+        if "input_grads=False" not in str(e):
+            raise
+        print(f"note: {name} {dtype}: float-input gradients skipped: {str(e)[:160]}")
+        res = embgrad.gradients(model, inputs, loss_fn, check="probe", input_grads=False)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

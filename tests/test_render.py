@@ -42,7 +42,7 @@ def test_html_is_one_file_with_escaped_tokens_legend_and_labels():
 
 
 def test_terminal_degrades_to_plain_text_when_not_a_tty():
-    from rich.console import Console
+    Console = pytest.importorskip("rich.console").Console
 
     from embgrad.render.terminal import render_terminal
 
@@ -55,7 +55,7 @@ def test_terminal_degrades_to_plain_text_when_not_a_tty():
 
 
 def test_terminal_colours_fit_in_100_columns():
-    from rich.console import Console
+    Console = pytest.importorskip("rich.console").Console
 
     from embgrad.render.terminal import render_terminal
 
@@ -72,6 +72,7 @@ def test_terminal_colours_fit_in_100_columns():
 
 @pytest.mark.filterwarnings("ignore:.*deprecated - use:DeprecationWarning")
 def test_png_is_a_labelled_non_empty_image(tmp_path):
+    pytest.importorskip("matplotlib")
     from embgrad.render.png import heatmap_figure, write_png
 
     path = write_png([item(), item(tokens=["a"] * 25, scores=[1.0] * 25)], tmp_path / "h.png")

@@ -40,6 +40,8 @@ __all__ = ["Explainer", "TokenAttribution"]
 
 FRAMEWORKS = ("torch", "gluon")
 _UNUSED = re.compile(r"^\[unused\d+\]$")
+#: rows × tokens per forward/backward of integrated gradients and SmoothGrad in explain()
+TOKENS_PER_PASS = 16384
 
 
 @dataclass
@@ -269,6 +271,9 @@ class Explainer:
             mask_id = getattr(self.tokenizer, "mask_token_id", None)
             if mask_id is not None:
                 opts.setdefault("mask_id", int(mask_id))
+        if method in ("integrated_gradients", "smoothgrad"):
+            # bound the memory of one pass: ~2.7 GB of activations for MiniLM-sized models
+            opts.setdefault("internal_batch_size", max(1, TOKENS_PER_PASS // mask.shape[1]))
         return opts
 
     # -- tokenizing ----------------------------------------------------------------------

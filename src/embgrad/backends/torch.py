@@ -205,23 +205,37 @@ class TorchSession(Session):
         weights = torch.as_tensor(cotangent, dtype=losses.dtype, device=losses.device)
         keys = list(fwd.float_inputs) if inputs else []
         targets = [c.handle for c in caps] + [fwd.float_inputs[k] for k in keys]
-        grads = torch.autograd.grad(
-            losses,
-            targets,
-            grad_outputs=weights,
-            retain_graph=retain,
-            allow_unused=True,
-            materialize_grads=True,
-        )
+        try:
+            grads = torch.autograd.grad(
+                losses,
+                targets,
+                grad_outputs=weights,
+                retain_graph=retain,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+        except NotImplementedError as e:
+            if not keys:
+                raise
+            raise InputError(
+                f"PyTorch has no backward for an operation on the floating-point input(s) "
+                f"{keys} on this device and dtype ({e}). Pass input_grads=False to skip "
+                "gradients w.r.t. float inputs; the lookup gradients do not need them."
+            ) from e
         return list(grads[: len(caps)]), dict(zip(keys, grads[len(caps) :], strict=True))
 
 
 @contextlib.contextmanager
 def _eager() -> Iterator[None]:
-    """Run ``torch.compile``d code eagerly (if dynamo was ever imported), so lookups are seen."""
-    if "torch._dynamo" not in sys.modules:
+    """Run ``torch.compile``d code eagerly (if dynamo was ever imported), so lookups are seen.
+
+    A compiled top-level module is unwrapped in ``open``; compiled submodules and functions
+    inside the forward need ``torch.compiler.set_stance`` (torch >= 2.6).
+    """
+    torch = sys.modules.get("torch")
+    stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if "torch._dynamo" not in sys.modules or stance is None:
         yield
         return
-    torch = _torch()
-    with torch.compiler.set_stance("force_eager"):
+    with stance("force_eager"):
         yield

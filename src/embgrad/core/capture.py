@@ -53,6 +53,7 @@ def gradients(
     batch_axis: BatchAxis = None,
     seed: int | None = None,
     replace: Replace | None = None,
+    input_grads: bool = True,
 ) -> Gradients:
     """Exact per-sample gradients w.r.t. every embedding lookup of ``model``, in one backward.
 
@@ -83,6 +84,8 @@ def gradients(
         replace: ``replace(name, role, output)`` may return a substitute for a lookup's output
             (same shape and dtype), e.g. an interpolation for integrated gradients; gradients
             are then taken at the substitute. Return None to keep the output.
+        input_grads: also differentiate w.r.t. floating-point inputs (``res.input_grads``);
+            False skips them (e.g. where the framework has no backward for such an input).
 
     Returns:
         :class:`Gradients`: ``res.layers``, ``res[name].output_grad`` (B, T, D),
@@ -114,7 +117,7 @@ def gradients(
         caps = [fwd.captures[i] for i in select]
         axes = _candidates(caps, batch, batch_axis)
         if check == "exact" and batch > 1:
-            return _exact(run, fwd, select, caps, axes, batch, mode)
+            return _exact(run, fwd, select, caps, axes, batch, mode, input_grads)
         # The selection and batch_axis are part of the key: remembered axes are per selected
         # lookup, and must not override a batch_axis the caller passes.
         key = (_probe_key(loss_fn, mode, fwd, batch), tuple(select), repr(batch_axis))
@@ -130,7 +133,11 @@ def gradients(
             )
         retain = do_probe and session.retained_backward_is_exact
         grads, in_grads = session.backward(
-            fwd, np.ones(batch), select, inputs=bool(fwd.float_inputs), retain=retain
+            fwd,
+            np.ones(batch),
+            select,
+            inputs=input_grads and bool(fwd.float_inputs),
+            retain=retain,
         )
         residual: float | None = None
         if do_probe:
@@ -415,6 +422,7 @@ def _exact(
     axes: list[list[int]],
     batch: int,
     mode: str,
+    want_inputs: bool,
 ) -> Gradients:
     """The exact per-sample loop: backward of L_i alone for each i (re-seeded forwards)."""
     session, ops = run.session, run.session.ops
@@ -429,7 +437,7 @@ def _exact(
             current,
             e,
             select,
-            inputs=bool(fwd.float_inputs),
+            inputs=want_inputs and bool(fwd.float_inputs),
             retain=session.retained_backward_is_exact and not last,
         )
         per_i.append(grads)

@@ -29,9 +29,6 @@ from ..errors import InputError, NoLookupError
 from ._arrays import from_numpy, repeat_samples, to_numpy
 
 LossFn = Callable[..., Any]
-#: default size of one expanded pass, in token positions (rows × T): ~0.7 GB of activations for
-#: a 6-layer, 384-wide BERT with gradients; measured no slower than one pass for everything.
-TOKENS_PER_PASS = 4096
 #: ``transform(output, start, stop)``: the substitute for rows ``start:stop`` of the expanded batch
 Transform = Callable[[Any, int, int], Any]
 
@@ -200,17 +197,14 @@ def expanded_passes(
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Gradients for the expanded batch (sample ``rows[i]`` in row i), one chunk at a time.
 
-    ``internal_batch_size=None`` runs as many rows per pass as fit :data:`TOKENS_PER_PASS`
-    positions (memory stays bounded; larger passes are not faster on CPU).
+    ``internal_batch_size=None`` runs every row in one pass (as Captum does): fastest on CPU
+    where memory allows; set it to bound memory (activations grow with rows × T).
 
     Yields ``(start, stop, grad, losses)``: the gradient w.r.t. the substituted lookup output,
     (stop − start, T, D) float32 batch first, and the losses (stop − start,) float64.
     """
     n = int(rows.shape[0])
-    tokens = int(np.prod(base.grad.shape[1:-1])) or 1
-    chunk = (
-        max(1, TOKENS_PER_PASS // tokens) if internal_batch_size is None else internal_batch_size
-    )
+    chunk = n if internal_batch_size is None else internal_batch_size
     if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
         raise InputError(f"internal_batch_size must be a positive integer, got {chunk!r}")
     chunk = int(chunk)

@@ -58,8 +58,7 @@ class IntegratedGradients(Method):
         baseline: ``"zeros"`` (default), ``"pad"`` / ``"mask"`` (that token's embedding at every
             position; ids from ``pad_id`` / ``mask_id`` or the lookup's ``padding_idx``), an
             int token id, or an array (D,), (T, D) or (B, T, D) (numpy or native).
-        internal_batch_size: rows (sample × step) per forward/backward; None: as many as
-            fit ~4096 token positions.
+        internal_batch_size: rows (sample × step) per forward/backward; None: all at once.
 
     Scores are Σ_d IG_t,d (signed); ``attributions`` IG (B, T, D); ``delta`` the per-sample
     completeness gap |Σ_t,d IG − (f(x) − f(b))|, which shrinks as ``n_steps`` grows.
@@ -73,7 +72,7 @@ class IntegratedGradients(Method):
         "baseline": "'zeros', 'pad', 'mask', a token id, or an array (D,)/(T,D)/(B,T,D)",
         "pad_id": "token id for baseline='pad' (default: the lookup's padding_idx)",
         "mask_id": "token id for baseline='mask'",
-        "internal_batch_size": "rows (sample x step) per forward+backward (default: ~4096 tokens)",
+        "internal_batch_size": "rows (sample x step) per forward+backward (default: all)",
     }
 
     def _attribute(

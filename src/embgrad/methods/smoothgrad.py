@@ -34,7 +34,7 @@ class SmoothGrad(Method):
         "sigma": "noise standard deviation relative to the embedding scale (default 0.1)",
         "seed": "seed of the noise (default 0)",
         "reduce": "'norm' (mean per-token L2 norm, default) or 'sum' (mean signed sum)",
-        "internal_batch_size": "noisy rows per forward+backward (default: ~4096 tokens)",
+        "internal_batch_size": "noisy rows per forward+backward (default: all)",
     }
 
     def _attribute(
