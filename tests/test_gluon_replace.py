@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import mxnet as mx
 import numpy as np
 import pytest
 
-import embgrad
-from embgrad import InputError
-from gluon_models import classifier_case, sparse_embedding_case, variant
+mx = pytest.importorskip("mxnet")
+
+import embgrad  # noqa: E402
+from embgrad import InputError  # noqa: E402
+from gluon_models import classifier_case, sparse_embedding_case, variant  # noqa: E402
 
 pytestmark = pytest.mark.gluon
 

@@ -50,16 +50,20 @@ class TorchBackend(Backend):
 
     @contextlib.contextmanager
     def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:
+        from .torch_tables import TableNames
+
         module = _unwrap(model)
-        flags = [(m, m.training) for m in module.modules()]
-        saved = _snapshot_buffers(module) if mode == "train" else []
+        names = TableNames(module)
+        want = mode == "train"
+        flipped = [m for m in names.submodules if m.training != want]
+        saved = _snapshot_buffers(module) if want else []
         try:
-            for m, _ in flags:
-                m.training = mode == "train"
-            yield TorchSession(module)
+            for m in flipped:
+                m.training = want
+            yield TorchSession(module, names)
         finally:
-            for m, was in flags:
-                m.training = was
+            for m in flipped:
+                m.training = not want
             _restore_buffers(saved)
 
 
@@ -104,28 +108,28 @@ class TorchSession(Session):
     framework = "torch"
     retained_backward_is_exact = True
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, names: Any) -> None:
         from .torch_ops import TorchOps
-        from .torch_tables import TableNames
 
         self.module = module
+        self.names = names  # TableNames: the module tree, walked once per call
         self.ops = TorchOps()
-        self.names = TableNames(module)
 
     # -- checks ---------------------------------------------------------------------------------
     def check_inputs(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """InputError for empty tensors and tensors on a device the model's parameters are not."""
-        devices = {t.device for t in self.module.parameters()} or {
-            t.device for t in self.module.buffers()
-        }
-        tensors = list(_walk(args)) + list(_walk(dict(kwargs)))
-        for path, t in tensors:
+        first = next(self.module.parameters(), None)
+        home = None if first is None else first.device
+        for path, t in list(_walk(args)) + list(_walk(dict(kwargs))):
             if t.numel() == 0:
                 raise InputError(
                     f"{_label(path)} is empty (shape {tuple(t.shape)}): the batch is empty; pass "
                     "at least one sample with at least one position"
                 )
-            if devices and t.device not in devices:
+            if home is None or t.device == home:
+                continue
+            devices = {p.device for p in self.module.parameters()}  # models split over devices
+            if t.device not in devices:
                 where = ", ".join(sorted(str(d) for d in devices))
                 raise InputError(
                     f"{_label(path)} is on {t.device} but the model's parameters are on {where}; "

@@ -26,15 +26,21 @@ class TableNames:
     """The model's registered tensors (parameters and buffers) by identity, for naming lookups."""
 
     def __init__(self, module: torch.nn.Module) -> None:
+        """One walk over the module tree (every registration, duplicates included); it also
+        lists each distinct submodule once (``submodules``) for the training-flag switch."""
         self.module = module
         self.names: dict[int, list[str]] = {}
-        for name, p in module.named_parameters(remove_duplicate=False):
-            self.names.setdefault(id(p), []).append(name)
-        for name, b in module.named_buffers(remove_duplicate=False):
-            self.names.setdefault(id(b), []).append(name)
         self.modules: dict[int, list[str]] = {}
-        for name, m in module.named_modules(remove_duplicate=False):
-            self.modules.setdefault(id(m), []).append(name)
+        self.submodules: list[torch.nn.Module] = []
+        for path, mod in module.named_modules(remove_duplicate=False):
+            if id(mod) not in self.modules:
+                self.submodules.append(mod)
+            self.modules.setdefault(id(mod), []).append(path)
+            for members in (mod._parameters, mod._buffers):
+                for key, t in members.items():
+                    if t is not None:
+                        name = f"{path}.{key}" if path else key
+                        self.names.setdefault(id(t), []).append(name)
 
     def _caller_first(self, names: list[str], weight: torch.Tensor) -> list[str]:
         """``names`` with the name under which the calling module holds ``weight`` first.
