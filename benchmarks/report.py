@@ -90,7 +90,7 @@ def machine() -> dict[str, str]:
         "CPU": _cpu_model(),
         "cores": f"{os.cpu_count()} (usable: {len(os.sched_getaffinity(0))})",
         "RAM": _meminfo_gb(),
-        "load average (1, 5, 15 min) at the end": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average (1, 5, 15 min) when recorded": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "OS": platform.platform(),
         "python": sys.version.split()[0],
     }
@@ -278,9 +278,10 @@ def write_results(
     settings: dict[str, Any],
     wall_s: float,
     plots: Sequence[Path],
+    info: dict[str, str] | None = None,
 ) -> None:
-    """Write RESULTS.md."""
-    info = machine()
+    """Write RESULTS.md (``info``: the machine as recorded after the run; default: now)."""
+    info = info or machine()
     lines = [
         "# embgrad benchmarks",
         "",

@@ -38,7 +38,7 @@ from _harness import (  # noqa: E402
     run_worker,
 )
 from plan import Workload, full_plan, quick_plan  # noqa: E402
-from report import Measured, write_results  # noqa: E402
+from report import Measured, machine, write_results  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -195,6 +195,7 @@ def to_json(measured: list[Measured], settings: Settings, wall_s: float, command
             "settings": dataclasses.asdict(settings),
             "wall_s": wall_s,
             "command": command,
+            "machine": machine(),
             "measured": [
                 {
                     "workload": dataclasses.asdict(m.workload),
@@ -207,18 +208,24 @@ def to_json(measured: list[Measured], settings: Settings, wall_s: float, command
     )
 
 
-def from_json(text: str) -> tuple[list[Measured], Settings, float, str]:
+def from_json(text: str) -> tuple[list[Measured], Settings, float, str, dict[str, str] | None]:
     data = json.loads(text)
     measured = []
     for item in data["measured"]:
         w = item["workload"]
         wl = Workload(**{**w, "methods": tuple(w["methods"]), "notes": tuple(w["notes"])})
         measured.append(Measured(wl, {k: MethodResult(**r) for k, r in item["results"].items()}))
-    return measured, Settings(**data["settings"]), data["wall_s"], data["command"]
+    settings = Settings(**data["settings"])
+    return measured, settings, data["wall_s"], data["command"], data.get("machine")
 
 
 def write_all(
-    measured: list[Measured], s: Settings, wall_s: float, command: str, out: Path
+    measured: list[Measured],
+    s: Settings,
+    wall_s: float,
+    command: str,
+    out: Path,
+    info: dict[str, str] | None = None,
 ) -> None:
     """RESULTS.md and the plots next to it."""
     from plots import memory_vs_vocab, time_vs_batch
@@ -239,15 +246,22 @@ def write_all(
         print(f"plots skipped ({e}); pip install 'embgrad[viz]'", file=sys.stderr)
     mode = "quick" if s.quick else "full"
     write_results(
-        out, measured, command=command, mode=mode, settings=s.public(), wall_s=wall_s, plots=plots
+        out,
+        measured,
+        command=command,
+        mode=mode,
+        settings=s.public(),
+        wall_s=wall_s,
+        plots=plots,
+        info=info,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:
-        measured, s, wall, command = from_json(args.from_json.read_text())
-        write_all(measured, s, wall, command, args.out)
+        measured, s, wall, command, info = from_json(args.from_json.read_text())
+        write_all(measured, s, wall, command, args.out, info)
         print(f"wrote {args.out}")
         return 0
     s = Settings(
@@ -282,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(to_json(measured, s, wall, command))
-    write_all(measured, s, wall, command, args.out)
+    write_all(measured, s, wall, command, args.out, machine())
     print(f"wrote {args.out} in {wall / 60:.1f} min", flush=True)
     return 0
 

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EmbgradError
+from ..methods.result import TokenAttribution
 from .badrows import InputRow, RowError
-from .config import AttributionLike, ExplainerLike, RunConfig
+from .config import ExplainerLike, RunConfig
 
 ROW_FAILURES: tuple[type[BaseException], ...] = (EmbgradError, ValueError)
 
@@ -30,7 +31,7 @@ def _hotflip(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _side(att: AttributionLike | None, prefix: str) -> dict[str, Any]:
+def _side(att: TokenAttribution | None, prefix: str) -> dict[str, Any]:
     if att is None:
         return dict.fromkeys(
             (f"{prefix}{k}" for k in ("tokens", "scores", "table_grad_norm", "delta", "hotflip")),
@@ -46,7 +47,9 @@ def _side(att: AttributionLike | None, prefix: str) -> dict[str, Any]:
     }
 
 
-def to_record(row: InputRow, att: AttributionLike, pair: AttributionLike | None) -> dict[str, Any]:
+def to_record(
+    row: InputRow, att: TokenAttribution, pair: TokenAttribution | None
+) -> dict[str, Any]:
     """One output row (see ``writer.output_schema``)."""
     return {
         "row": row.row,

@@ -10,24 +10,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ..errors import InputError
+from ..methods.result import TokenAttribution
 
 Engine = Literal["local", "ray"]
 ENGINES: tuple[str, ...] = ("local", "ray")
-
-
-class AttributionLike(Protocol):
-    """The fields of ``embgrad.explain.TokenAttribution`` that a run writes."""
-
-    text: str
-    tokens: list[str]
-    scores: list[float]
-    loss: float
-    table_grad_norm: float
-    delta: float | None
-    hotflip: list[dict[str, Any]]
-    truncated: bool
-    method: str
-    target: str | None
 
 
 class ExplainerLike(Protocol):
@@ -44,7 +30,7 @@ class ExplainerLike(Protocol):
         method: str = "gradient",
         hotflip_k: int = 3,
         **options: Any,
-    ) -> Sequence[AttributionLike]: ...
+    ) -> Sequence[TokenAttribution]: ...
 
 
 #: ``factory(model_spec, framework)`` → an explainer; the default is ``Explainer.from_spec``.
