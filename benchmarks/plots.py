@@ -48,7 +48,8 @@ def time_vs_batch(measured: Sequence[Measured], out: Path) -> Path | None:
                 if METHODS[k].peer == "embgrad"
                 else ("--" if METHODS[k].peer == "baseline" else ":")
             )
-            ax.plot(*zip(*pts, strict=True), style, marker="o", label=METHODS[k].label)
+            color = plt.cm.tab20(list(METHODS).index(k) % 20)
+            ax.plot(*zip(*pts, strict=True), style, marker="o", color=color, label=METHODS[k].label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(sorted({m.workload.batch for m in ms}))

@@ -90,7 +90,7 @@ def machine() -> dict[str, str]:
         "CPU": _cpu_model(),
         "cores": f"{os.cpu_count()} (usable: {len(os.sched_getaffinity(0))})",
         "RAM": _meminfo_gb(),
-        "load average (1, 5, 15 min) when recorded": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average (1, 5, 15 min) at the start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
         "OS": platform.platform(),
         "python": sys.version.split()[0],
     }
@@ -252,9 +252,9 @@ def _headline_cell(m: Measured, ours: list[str], peers: list[str]) -> str:
     if ok_peers:
         best = min(ok_peers, key=lambda k: m.time_ratio(k, "floor"))
         parts.append(f"best peer {METHODS[best].peer} {fmt_ratio(m.time_ratio(best, 'floor'))}")
-    failed = [k for k in peers if not m.results[k].ok]
+    failed = [f"{METHODS[k].peer} {m.results[k].status}" for k in peers if not m.results[k].ok]
     if failed:
-        parts.append(f"{len(failed)} peer(s) not run")
+        parts.append("not run: " + ", ".join(failed))
     return "; ".join(parts)
 
 

@@ -189,13 +189,20 @@ def measure(wl: Workload, s: Settings) -> Measured:
 
 
 # -- persistence ----------------------------------------------------------------------------------
-def to_json(measured: list[Measured], settings: Settings, wall_s: float, command: str) -> str:
+def to_json(
+    measured: list[Measured],
+    settings: Settings,
+    wall_s: float,
+    command: str,
+    info: dict[str, str] | None = None,
+) -> str:
+    """Everything measured, to rewrite the report later (``--from-json``)."""
     return json.dumps(
         {
             "settings": dataclasses.asdict(settings),
             "wall_s": wall_s,
             "command": command,
-            "machine": machine(),
+            "machine": info or machine(),
             "measured": [
                 {
                     "workload": dataclasses.asdict(m.workload),
@@ -279,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = [w for w in plan if any(o.lower() in w.key.lower() for o in args.only)]
     command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
     command += "".join(f" --only '{o}'" for o in args.only)
+    info = machine()  # before the run: the code and versions that are measured
     start = time.perf_counter()
     measured = []
     for i, wl in enumerate(plan, 1):
@@ -295,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     wall = time.perf_counter() - start
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(to_json(measured, s, wall, command))
-    write_all(measured, s, wall, command, args.out, machine())
+    args.json.write_text(to_json(measured, s, wall, command, info))
+    write_all(measured, s, wall, command, args.out, info)
     print(f"wrote {args.out} in {wall / 60:.1f} min", flush=True)
     return 0
 
