@@ -15,6 +15,7 @@ Data flow (see docs/design.md):
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -146,7 +147,7 @@ def gradients(
         else:
             resolved = [a[0] if a else None for a in axes]
         lookups = [
-            _lookup(session, c, g, ax, batch)
+            _lookup(c, g, ax, functools.partial(_rows_fast, session, c, g, ax, batch))
             for c, g, ax in zip(caps, grads, resolved, strict=True)
         ]
         how = "single" if batch == 1 else ("probe-cached" if remembered is not None else check)
@@ -394,7 +395,8 @@ def _note(c: Capture, axis: int | None) -> str:
     return "; ".join(notes)
 
 
-def _lookup(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> LookupGrad:
+def _lookup(c: Capture, grad: Any, axis: int | None, rows: Callable[[], SparseRows]) -> LookupGrad:
+    """The result for capture ``c``: its output gradient and how to build its table rows."""
     return LookupGrad(
         name=c.name,
         role=c.role,
@@ -408,7 +410,7 @@ def _lookup(session: Session, c: Capture, grad: Any, axis: int | None, batch: in
         padding_idx=c.padding_idx,
         tied=c.tied,
         note=_note(c, axis),
-        rows=lambda: _rows_fast(session, c, grad, axis, batch),
+        rows=rows,
         output=c.output,
         weight=c.weight,
     )
@@ -448,35 +450,8 @@ def _exact(
     lookups = []
     for k, (c, axis) in enumerate(zip(caps, resolved, strict=True)):
         gs = [g[k] for g in per_i]
-        if axis is None:
-            total = gs[0]
-            for g in gs[1:]:
-                total = total + g
-            output_grad = total
-        else:
-            output_grad = ops.stack(
-                [ops.take(ops.work(g), i, axis) for i, g in enumerate(gs)], axis
-            )
-            output_grad = _native_like(session, output_grad, gs[0])
-        lookups.append(
-            LookupGrad(
-                name=c.name,
-                role=c.role,
-                module=c.module,
-                table=c.table,
-                output_grad=output_grad,
-                ids=c.ids,
-                batch_axis=axis,
-                vocab_size=c.vocab_size,
-                dim=c.dim,
-                padding_idx=c.padding_idx,
-                tied=c.tied,
-                note=_note(c, axis),
-                rows=_exact_rows(session, c, gs, axis, batch),
-                output=c.output,
-                weight=c.weight,
-            )
-        )
+        rows = _exact_rows(session, c, gs, axis, batch)
+        lookups.append(_lookup(c, _diagonal(session, gs, axis), axis, rows))
     input_grads = {
         key: _stack_inputs(session, [d[key] for d in inputs_i], batch) for key in inputs_i[0]
     }
@@ -540,13 +515,18 @@ def _exact_rows(
 def _stack_inputs(session: Session, gs: list[Any], batch: int) -> Any:
     """Per-sample input gradients from the loop: slice i of gradient i along the batch axis."""
     ops = session.ops
-    first = ops.work(gs[0])
-    cand = probe_mod.candidate_axes(tuple(first.shape), batch)
-    axis = _diagonal_axis(ops, cand, gs)
+    cand = probe_mod.candidate_axes(tuple(ops.work(gs[0]).shape), batch)
+    return _diagonal(session, gs, _diagonal_axis(ops, cand, gs))
+
+
+def _diagonal(session: Session, gs: list[Any], axis: int | None) -> Any:
+    """From the loop's gradients g_i (one per sample): slice i of g_i along ``axis``, stacked
+    (native); without a batch axis, the batch sum Σ_i g_i."""
     if axis is None:
         total = gs[0]
         for g in gs[1:]:
             total = total + g
         return total
+    ops = session.ops
     stacked = ops.stack([ops.take(ops.work(g), i, axis) for i, g in enumerate(gs)], axis)
     return _native_like(session, stacked, gs[0])
