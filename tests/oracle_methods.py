@@ -55,8 +55,9 @@ class CosToConstant:
         self.c, self.mask = c / c.norm(dim=1, keepdim=True), mask
 
     def __call__(self, outputs: Any, rows: np.ndarray) -> torch.Tensor:
-        r = torch.as_tensor(rows)
-        return (pooled(outputs.last_hidden_state, self.mask[r]) * self.c[r]).sum(-1)
+        r, hidden = torch.as_tensor(rows), outputs.last_hidden_state
+        mask = self.mask[r][:, : hidden.shape[1]]  # a pass may stop at its samples' lengths
+        return (pooled(hidden, mask) * self.c[r]).sum(-1)
 
     def one(self, hidden: torch.Tensor, i: int) -> torch.Tensor:
         return (pooled(hidden, self.mask[i : i + 1]) * self.c[i : i + 1]).sum()

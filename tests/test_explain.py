@@ -62,6 +62,48 @@ def test_integrated_gradients_report_a_small_delta(explainer):
         assert i.method == "integrated_gradients"
 
 
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_skipping_the_padding_changes_no_score(explainer, monkeypatch, method):
+    from embgrad.methods import _passes
+
+    assert explainer.skip_padding  # an HF transformer: on by default
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # one pass per length
+    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    planned: list[list[int]] = []
+    plan = _passes.plan_passes
+
+    def spy(*args):
+        passes = plan(*args)
+        planned.append([length for _, length in passes])
+        return passes
+
+    monkeypatch.setattr(_passes, "plan_passes", spy)
+    opts = {"n_steps": 3} if method == "integrated_gradients" else {"n_samples": 2}
+    cut = explainer.explain(A, B, method=method, hotflip_k=0, **opts)
+    monkeypatch.setattr(explainer, "skip_padding", False)
+    full = explainer.explain(A, B, method=method, hotflip_k=0, **opts)
+    lengths = sorted({len(i.tokens) for i in full})
+    assert len(lengths) > 1 and planned[0] == sorted(set(planned[0])) == lengths
+    assert set(planned[1]) == {lengths[-1]}  # without: every pass at the padded length
+    for c, f in zip(cut, full, strict=True):
+        assert c.tokens == f.tokens
+        assert np.abs(np.subtract(c.scores, f.scores)).max() < 1e-5 * np.abs(f.scores).max()
+        if f.delta is not None:
+            assert c.delta == pytest.approx(f.delta, abs=1e-6)
+
+
+def test_skipping_the_padding_is_off_for_models_that_may_read_it():
+    class Rnn(torch.nn.Module):
+        def forward(self, ids):
+            return ids
+
+    def tokenize(texts):
+        return {"input_ids": torch.ones(len(texts), 3, dtype=torch.long)}
+
+    assert not Explainer(Rnn(), tokenize=tokenize).skip_padding
+    assert Explainer(Rnn(), tokenize=tokenize, skip_padding=True).skip_padding
+
+
 def test_long_texts_are_truncated_and_flagged(explainer):
     long = "word " * 400
     items = explainer.explain([long, "short"], [A[0], B[0]], hotflip_k=0)

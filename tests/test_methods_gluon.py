@@ -97,3 +97,22 @@ def test_explain_with_the_gluon_framework_matches_torch():
         assert np.allclose(
             [h["score"] for h in x.hotflip], [h["score"] for h in y.hotflip], atol=1e-5
         )
+
+
+def test_a_mask_skips_the_padding_in_gluon_too(models, monkeypatch):
+    from embgrad.methods import _passes
+
+    (tm, t_in, t_loss), (gm, g_in, g_loss), mask = models
+    opts = {"n_steps": 3, "baseline": "pad", "pad_id": 0}
+    ig = get_method("integrated_gradients")(gm)
+    full = ig.attribute(g_in, g_loss(), **opts)
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # one pass per length
+    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    cut = ig.attribute(g_in, g_loss(), mask=mask, **opts)
+    assert {length for _, length in cut.info["passes"]} == set(mask.sum(1).tolist())
+    assert (
+        np.abs(cut.attributions - full.attributions).max() < 1e-5 * np.abs(full.attributions).max()
+    )
+    assert np.allclose(cut.delta, full.delta, atol=1e-6)
+    t = get_method("integrated_gradients")(tm).attribute(t_in, t_loss(), mask=mask, **opts)
+    assert np.abs(t.attributions - cut.attributions).max() < 1e-4 * np.abs(t.attributions).max()

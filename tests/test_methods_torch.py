@@ -137,7 +137,7 @@ def test_hotflip_scores_equal_the_naive_first_order_estimate(batch):
         assert [c["replacement_id"] for c in cands if c["position"] == t] == best.tolist()
 
 
-def test_attribute_explains_a_classifier_target_with_token_strings():
+def test_attribute_explains_a_classifier_target_with_token_strings(monkeypatch):
     from transformers import BertConfig, BertForSequenceClassification
 
     _, tok = minilm()
@@ -158,9 +158,61 @@ def test_attribute_explains_a_classifier_target_with_token_strings():
     assert att.items[1].target == "pos" and att.delta is None
     assert '"method": "grad_x_input"' in att.to_json()
     assert "&lt;" in att.to_html() and "<script>" not in att.to_html()
+    from embgrad.methods import _passes
+
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # tiny passes are worth it here
+    ig = embgrad.attribute(model, dict(enc), target="pos", method="integrated_gradients", n_steps=3)
+    assert {length for _, length in ig.raw.info["passes"]} == {4, 8}  # skips the padding
+    plain = get_method("integrated_gradients")(model).attribute(
+        dict(enc), lambda out: torch.log_softmax(out.logits, -1)[:, 2], n_steps=3
+    )
+    assert {length for _, length in plain.info["passes"]} == {8}
+    assert rel(ig.raw.attributions, plain.attributions) < 1e-5
+    assert np.abs(ig.raw.delta - plain.delta).max() < 1e-6
     with pytest.raises(embgrad.InputError, match=r"unknown target 'great'.*neg, neu, pos"):
         embgrad.attribute(model, dict(enc), target="great")
     with pytest.raises(embgrad.InputError, match=r"unknown method 'lime'.*gradient"):
         embgrad.attribute(model, dict(enc), target=0, method="lime")
     with pytest.raises(embgrad.InputError, match=r"no option.*n_step.*n_steps"):
         embgrad.attribute(model, dict(enc), target=0, method="integrated_gradients", n_step=3)
+
+
+@pytest.fixture(scope="module")
+def ragged():
+    model, _ = minilm()
+    s = sentences(2)
+    enc = encode(["Dogs bark.", s[0], f"{s[0]} {s[1]}"])  # three lengths, padded to the longest
+    return model, enc, CosToConstant(enc["attention_mask"])
+
+
+@pytest.mark.parametrize(
+    ("method", "opts"),
+    [
+        ("integrated_gradients", {"n_steps": 4, "baseline": "pad"}),
+        ("integrated_gradients", {"n_steps": 3, "baseline": "zeros", "rule": "riemann_left"}),
+        ("smoothgrad", {"n_samples": 3, "sigma": 0.3, "reduce": "norm"}),
+    ],
+)
+def test_a_mask_skips_the_padding_and_changes_no_result(ragged, monkeypatch, method, opts):
+    from embgrad.methods import _passes
+
+    model, enc, f = ragged
+    m = get_method(method)(model)
+    full = m.attribute(enc, f, **opts)
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # one pass per length
+    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    cut = m.attribute(enc, f, mask=enc["attention_mask"], internal_batch_size=5, **opts)
+    lengths = enc["attention_mask"].sum(1).tolist()
+    t = enc["input_ids"].shape[1]
+    assert len(set(lengths)) == 3 and {length for _, length in full.info["passes"]} == {t}
+    assert {length for _, length in cut.info["passes"]} == set(lengths)
+    assert all(n <= 5 for n, _ in cut.info["passes"])
+    assert sum(n * length for n, length in cut.info["passes"]) < 0.8 * sum(
+        n * length for n, length in full.info["passes"]
+    )
+    assert rel(cut.attributions, full.attributions) < 1e-5
+    assert rel(cut.scores, full.scores) < 1e-5
+    pad = ~enc["attention_mask"].numpy().astype(bool)
+    assert (cut.attributions[pad] == 0).all() and (cut.scores[pad] == 0).all()
+    if cut.delta is not None:
+        assert np.abs(cut.delta - full.delta).max() < 1e-6

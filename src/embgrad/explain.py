@@ -30,7 +30,7 @@ import numpy as np
 from .errors import InputError
 from .methods import get_method
 from .methods._arrays import framework_of, take, to_numpy
-from .methods._passes import base_pass
+from .methods._passes import base_pass, ignores_padding
 from .methods.api import build_items
 from .methods.hotflip import HotFlip
 from .methods.result import TokenAttribution
@@ -66,6 +66,11 @@ class Explainer:
         max_length: the model's token limit; longer texts are truncated (``truncated=True``).
         kind: ``"encoder"`` (explains pair similarities), ``"classifier"`` (log p(target)) or
             ``"auto"`` (user models: pairs → encoder, else classifier).
+        skip_padding: integrated gradients and SmoothGrad run each pass only up to its
+            samples' last real token (``mask=`` of those methods), so a long text does not make
+            every short one pay for its padding. Right for models that ignore padded positions
+            through the attention mask; by default on for HuggingFace transformers and gluonnlp
+            models, off for others (an RNN that reads the padding would see less of it).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class Explainer:
         name: str = "",
         batch_size: int = 16,
         hotflip_direction: str = "abs",
+        skip_padding: bool | None = None,
     ) -> None:
         if tokenizer is None and tokenize is None:
             raise InputError("an Explainer needs a tokenizer or a tokenize callable")
@@ -87,6 +93,9 @@ class Explainer:
         self.batch_size = max(2, int(batch_size))
         self.hotflip_direction = hotflip_direction
         self.framework = "gluon" if _is_gluon(model) else "torch"
+        if skip_padding is None:
+            skip_padding = ignores_padding(model)
+        self.skip_padding = bool(skip_padding)
         self._checked = False  # samples proved independent once: later batches skip the probe
         config = getattr(model, "config", None)
         self.labels: dict[int, str] = {
@@ -274,6 +283,8 @@ class Explainer:
         if method in ("integrated_gradients", "smoothgrad"):
             # bound the memory of one pass: ~2.7 GB of activations for MiniLM-sized models
             opts.setdefault("internal_batch_size", max(1, TOKENS_PER_PASS // mask.shape[1]))
+            if self.skip_padding:
+                opts.setdefault("mask", mask)
         return opts
 
     # -- tokenizing ----------------------------------------------------------------------

@@ -4,9 +4,11 @@
   losses f(x) (B,), the word lookup's output x and gradient g, both (B, T, D) in numpy with the
   batch first, its ids (B, T) and the table.
 * :func:`expanded_passes` — the inputs with each sample repeated (integrated-gradient steps,
-  SmoothGrad draws), in chunks of ``internal_batch_size`` samples; in each chunk the lookup's
-  output is replaced by a transform of it (``replace=``), and gradients are taken there. Every
-  chunk is one batched forward and one backward in the framework.
+  SmoothGrad draws), in passes of at most ``internal_batch_size`` rows; in each pass the
+  lookup's output is replaced by a transform of it (``replace=``), and gradients are taken
+  there. Every pass is one batched forward and one backward in the framework. Given the
+  attention mask, rows are grouped by length and each pass runs only to its longest sample
+  (:func:`plan_passes`), so the padding of long samples is not computed for short ones.
 
 A ``loss_fn`` takes the model's outputs and returns per-sample losses (N,). It may take a second
 argument, ``rows`` (numpy int64 (N,)): for each row of the (expanded) batch, the index of its
@@ -26,11 +28,11 @@ import numpy as np
 from ..core.capture import gradients
 from ..core.results import LookupGrad
 from ..errors import InputError, NoLookupError
-from ._arrays import from_numpy, repeat_samples, to_numpy
+from ._arrays import framework_of, from_numpy, map_arrays, repeat_samples, to_numpy
 
 LossFn = Callable[..., Any]
-#: ``transform(output, start, stop)``: the substitute for rows ``start:stop`` of the expanded batch
-Transform = Callable[[Any, int, int], Any]
+#: ``transform(output, sel)``: the substitute for rows ``sel`` (int array) of the expanded batch
+Transform = Callable[[Any, np.ndarray], Any]
 
 
 def takes_rows(loss_fn: LossFn) -> bool:
@@ -183,6 +185,80 @@ def batch_size_hint(inputs: Any) -> int:
     return int(shape[0])
 
 
+#: with ``mask=``, a pass of rows sorted by length is closed at a length change only once it
+#: holds this many tokens (tiny passes cost more per token than a little padding) ...
+MIN_PASS_TOKENS = 1024
+#: ... and only if running the next length's rows in it would make this fraction of it padding
+MAX_PAD_FRACTION = 0.125
+
+
+def ignores_padding(model: Any) -> bool:
+    """Whether ``model`` is known to ignore the positions after a sample's last real token:
+    HuggingFace transformers and gluonnlp models (their attention masks / valid lengths)."""
+    return type(model).__module__.split(".")[0] in ("transformers", "gluonnlp")
+
+
+def valid_lengths(mask: Any, ids_shape: tuple[int, ...], batch_axis: int) -> np.ndarray:
+    """Per sample, 1 + the last valid position of ``mask`` (B, T) (0 for an all-pad row).
+
+    Only trailing invalid positions are ever cut, so right- and left-padded masks both work
+    (a left-padded sample just keeps its full length).
+    """
+    m = to_numpy(mask) if framework_of(mask) else np.asarray(mask)
+    want = tuple(ids_shape)
+    if m.shape != want:
+        raise InputError(
+            f"mask has shape {m.shape}; expected the ids' shape {want} (batch, positions), "
+            "1 where a position is a real token"
+        )
+    if batch_axis != 0:
+        raise InputError(
+            "mask= (running each pass only up to its samples' lengths) needs batch-first "
+            f"inputs; the lookup's batch axis is {batch_axis}. Leave mask unset."
+        )
+    valid = m.astype(bool)
+    last = valid.shape[1] - np.argmax(valid[:, ::-1], axis=1)
+    return np.where(valid.any(axis=1), last, 0).astype(np.int64)
+
+
+def plan_passes(
+    rows: np.ndarray, chunk: int, lengths: np.ndarray | None, full: int
+) -> list[tuple[np.ndarray, int]]:
+    """Split the expanded rows into passes: ``[(positions into rows, length), ...]``.
+
+    Without ``lengths``: consecutive chunks of ``chunk`` rows at the full length. With them
+    (per caller sample): rows sorted by their sample's length (stable), each pass padded only to
+    its longest row; a pass ends when it holds ``chunk`` rows, or at a length change when it
+    holds :data:`MIN_PASS_TOKENS` tokens and taking the next length's rows would make more than
+    :data:`MAX_PAD_FRACTION` of it padding.
+    """
+    n = int(rows.shape[0])
+    if lengths is None:
+        return [(np.arange(s, min(n, s + chunk)), full) for s in range(0, n, chunk)]
+    row_len = np.maximum(lengths[rows], 1)  # an all-pad sample still needs one position
+    order = np.argsort(row_len, kind="stable")
+    sorted_len = row_len[order]
+    passes: list[tuple[np.ndarray, int]] = []
+    start = 0
+    for i in range(1, n + 1):
+        if i < n and i - start < chunk and not _close_before(sorted_len, start, i, chunk):
+            continue
+        passes.append((order[start:i], int(sorted_len[i - 1])))
+        start = i
+    return passes
+
+
+def _close_before(sorted_len: np.ndarray, start: int, i: int, chunk: int) -> bool:
+    """Whether the pass holding sorted rows ``start:i`` ends before row i (a length change)."""
+    cur, nxt = int(sorted_len[i - 1]), int(sorted_len[i])
+    if nxt == cur:
+        return False
+    size = i - start
+    group = int(np.searchsorted(sorted_len, nxt, side="right")) - i  # rows of the next length
+    padding = size * (nxt - cur) / (min(chunk, size + group) * nxt)
+    return size * cur >= MIN_PASS_TOKENS and padding > MAX_PAD_FRACTION
+
+
 def expanded_passes(
     model: Any,
     inputs: Any,
@@ -194,28 +270,44 @@ def expanded_passes(
     internal_batch_size: int | None,
     mode: str = "eval",
     check: str = "auto",
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Gradients for the expanded batch (sample ``rows[i]`` in row i), one chunk at a time.
+    mask: Any = None,
+    info: dict[str, Any] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Gradients for the expanded batch (sample ``rows[i]`` in row i), one pass at a time.
 
     ``internal_batch_size=None`` runs every row in one pass (as Captum does): fastest on CPU
     where memory allows; set it to bound memory (activations grow with rows × T).
 
-    Yields ``(start, stop, grad, losses)``: the gradient w.r.t. the substituted lookup output,
-    (stop − start, T, D) float32 batch first, and the losses (stop − start,) float64.
+    ``mask`` (B, T), 1 at real tokens: rows are grouped by their sample's length and every
+    (batch-first) input with a (B, T) prefix is cut to the pass's length, so no pass computes
+    the padding of longer samples. Only for models that ignore the positions after a sample's
+    last real token (attention-masked encoders and decoders do; an RNN reading the padding does
+    not); ``loss_fn`` then gets outputs of the pass's length. ``info["passes"]`` records
+    ``(rows, length)`` per pass.
+
+    Yields ``(sel, grad, losses)``: positions into ``rows`` of the pass, the gradient w.r.t.
+    the substituted lookup output (len(sel), T, D) float32 batch first (zero past the pass's
+    length), and the losses (len(sel),) float64. ``transform(output, sel)`` gets the lookup's
+    output for those rows (cut to the pass's length).
     """
     n = int(rows.shape[0])
     chunk = n if internal_batch_size is None else internal_batch_size
     if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
         raise InputError(f"internal_batch_size must be a positive integer, got {chunk!r}")
-    chunk = int(chunk)
     ax = base.batch_axis
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        index = rows[start:stop]
+    full = int(base.ids.shape[1]) if base.ids.ndim > 1 else 0
+    lengths = None if mask is None else valid_lengths(mask, base.ids.shape, ax)
+    plan = plan_passes(rows, int(chunk), lengths, full)
+    if info is not None:
+        info["passes"] = [(int(sel.shape[0]), length) for sel, length in plan]
+    for sel, length in plan:
+        index = rows[sel]
         sub = repeat_samples(inputs, index, base.batch, ax)
+        if lengths is not None and length < full:
+            sub = cut_positions(sub, int(sel.shape[0]), full, length)
 
-        def replace(name: str, role: str, output: Any, _s: int = start, _e: int = stop) -> Any:
-            return transform(output, _s, _e) if name == base.name else None
+        def replace(name: str, role: str, output: Any, _sel: np.ndarray = sel) -> Any:
+            return transform(output, _sel) if name == base.name else None
 
         res = gradients(
             model,
@@ -227,9 +319,20 @@ def expanded_passes(
             batch_axis={base.name: ax},
             replace=replace,
         )
-        lk = res[base.name]
-        grad = _batch_first(to_numpy(lk.output_grad), ax)
-        yield start, stop, grad, to_numpy(res.losses).astype(np.float64)
+        grad = _batch_first(to_numpy(res[base.name].output_grad), ax)
+        if grad.shape[1] < full:
+            grad = np.pad(grad, [(0, 0), (0, full - grad.shape[1])] + [(0, 0)] * (grad.ndim - 2))
+        yield sel, grad, to_numpy(res.losses).astype(np.float64)
+
+
+def cut_positions(inputs: Any, rows: int, full: int, length: int) -> Any:
+    """Every input array with a (rows, full) shape prefix cut to (rows, length)."""
+
+    def one(x: Any) -> Any:
+        shape = tuple(x.shape)
+        return x[:, :length] if len(shape) >= 2 and shape[:2] == (rows, full) else x
+
+    return map_arrays(inputs, one)
 
 
 def alpha_shape(output: Any, axis: int) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ._arrays import framework_of, to_numpy
-from ._passes import LossFn, batch_size_hint
+from ._passes import LossFn, batch_size_hint, ignores_padding
 from .base import Scores, get_method
 from .result import Attribution, TokenAttribution
 
@@ -41,7 +41,9 @@ def attribute(
         tokenizer: optional, to display tokens (``convert_ids_to_tokens``) and to exclude its
             special tokens from HotFlip.
         layer, mode, check: which lookup, the model's mode, the independence check.
-        **options: the method's options (``embgrad methods`` lists them).
+        **options: the method's options (``embgrad methods`` lists them). With ``target``, a
+            HuggingFace or gluonnlp model and an ``attention_mask`` among the inputs,
+            integrated gradients and SmoothGrad skip the padding (their ``mask=`` option).
 
     Returns:
         :class:`Attribution`: ``.tokens``, ``.scores``, ``.delta``, ``.items``, ``.to_html()``,
@@ -63,6 +65,8 @@ def attribute(
     elif target is not None:
         raise InputError("pass either loss_fn or target, not both")
     mask = _attention_mask(inputs)
+    if label is not None and mask is not None and not cls.single_pass and ignores_padding(model):
+        options.setdefault("mask", mask)  # log p(target) does not care where the passes stop
     if cls.name == "hotflip":
         if "mask" not in options and mask is not None:
             options["mask"] = mask

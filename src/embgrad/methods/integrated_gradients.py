@@ -59,6 +59,11 @@ class IntegratedGradients(Method):
             position; ids from ``pad_id`` / ``mask_id`` or the lookup's ``padding_idx``), an
             int token id, or an array (D,), (T, D) or (B, T, D) (numpy or native).
         internal_batch_size: rows (sample × step) per forward/backward; None: all at once.
+        mask: (B, T), 1 at real tokens (the attention mask): passes run only up to their
+            samples' last real token, skipping the padding; only for models that ignore the
+            positions after it (attention-masked transformers), and ``loss_fn`` must accept
+            outputs of that length (cut per-sample constants to ``outputs``' length). Those
+            positions get attribution 0. ``info["passes"]``: (rows, length) per pass.
 
     Scores are Σ_d IG_t,d (signed); ``attributions`` IG (B, T, D); ``delta`` the per-sample
     completeness gap |Σ_t,d IG − (f(x) − f(b))|, which shrinks as ``n_steps`` grows.
@@ -73,6 +78,7 @@ class IntegratedGradients(Method):
         "pad_id": "token id for baseline='pad' (default: the lookup's padding_idx)",
         "mask_id": "token id for baseline='mask'",
         "internal_batch_size": "rows (sample x step) per forward+backward (default: all)",
+        "mask": "(B,T) attention mask: run each pass only to its samples' last real token",
     }
 
     def _attribute(
@@ -87,6 +93,7 @@ class IntegratedGradients(Method):
         pad_id: int | None = None,
         mask_id: int | None = None,
         internal_batch_size: int | None = None,
+        mask: Any = None,
     ) -> Scores:
         alphas, weights = quadrature(n_steps, rule)
         zero_at = np.flatnonzero(alphas == 0.0)
@@ -98,29 +105,29 @@ class IntegratedGradients(Method):
         row_alpha = np.tile(alphas, batch)
         ax = base.batch_axis
 
-        def transform(out: Any, start: int, stop: int) -> Any:
-            a = from_numpy(row_alpha[start:stop].reshape(alpha_shape(out, ax)), out)
+        def transform(out: Any, sel: np.ndarray) -> Any:
+            a = from_numpy(row_alpha[sel].reshape(alpha_shape(out, ax)), out)
             if b_np is None:
                 return out * a
-            b = (
-                from_numpy(b_np, out)
-                if b_np.ndim == 1
-                else native_rows(b_np[rows[start:stop]], out, ax)
-            )
+            if b_np.ndim == 1:
+                b = from_numpy(b_np, out)
+            else:  # (B, T, D) rows, cut to the pass's length (mask=)
+                b = native_rows(b_np[rows[sel]][:, : out.shape[1 - ax]], out, ax)
             return b + a * (out - b)
 
         acc = np.zeros(base.grad.shape, dtype=np.float64)
         f_base = np.zeros(batch)
         m = row_weights(rows, np.tile(weights, batch), batch)
         at_zero = np.tile(alphas == 0.0, batch)
-        for start, stop, grad, losses in expanded_passes(
-            self.model, inputs, loss_fn, base, rows, transform,
-            internal_batch_size=internal_batch_size, mode=self.mode, check=self.expanded_check,
+        info: dict[str, Any] = {}
+        for sel, grad, losses in expanded_passes(
+            self.model, inputs, loss_fn, base, rows, transform, internal_batch_size=
+            internal_batch_size, mode=self.mode, check=self.expanded_check, mask=mask, info=info,
         ):  # fmt: skip
-            flat = grad.reshape(stop - start, -1).astype(np.float64)
-            acc += (m[:, start:stop] @ flat).reshape(acc.shape)
-            hit = at_zero[start:stop]
-            f_base[rows[start:stop][hit]] = losses[hit]
+            flat = grad.reshape(sel.shape[0], -1).astype(np.float64)
+            acc += (m[:, sel] @ flat).reshape(acc.shape)
+            hit = at_zero[sel]
+            f_base[rows[sel][hit]] = losses[hit]
         diff = base.x().astype(np.float64) - (0.0 if b_np is None else _broadcast(b_np, base))
         attr = diff * acc
         delta = np.abs(attr.sum(axis=(1, 2)) - (base.losses - f_base))
@@ -136,6 +143,7 @@ class IntegratedGradients(Method):
                 "rule": rule,
                 "baseline": baseline if isinstance(baseline, (str, int)) else "array",
                 "f_baseline": f_base,
+                "passes": info["passes"],
             },
         )
 

@@ -25,6 +25,10 @@ class SmoothGrad(Method):
 
     Scores: ``reduce="norm"`` (default) averages ||g_t||₂ over the draws, ``"sum"`` averages
     Σ_d g_t,d; ``attributions`` is the mean gradient (B, T, D).
+
+    ``mask`` (B, T), 1 at real tokens: as for ``integrated_gradients``, passes run only up to
+    their samples' last real token (attention-masked models only; ``loss_fn`` gets outputs of
+    that length); the positions after it get 0.
     """
 
     name = "smoothgrad"
@@ -35,6 +39,7 @@ class SmoothGrad(Method):
         "seed": "seed of the noise (default 0)",
         "reduce": "'norm' (mean per-token L2 norm, default) or 'sum' (mean signed sum)",
         "internal_batch_size": "noisy rows per forward+backward (default: all)",
+        "mask": "(B,T) attention mask: run each pass only to its samples' last real token",
     }
 
     def _attribute(
@@ -48,6 +53,7 @@ class SmoothGrad(Method):
         seed: int | None = 0,
         reduce: Reduce = "norm",
         internal_batch_size: int | None = None,
+        mask: Any = None,
     ) -> Scores:
         choice("reduce", reduce, ("norm", "sum"))
         if not isinstance(n_samples, int) or n_samples < 1:
@@ -63,19 +69,20 @@ class SmoothGrad(Method):
         noise *= np.float32(scale)
         ax = base.batch_axis
 
-        def transform(out: Any, start: int, stop: int) -> Any:
-            return out + native_rows(noise[start:stop], out, ax)
+        def transform(out: Any, sel: np.ndarray) -> Any:
+            return out + native_rows(noise[sel][:, : out.shape[1 - ax]], out, ax)
 
         mean = np.zeros(base.grad.shape, dtype=np.float64)
         token = np.zeros(base.grad.shape[:2], dtype=np.float64)
         m = row_weights(rows, np.full(rows.shape[0], 1.0 / n_samples), batch)
-        for start, stop, grad, _ in expanded_passes(
-            self.model, inputs, loss_fn, base, rows, transform,
-            internal_batch_size=internal_batch_size, mode=self.mode, check=self.expanded_check,
+        info: dict[str, Any] = {}
+        for sel, grad, _ in expanded_passes(
+            self.model, inputs, loss_fn, base, rows, transform, internal_batch_size=
+            internal_batch_size, mode=self.mode, check=self.expanded_check, mask=mask, info=info,
         ):  # fmt: skip
             g = grad.astype(np.float64)
-            part = m[:, start:stop]
-            mean += (part @ g.reshape(stop - start, -1)).reshape(mean.shape)
+            part = m[:, sel]
+            mean += (part @ g.reshape(sel.shape[0], -1)).reshape(mean.shape)
             per_token = np.sqrt((g * g).sum(-1)) if reduce == "norm" else g.sum(-1)
             token += part @ per_token
         return Scores(
@@ -85,7 +92,13 @@ class SmoothGrad(Method):
             ids=base.ids,
             signed=mean.sum(-1),
             attributions=mean,
-            info={"n_samples": n_samples, "sigma": sigma, "noise_std": scale, "seed": seed},
+            info={
+                "n_samples": n_samples,
+                "sigma": sigma,
+                "noise_std": scale,
+                "seed": seed,
+                "passes": info["passes"],
+            },
         )
 
     @staticmethod

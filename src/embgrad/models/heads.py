@@ -112,7 +112,8 @@ class PairSimilarity:
 
     Args:
         partner: (B,) int, the batch index of each sentence's partner.
-        mask: callable rows → the attention mask (B', T) of those rows, native.
+        mask: callable rows → the attention mask (B', T) of those rows, native; cut to the
+            outputs' length when a pass ran only up to its samples' last real token.
     """
 
     def __init__(self, partner: np.ndarray, mask: Callable[[np.ndarray], Any]) -> None:
@@ -122,7 +123,10 @@ class PairSimilarity:
 
     def __call__(self, outputs: Any, rows: np.ndarray) -> Any:
         hidden = first_array(outputs, "last_hidden_state")
-        emb = mean_pool_normalized(hidden, self.mask(rows))
+        mask = self.mask(rows)
+        if mask.shape[1] > hidden.shape[1]:  # a pass cut to its samples' length (mask=)
+            mask = mask[:, : hidden.shape[1]]
+        emb = mean_pool_normalized(hidden, mask)
         if self.embeddings is None:
             if not np.array_equal(rows, np.arange(self.partner.shape[0])):
                 raise InputError("the first pass of a pair similarity must hold every sentence")
