@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ours_internal_batch_size or ibs:
         opts["internal_batch_size"] = args.ours_internal_batch_size or ibs
 
+    plans: dict[str, Any] = {}
+
     def ours(**extra: Any) -> tuple[np.ndarray, np.ndarray]:
         s = ig.attribute({"input_ids": ids, "attention_mask": mask}, loss_fn, **opts, **extra)
+        plans["skip_padding" if extra else "padded"] = s.info["passes"]
         return s.attributions, s.delta
 
     table = model.embeddings.word_embeddings.weight.detach()
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "internal_batch_size": ibs or "defaults (both: all rows in one pass)",
         "embgrad_internal_batch_size": opts.get("internal_batch_size", "default (all rows)"),
         "rounds": args.rounds,
+        "embgrad_passes_rows_length": plans,
         "median_s": med,
         "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
         "ratio_embgrad_over_captum": med["embgrad"] / med["captum"],
