@@ -190,6 +190,7 @@ def ragged():
     [
         ("integrated_gradients", {"n_steps": 4, "baseline": "pad"}),
         ("integrated_gradients", {"n_steps": 3, "baseline": "zeros", "rule": "riemann_left"}),
+        ("integrated_gradients", {"n_steps": 3, "baseline": "per-sample array"}),
         ("smoothgrad", {"n_samples": 3, "sigma": 0.3, "reduce": "norm"}),
     ],
 )
@@ -197,6 +198,9 @@ def test_a_mask_skips_the_padding_and_changes_no_result(ragged, monkeypatch, met
     from embgrad.methods import _passes
 
     model, enc, f = ragged
+    if opts.get("baseline") == "per-sample array":  # (B, T, D): cut with the rows
+        shape = (*enc["input_ids"].shape, 384)
+        opts = {**opts, "baseline": np.random.default_rng(0).normal(0, 0.05, shape)}
     m = get_method(method)(model)
     full = m.attribute(enc, f, **opts)
     monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # one pass per length
