@@ -56,7 +56,9 @@ class CosToConstant:
 
     def __call__(self, outputs: Any, rows: np.ndarray) -> torch.Tensor:
         r, hidden = torch.as_tensor(rows), outputs.last_hidden_state
-        mask = self.mask[r][:, : hidden.shape[1]]  # a pass may stop at its samples' lengths
+        mask = self.mask[r]
+        assert not mask[:, hidden.shape[1] :].any()  # a pass may stop at its samples' lengths
+        mask = mask[:, : hidden.shape[1]]
         return (pooled(hidden, mask) * self.c[r]).sum(-1)
 
     def one(self, hidden: torch.Tensor, i: int) -> torch.Tensor:

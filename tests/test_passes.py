@@ -62,9 +62,9 @@ def test_a_length_change_that_adds_little_padding_keeps_one_pass(monkeypatch):
 
 
 def test_an_all_padding_sample_still_runs_one_position():
-    plan = plan_passes(np.array([0, 0, 1]), 10, np.array([0, 4]), 4)
-    assert covers_each_row_once(plan, 3)
-    assert min(length for _, length in plan) >= 1
+    assert [(len(sel), n) for sel, n in plan_passes(np.array([0, 0]), 10, np.array([0]), 4)] == [
+        (2, 1)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -76,11 +76,85 @@ def test_an_all_padding_sample_still_runs_one_position():
     ],
 )
 def test_valid_lengths_end_at_the_last_real_token(mask, want):
-    assert valid_lengths(np.asarray(mask), (3, 4), 0).tolist() == want
+    assert valid_lengths(np.asarray(mask), (3, 4)).tolist() == want
 
 
-def test_valid_lengths_name_a_wrong_shape_and_a_batch_axis_other_than_zero():
+def test_valid_lengths_name_a_wrong_shape():
     with pytest.raises(InputError, match=r"mask has shape \(2, 4\); expected the ids' shape"):
-        valid_lengths(np.ones((2, 4)), (3, 4), 0)
-    with pytest.raises(InputError, match="needs batch-first inputs"):
-        valid_lengths(np.ones((4, 3)), (4, 3), 1)
+        valid_lengths(np.ones((2, 4)), (3, 4))
+
+
+class _Pool:
+    """Tiny torch models: masked mean pooling of tanh(embeddings) → a score per sample;
+    ``mix`` adds the mean over every position (padding included) to each one first."""
+
+    @staticmethod
+    def make(mix: bool, seq_first: bool = False):
+        torch = pytest.importorskip("torch")
+
+        class Pool(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                torch.manual_seed(0)
+                self.emb = torch.nn.Embedding(20, 4)
+                self.lin = torch.nn.Linear(4, 1)
+
+            def forward(self, ids, mask):
+                h = torch.tanh(self.emb(ids.T if seq_first else ids))
+                h = h.transpose(0, 1) if seq_first else h
+                if mix:
+                    h = h + h.mean(1, keepdim=True)
+                m = mask.unsqueeze(-1).float()
+                return self.lin((h * m).sum(1) / m.sum(1)).squeeze(-1)
+
+        return Pool().eval()
+
+
+def _ragged():
+    torch = pytest.importorskip("torch")
+    ids = torch.tensor([[3, 4, 5, 6, 7, 0], [8, 9, 0, 0, 0, 0], [1, 2, 3, 0, 0, 0]])
+    return {"ids": ids, "mask": (ids > 0).long()}
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+@pytest.mark.parametrize(
+    ("mix", "seq_first", "padding"),
+    [
+        (False, False, "skipped"),
+        (True, False, "computed: the model's outputs change"),
+        (False, True, "computed: the lookup's batch axis is 1"),
+    ],
+)
+def test_padding_is_skipped_only_where_results_stay_the_same(
+    monkeypatch, method, mix, seq_first, padding
+):
+    from embgrad.methods import get_method
+
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
+    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    model, inputs = _Pool.make(mix, seq_first), _ragged()
+    m = get_method(method)(model)
+    opts = {"n_steps": 4} if method == "integrated_gradients" else {"n_samples": 3}
+    full = m.attribute(inputs, lambda out: out, **opts)
+    cut = m.attribute(inputs, lambda out: out, mask=inputs["mask"], **opts)
+    assert full.info["padding"] == "computed"
+    assert cut.info["padding"].startswith(padding)
+    lengths = {n for _, n in cut.info["passes"]}
+    assert lengths == ({2, 3, 5} if padding == "skipped" else {6})
+    scale = np.abs(full.attributions).max()
+    assert np.abs(cut.attributions - full.attributions).max() <= 1e-5 * scale
+
+
+def test_pair_similarity_cuts_its_mask_only_where_it_is_padding():
+    torch = pytest.importorskip("torch")
+    from embgrad.models.heads import PairSimilarity
+
+    hidden = torch.randn(2, 3, 4)
+    for tail, ok in ((0, True), (1, False)):
+        mask = torch.tensor([[1, 1, 1, tail, 0], [1, 1, 0, 0, 0]])
+        sim = PairSimilarity(np.array([1, 0]), lambda rows, m=mask: m[torch.as_tensor(rows)])
+        if ok:  # a pass cut after the last real token: the same as the uncut mean
+            assert sim(hidden, np.arange(2)).shape == (2,)
+        else:  # a model whose outputs are shorter than its tokens (pooling): refused
+            with pytest.raises(InputError, match="3 positions but the attention mask 5"):
+                sim(hidden, np.arange(2))

@@ -193,12 +193,14 @@ MAX_PAD_FRACTION = 0.125
 
 
 def ignores_padding(model: Any) -> bool:
-    """Whether ``model`` is known to ignore the positions after a sample's last real token:
-    HuggingFace transformers and gluonnlp models (their attention masks / valid lengths)."""
+    """Whether ``model`` is expected to ignore the positions after a sample's last real token:
+    HuggingFace transformers and gluonnlp models (their attention masks / valid lengths). The
+    few that do not (FNet's Fourier mixing, ConvBERT's convolutions) are caught by the check in
+    :func:`expanded_passes` and keep the padding."""
     return type(model).__module__.split(".")[0] in ("transformers", "gluonnlp")
 
 
-def valid_lengths(mask: Any, ids_shape: tuple[int, ...], batch_axis: int) -> np.ndarray:
+def valid_lengths(mask: Any, ids_shape: tuple[int, ...]) -> np.ndarray:
     """Per sample, 1 + the last valid position of ``mask`` (B, T) (0 for an all-pad row).
 
     Only trailing invalid positions are ever cut, so right- and left-padded masks both work
@@ -210,11 +212,6 @@ def valid_lengths(mask: Any, ids_shape: tuple[int, ...], batch_axis: int) -> np.
         raise InputError(
             f"mask has shape {m.shape}; expected the ids' shape {want} (batch, positions), "
             "1 where a position is a real token"
-        )
-    if batch_axis != 0:
-        raise InputError(
-            "mask= (running each pass only up to its samples' lengths) needs batch-first "
-            f"inputs; the lookup's batch axis is {batch_axis}. Leave mask unset."
         )
     valid = m.astype(bool)
     last = valid.shape[1] - np.argmax(valid[:, ::-1], axis=1)
@@ -279,11 +276,14 @@ def expanded_passes(
     where memory allows; set it to bound memory (activations grow with rows × T).
 
     ``mask`` (B, T), 1 at real tokens: rows are grouped by their sample's length and every
-    (batch-first) input with a (B, T) prefix is cut to the pass's length, so no pass computes
-    the padding of longer samples. Only for models that ignore the positions after a sample's
-    last real token (attention-masked encoders and decoders do; an RNN reading the padding does
-    not); ``loss_fn`` then gets outputs of the pass's length. ``info["passes"]`` records
-    ``(rows, length)`` per pass.
+    input with a (B, T) prefix is cut to the pass's length, so no pass computes the padding of
+    longer samples; ``loss_fn`` then gets outputs of the pass's length. That is only right for
+    models that ignore the positions after a sample's last real token (attention-masked
+    encoders and decoders do; Fourier mixing, convolutions over the sequence or an RNN reading
+    the padding do not), so it is checked first: the losses at the inputs, cut as the passes
+    will be, must equal the uncut ones (to 1e-5 of their scale), else every pass runs at the
+    full length. ``info["padding"]`` says which: ``"skipped"``, ``"computed"`` (no mask) or
+    ``"computed: <why>"``; ``info["passes"]`` records ``(rows, length)`` per pass.
 
     Yields ``(sel, grad, losses)``: positions into ``rows`` of the pass, the gradient w.r.t.
     the substituted lookup output (len(sel), T, D) float32 batch first (zero past the pass's
@@ -296,15 +296,26 @@ def expanded_passes(
         raise InputError(f"internal_batch_size must be a positive integer, got {chunk!r}")
     ax = base.batch_axis
     full = int(base.ids.shape[1]) if base.ids.ndim > 1 else 0
-    lengths = None if mask is None else valid_lengths(mask, base.ids.shape, ax)
-    plan = plan_passes(rows, int(chunk), lengths, full)
+    plan = plan_passes(rows, int(chunk), None, full)
+    padding = "computed"
+    if mask is not None:
+        lengths = valid_lengths(mask, base.ids.shape)
+        if ax != 0:
+            padding = f"computed: the lookup's batch axis is {ax}, cutting needs batch-first ids"
+        else:
+            cut_plan = plan_passes(rows, int(chunk), lengths, full)
+            why = _padding_matters(model, inputs, loss_fn, base, rows, cut_plan, mode)
+            if why is None:
+                plan, padding = cut_plan, "skipped"
+            else:
+                padding = f"computed: {why}"
     if info is not None:
+        info["padding"] = padding
         info["passes"] = [(int(sel.shape[0]), length) for sel, length in plan]
     for sel, length in plan:
         index = rows[sel]
-        sub = repeat_samples(inputs, index, base.batch, ax)
-        if lengths is not None and length < full:
-            sub = cut_positions(sub, int(sel.shape[0]), full, length)
+        cut = cut_positions(inputs, base.batch, full, length) if length < full else inputs
+        sub = repeat_samples(cut, index, base.batch, ax)
 
         def replace(name: str, role: str, output: Any, _sel: np.ndarray = sel) -> Any:
             return transform(output, _sel) if name == base.name else None
@@ -325,12 +336,48 @@ def expanded_passes(
         yield sel, grad, to_numpy(res.losses).astype(np.float64)
 
 
-def cut_positions(inputs: Any, rows: int, full: int, length: int) -> Any:
-    """Every input array with a (rows, full) shape prefix cut to (rows, length)."""
+def _padding_matters(
+    model: Any,
+    inputs: Any,
+    loss_fn: LossFn,
+    base: Base,
+    rows: np.ndarray,
+    plan: list[tuple[np.ndarray, int]],
+    mode: str,
+) -> str | None:
+    """Why the planned cuts would change results, or None: for each length the plan cuts to,
+    the losses of its samples at the inputs, so cut, against the uncut ``base.losses``."""
+    full = int(base.ids.shape[1])
+    for length in sorted({length for _, length in plan if length < full}):
+        samples = np.unique(np.concatenate([rows[sel] for sel, n in plan if n == length]))
+        cut = cut_positions(inputs, base.batch, full, length)
+        res = gradients(
+            model,
+            repeat_samples(cut, samples, base.batch, 0),
+            bind_rows(loss_fn, samples),
+            layers=base.name,
+            mode=mode,  # type: ignore[arg-type]
+            check="off",
+            batch_axis={base.name: 0},
+        )
+        got, want = to_numpy(res.losses).astype(np.float64), base.losses[samples]
+        gap = np.abs(got - want)
+        if not np.all(gap <= 1e-5 * max(1.0, float(np.abs(want).max()))):
+            return (
+                f"the model's outputs change when the positions after the last real token are "
+                f"removed (|Δf| up to {float(np.nanmax(gap)):.2g} at {length} of {full} "
+                "positions): it reads the padding"
+            )
+    return None
+
+
+def cut_positions(inputs: Any, batch: int, full: int, length: int) -> Any:
+    """Every input array with a (batch, full) shape prefix — per sample and per position, like
+    the ids, attention mask and token types — cut to (batch, length)."""
 
     def one(x: Any) -> Any:
         shape = tuple(x.shape)
-        return x[:, :length] if len(shape) >= 2 and shape[:2] == (rows, full) else x
+        return x[:, :length] if len(shape) >= 2 and shape[:2] == (batch, full) else x
 
     return map_arrays(inputs, one)
 

@@ -65,7 +65,8 @@ def attribute(
     elif target is not None:
         raise InputError("pass either loss_fn or target, not both")
     mask = _attention_mask(inputs)
-    if label is not None and mask is not None and not cls.single_pass and ignores_padding(model):
+    auto = label is not None and mask is not None and mask.ndim == 2
+    if auto and not cls.single_pass and ignores_padding(model):
         options.setdefault("mask", mask)  # log p(target) does not care where the passes stop
     if cls.name == "hotflip":
         if "mask" not in options and mask is not None:

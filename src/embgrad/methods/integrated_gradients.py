@@ -144,6 +144,7 @@ class IntegratedGradients(Method):
                 "baseline": baseline if isinstance(baseline, (str, int)) else "array",
                 "f_baseline": f_base,
                 "passes": info["passes"],
+                "padding": info["padding"],
             },
         )
 

@@ -98,6 +98,7 @@ class SmoothGrad(Method):
                 "noise_std": scale,
                 "seed": seed,
                 "passes": info["passes"],
+                "padding": info["padding"],
             },
         )
 

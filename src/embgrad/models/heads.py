@@ -124,8 +124,14 @@ class PairSimilarity:
     def __call__(self, outputs: Any, rows: np.ndarray) -> Any:
         hidden = first_array(outputs, "last_hidden_state")
         mask = self.mask(rows)
-        if mask.shape[1] > hidden.shape[1]:  # a pass cut to its samples' length (mask=)
-            mask = mask[:, : hidden.shape[1]]
+        n = int(hidden.shape[1])
+        if mask.shape[1] > n:  # a pass cut to its samples' length (mask=): only padding is cut
+            if to_numpy(mask[:, n:]).any():
+                raise InputError(
+                    f"the model's last hidden state has {n} positions but the attention mask "
+                    f"{int(mask.shape[1])}: a pair similarity needs one hidden state per token"
+                )
+            mask = mask[:, :n]
         emb = mean_pool_normalized(hidden, mask)
         if self.embeddings is None:
             if not np.array_equal(rows, np.arange(self.partner.shape[0])):
