@@ -60,10 +60,12 @@ class IntegratedGradients(Method):
             int token id, or an array (D,), (T, D) or (B, T, D) (numpy or native).
         internal_batch_size: rows (sample × step) per forward/backward; None: all at once.
         mask: (B, T), 1 at real tokens (the attention mask): passes run only up to their
-            samples' last real token, skipping the padding; only for models that ignore the
-            positions after it (attention-masked transformers), and ``loss_fn`` must accept
-            outputs of that length (cut per-sample constants to ``outputs``' length). Those
-            positions get attribution 0. ``info["passes"]``: (rows, length) per pass.
+            samples' last real token, skipping the padding, and those positions get 0. Right
+            for models that ignore the positions after it (attention-masked transformers); a
+            check of f(x) with and without them keeps the padding for models that read it
+            (``info["padding"]`` says which). ``loss_fn`` must accept outputs of the cut length
+            (cut per-sample constants to the outputs' length). ``info["passes"]``: (rows,
+            length) per pass.
 
     Scores are Σ_d IG_t,d (signed); ``attributions`` IG (B, T, D); ``delta`` the per-sample
     completeness gap |Σ_t,d IG − (f(x) − f(b))|, which shrinks as ``n_steps`` grows.

@@ -27,8 +27,8 @@ class SmoothGrad(Method):
     Σ_d g_t,d; ``attributions`` is the mean gradient (B, T, D).
 
     ``mask`` (B, T), 1 at real tokens: as for ``integrated_gradients``, passes run only up to
-    their samples' last real token (attention-masked models only; ``loss_fn`` gets outputs of
-    that length); the positions after it get 0.
+    their samples' last real token where that leaves f(x) unchanged (checked; ``loss_fn`` gets
+    outputs of that length); the positions after it get 0.
     """
 
     name = "smoothgrad"
