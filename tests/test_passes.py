@@ -84,65 +84,103 @@ def test_valid_lengths_name_a_wrong_shape():
         valid_lengths(np.ones((2, 4)), (3, 4))
 
 
-class _Pool:
-    """Tiny torch models: masked mean pooling of tanh(embeddings) → a score per sample;
-    ``mix`` adds the mean over every position (padding included) to each one first."""
+def _pool(mix: str, seq_first: bool = False):
+    """A tiny torch model: masked mean pooling of tanh(embeddings) → one score per sample.
 
-    @staticmethod
-    def make(mix: bool, seq_first: bool = False):
-        torch = pytest.importorskip("torch")
+    ``mix`` adds the mean over every position, padding included, to each position first:
+    ``"all"`` for every sample, ``"detached"`` without a gradient through it (so the padding's
+    gradient is 0 but the outputs still depend on it), ``"gate"`` multiplying by 1 + that
+    detached mean (so the real tokens' gradients depend on it), ``"sample3"`` for sample 3 only.
+    """
+    torch = pytest.importorskip("torch")
 
-        class Pool(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                torch.manual_seed(0)
-                self.emb = torch.nn.Embedding(20, 4)
-                self.lin = torch.nn.Linear(4, 1)
+    class Pool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = torch.nn.Embedding(20, 4)
+            self.lin = torch.nn.Linear(4, 1)
 
-            def forward(self, ids, mask):
-                h = torch.tanh(self.emb(ids.T if seq_first else ids))
-                h = h.transpose(0, 1) if seq_first else h
-                if mix:
-                    h = h + h.mean(1, keepdim=True)
-                m = mask.unsqueeze(-1).float()
-                return self.lin((h * m).sum(1) / m.sum(1)).squeeze(-1)
+        def forward(self, ids, mask):
+            h = torch.tanh(self.emb(ids.T if seq_first else ids))
+            h = h.transpose(0, 1) if seq_first else h
+            mean = h.mean(1, keepdim=True)
+            if mix == "all":
+                h = h + mean
+            elif mix == "detached":
+                h = h + mean.detach()
+            elif mix == "gate":
+                h = h * (1.0 + mean.detach())
+            elif mix == "sample3":
+                h = h + mean * (ids[:, :1, None] == 4)
+            m = mask.unsqueeze(-1).float()
+            return self.lin((h * m).sum(1) / m.sum(1)).squeeze(-1)
 
-        return Pool().eval()
+    return Pool().eval()
 
 
 def _ragged():
     torch = pytest.importorskip("torch")
-    ids = torch.tensor([[3, 4, 5, 6, 7, 0], [8, 9, 0, 0, 0, 0], [1, 2, 3, 0, 0, 0]])
+    ids = torch.tensor(
+        [[3, 4, 5, 6, 7, 0], [8, 9, 0, 0, 0, 0], [1, 2, 3, 0, 0, 0], [4, 5, 6, 0, 0, 0]]
+    )  # lengths 5, 2, 3, 3: samples 2 and 3 share a pass
     return {"ids": ids, "mask": (ids > 0).long()}
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
 @pytest.mark.parametrize(
-    ("mix", "seq_first", "padding"),
+    ("mix", "seq_first", "scale", "padding"),
     [
-        (False, False, "skipped"),
-        (True, False, "computed: the model's outputs change"),
-        (False, True, "computed: the lookup's batch axis is 1"),
+        ("none", False, 1.0, "skipped"),
+        ("none", False, 1e-6, "skipped"),
+        ("all", False, 1.0, "computed: the loss has a gradient at positions after"),
+        ("all", False, 1e-6, "computed: the loss has a gradient at positions after"),
+        ("detached", False, 1.0, "computed: the model's loss or gradient changes"),
+        ("gate", False, 1e-6, "computed: the model's loss or gradient changes"),
+        ("sample3", False, 1.0, "computed: the loss has a gradient at positions after"),
+        ("none", True, 1.0, "computed: the lookup's batch axis is 1"),
     ],
 )
 def test_padding_is_skipped_only_where_results_stay_the_same(
-    monkeypatch, method, mix, seq_first, padding
+    monkeypatch, method, mix, seq_first, scale, padding
 ):
     from embgrad.methods import get_method
 
     monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
     monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
-    model, inputs = _Pool.make(mix, seq_first), _ragged()
+    model, inputs = _pool(mix, seq_first), _ragged()
     m = get_method(method)(model)
     opts = {"n_steps": 4} if method == "integrated_gradients" else {"n_samples": 3}
-    full = m.attribute(inputs, lambda out: out, **opts)
-    cut = m.attribute(inputs, lambda out: out, mask=inputs["mask"], **opts)
+
+    def loss(out):  # scale 1e-6: losses far below any absolute tolerance
+        return out * scale
+
+    full = m.attribute(inputs, loss, **opts)
+    cut = m.attribute(inputs, loss, mask=inputs["mask"], **opts)
     assert full.info["padding"] == "computed"
     assert cut.info["padding"].startswith(padding)
     lengths = {n for _, n in cut.info["passes"]}
     assert lengths == ({2, 3, 5} if padding == "skipped" else {6})
-    scale = np.abs(full.attributions).max()
-    assert np.abs(cut.attributions - full.attributions).max() <= 1e-5 * scale
+    top = np.abs(full.attributions).max()
+    assert np.abs(cut.attributions - full.attributions).max() <= 1e-5 * top
+
+
+def test_train_mode_and_equal_lengths_keep_the_padding_and_say_why(monkeypatch):
+    from embgrad.methods import get_method
+
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
+    model, inputs = _pool("none"), _ragged()
+    train = get_method("integrated_gradients")(model, mode="train")
+    got = train.attribute(inputs, lambda out: out, mask=inputs["mask"], n_steps=2)
+    assert got.info["padding"].startswith("computed: mode='train'")
+    assert {n for _, n in got.info["passes"]} == {6}
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 10**6)  # every length merged ...
+    ids = inputs["ids"][:2].clone()
+    ids[0, 5] = 8  # ... into one pass as long as the batch: nothing to cut
+    ig = get_method("integrated_gradients")(model)
+    got = ig.attribute({"ids": ids, "mask": (ids > 0).long()}, lambda out: out, n_steps=2,
+                       mask=(ids > 0).long())  # fmt: skip
+    assert got.info["padding"] == "computed: too little to skip"
 
 
 def test_pair_similarity_cuts_its_mask_only_where_it_is_padding():

@@ -280,10 +280,11 @@ def expanded_passes(
     longer samples; ``loss_fn`` then gets outputs of the pass's length. That is only right for
     models that ignore the positions after a sample's last real token (attention-masked
     encoders and decoders do; Fourier mixing, convolutions over the sequence or an RNN reading
-    the padding do not), so it is checked first: the losses at the inputs, cut as the passes
-    will be, must equal the uncut ones (to 1e-5 of their scale), else every pass runs at the
-    full length. ``info["padding"]`` says which: ``"skipped"``, ``"computed"`` (no mask) or
-    ``"computed: <why>"``; ``info["passes"]`` records ``(rows, length)`` per pass.
+    the padding do not), so it is checked first, per sample: the gradient at the dropped
+    positions must be ~0 and the loss and gradient at the inputs, cut as the passes will be,
+    must equal the uncut ones (:func:`_padding_matters`); else, and in train mode, every pass
+    runs at the full length. ``info["padding"]`` says which: ``"skipped"``, ``"computed"`` (no
+    mask) or ``"computed: <why>"``; ``info["passes"]`` records ``(rows, length)`` per pass.
 
     Yields ``(sel, grad, losses)``: positions into ``rows`` of the pass, the gradient w.r.t.
     the substituted lookup output (len(sel), T, D) float32 batch first (zero past the pass's
@@ -300,11 +301,15 @@ def expanded_passes(
     padding = "computed"
     if mask is not None:
         lengths = valid_lengths(mask, base.ids.shape)
+        cut_plan = plan_passes(rows, int(chunk), lengths, full)
         if ax != 0:
             padding = f"computed: the lookup's batch axis is {ax}, cutting needs batch-first ids"
+        elif mode != "eval":
+            padding = f"computed: mode={mode!r} (random draws differ between cut and uncut passes)"
+        elif all(length == full for _, length in cut_plan):
+            padding = "computed: too little to skip"
         else:
-            cut_plan = plan_passes(rows, int(chunk), lengths, full)
-            why = _padding_matters(model, inputs, loss_fn, base, rows, cut_plan, mode)
+            why = _padding_matters(model, inputs, loss_fn, base, rows, cut_plan)
             if why is None:
                 plan, padding = cut_plan, "skipped"
             else:
@@ -343,30 +348,42 @@ def _padding_matters(
     base: Base,
     rows: np.ndarray,
     plan: list[tuple[np.ndarray, int]],
-    mode: str,
 ) -> str | None:
-    """Why the planned cuts would change results, or None: for each length the plan cuts to,
-    the losses of its samples at the inputs, so cut, against the uncut ``base.losses``."""
+    """Why the planned cuts would change results, or None.
+
+    Per sample and relative to its own scale: the gradient at the positions a pass would drop
+    must be ~0 (free: ``base.grad``), and the loss and gradient at the inputs, cut as planned
+    (one pass per cut length), must equal the uncut ``base`` ones.
+    """
     full = int(base.ids.shape[1])
+    g_full = base.grad.astype(np.float64)
+    scale = np.sqrt((g_full**2).sum(axis=(1, 2)))  # ‖g_i‖ per sample
     for length in sorted({length for _, length in plan if length < full}):
         samples = np.unique(np.concatenate([rows[sel] for sel, n in plan if n == length]))
+        dropped = np.sqrt((g_full[samples, length:] ** 2).sum(axis=(1, 2)))
+        if np.any(dropped > 1e-4 * scale[samples]):
+            return "the loss has a gradient at positions after the last real token: it reads them"
         cut = cut_positions(inputs, base.batch, full, length)
-        res = gradients(
-            model,
-            repeat_samples(cut, samples, base.batch, 0),
-            bind_rows(loss_fn, samples),
-            layers=base.name,
-            mode=mode,  # type: ignore[arg-type]
-            check="off",
-            batch_axis={base.name: 0},
-        )
-        got, want = to_numpy(res.losses).astype(np.float64), base.losses[samples]
-        gap = np.abs(got - want)
-        if not np.all(gap <= 1e-5 * max(1.0, float(np.abs(want).max()))):
+        try:
+            res = gradients(
+                model,
+                repeat_samples(cut, samples, base.batch, 0),
+                bind_rows(loss_fn, samples),
+                layers=base.name,
+                check="off",
+                batch_axis={base.name: 0},
+            )
+        except Exception as e:  # the model cannot run shorter inputs: keep the padding
+            return f"the model failed on inputs cut to {length} of {full} positions ({e})"
+        got = to_numpy(res.losses).astype(np.float64)
+        want = base.losses[samples]
+        g_cut = _batch_first(to_numpy(res[base.name].output_grad), 0).astype(np.float64)
+        g_gap = np.sqrt(((g_cut - g_full[samples, :length]) ** 2).sum(axis=(1, 2)))
+        f_ok = np.abs(got - want) <= 1e-5 * np.maximum(1.0, np.abs(want))
+        if not (np.all(f_ok) and np.all(g_gap <= 1e-4 * scale[samples])):
             return (
-                f"the model's outputs change when the positions after the last real token are "
-                f"removed (|Δf| up to {float(np.nanmax(gap)):.2g} at {length} of {full} "
-                "positions): it reads the padding"
+                "the model's loss or gradient changes when the positions after the last real "
+                f"token are removed (at {length} of {full} positions): it reads the padding"
             )
     return None
 

@@ -65,7 +65,8 @@ def attribute(
     elif target is not None:
         raise InputError("pass either loss_fn or target, not both")
     mask = _attention_mask(inputs)
-    auto = label is not None and mask is not None and mask.ndim == 2
+    ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+    auto = label is not None and mask is not None and mask.shape == getattr(ids, "shape", None)
     if auto and not cls.single_pass and ignores_padding(model):
         options.setdefault("mask", mask)  # log p(target) does not care where the passes stop
     if cls.name == "hotflip":
