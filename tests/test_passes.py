@@ -196,3 +196,25 @@ def test_pair_similarity_cuts_its_mask_only_where_it_is_padding():
         else:  # a model whose outputs are shorter than its tokens (pooling): refused
             with pytest.raises(InputError, match="3 positions but the attention mask 5"):
                 sim(hidden, np.arange(2))
+
+
+def test_a_model_that_fails_on_shorter_inputs_keeps_the_padding(monkeypatch):
+    from embgrad.methods import get_method
+
+    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
+    inner, inputs = _pool("none"), _ragged()
+
+    class FixedLength(type(inner)):  # e.g. a learned projection over all 6 positions
+        def forward(self, ids, mask):
+            if ids.shape[1] != 6:
+                raise RuntimeError(f"expected 6 positions, got {ids.shape[1]}")
+            return super().forward(ids, mask)
+
+    model = FixedLength()
+    model.load_state_dict(inner.state_dict())
+    got = get_method("integrated_gradients")(model.eval()).attribute(
+        inputs, lambda out: out, mask=inputs["mask"], n_steps=2
+    )
+    assert got.info["padding"].startswith("computed: the model failed on inputs cut to")
+    assert "expected 6 positions" in got.info["padding"]
+    assert {n for _, n in got.info["passes"]} == {6}
