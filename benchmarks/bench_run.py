@@ -120,20 +120,28 @@ class Timed:
             self.calls.append(time.perf_counter() - start)
 
 
-def engine(explainer: Any, data: Path, out: Path, batch: int) -> dict[str, float]:
-    """One local-engine run: work-phase wall time, the part of it spent inside ``explain``
-    (the first call, the one-row preflight, is before the work phase), CPU time, whole call."""
-    from embgrad.data import RunConfig, run
+def run_config(data: Path, out: Path, batch: int, **engine: Any) -> Any:
+    """The run both engines time: the text/pair columns, ``batch`` rows per call, 4 per shard."""
+    from embgrad.data import RunConfig
 
-    shutil.rmtree(out, ignore_errors=True)
-    config = RunConfig(
+    return RunConfig(
         data=data,
         text_column="text",
         pair_column="pair",
         out=out,
         batch_size=batch,
         rows_per_shard=batch * 4,
+        **engine,
     )
+
+
+def engine(explainer: Any, data: Path, out: Path, batch: int) -> dict[str, float]:
+    """One local-engine run: work-phase wall time, the part of it spent inside ``explain``
+    (the first call, the one-row preflight, is before the work phase), CPU time, whole call."""
+    from embgrad.data import run
+
+    shutil.rmtree(out, ignore_errors=True)
+    config = run_config(data, out, batch)
     timed = Timed(explainer)
     cpu = _cpu()
     summary = run(config, explainer_factory=lambda spec, framework: timed, progress=False)
@@ -146,7 +154,7 @@ def engine(explainer: Any, data: Path, out: Path, batch: int) -> dict[str, float
 
 
 def ray_run(data: Path, out: Path, batch: int) -> dict[str, float]:
-    from embgrad.data import RunConfig, run
+    from embgrad.data import run
     from embgrad.data.ray_engine import import_ray
 
     ray = import_ray()
@@ -156,16 +164,7 @@ def ray_run(data: Path, out: Path, batch: int) -> dict[str, float]:
     init = time.perf_counter() - t0
     try:
         shutil.rmtree(out, ignore_errors=True)
-        config = RunConfig(
-            data=data,
-            text_column="text",
-            pair_column="pair",
-            out=out,
-            batch_size=batch,
-            rows_per_shard=batch * 4,
-            engine="ray",
-            workers=2,
-        )
+        config = run_config(data, out, batch, engine="ray", workers=2)
         summary = run(config, progress=False)
     finally:
         ray.shutdown()

@@ -185,6 +185,8 @@ def batch_size_hint(inputs: Any) -> int:
     return int(shape[0])
 
 
+#: the ``mask`` option's one-line help, shared by the methods with expanded passes
+MASK_HELP = "(B,T) attention mask: run each pass only to its samples' last real token"
 #: with ``mask=``, a pass of rows sorted by length is closed at a length change only once it
 #: holds this many tokens (tiny passes cost more per token than a little padding) ...
 MIN_PASS_TOKENS = 1024

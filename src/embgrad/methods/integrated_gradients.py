@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from ._arrays import framework_of, from_numpy, to_numpy
-from ._passes import Base, LossFn, alpha_shape, expanded_passes, native_rows, row_weights
+from ._passes import MASK_HELP, Base, LossFn, alpha_shape, expanded_passes, native_rows, row_weights
 from .base import Method, Scores, choice, register
 
 Rule = Literal[
@@ -80,7 +80,7 @@ class IntegratedGradients(Method):
         "pad_id": "token id for baseline='pad' (default: the lookup's padding_idx)",
         "mask_id": "token id for baseline='mask'",
         "internal_batch_size": "rows (sample x step) per forward+backward (default: all)",
-        "mask": "(B,T) attention mask: run each pass only to its samples' last real token",
+        "mask": MASK_HELP,
     }
 
     def _attribute(
@@ -145,8 +145,7 @@ class IntegratedGradients(Method):
                 "rule": rule,
                 "baseline": baseline if isinstance(baseline, (str, int)) else "array",
                 "f_baseline": f_base,
-                "passes": info["passes"],
-                "padding": info["padding"],
+                **info,  # the passes run and whether the padding was skipped
             },
         )
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from ..errors import InputError
-from ._passes import Base, LossFn, expanded_passes, native_rows, row_weights
+from ._passes import MASK_HELP, Base, LossFn, expanded_passes, native_rows, row_weights
 from .base import Method, Scores, choice, register
 
 Reduce = Literal["norm", "sum"]
@@ -39,7 +39,7 @@ class SmoothGrad(Method):
         "seed": "seed of the noise (default 0)",
         "reduce": "'norm' (mean per-token L2 norm, default) or 'sum' (mean signed sum)",
         "internal_batch_size": "noisy rows per forward+backward (default: all)",
-        "mask": "(B,T) attention mask: run each pass only to its samples' last real token",
+        "mask": MASK_HELP,
     }
 
     def _attribute(
@@ -97,8 +97,7 @@ class SmoothGrad(Method):
                 "sigma": sigma,
                 "noise_std": scale,
                 "seed": seed,
-                "passes": info["passes"],
-                "padding": info["padding"],
+                **info,  # the passes run and whether the padding was skipped
             },
         )
 
