@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.ops import NumpyOps
+from ..core.ops import NumpyOps, Ops
 from ..errors import InputError, LossError
-from .base import Backend, Capture, Forward, Mode, Session
+from .base import Backend, Capture, Forward, Mode, Replace, Session
 from .gluon_symbol import has_graph, intercept
 from .gluon_trace import Tracer, lazy_mxnet, patched, to_numpy
 
@@ -55,13 +55,22 @@ __all__ = ["GluonBackend", "GluonSession"]
 class MXNetOps(NumpyOps):
     """NumpyOps whose working arrays are numpy copies of MXNet NDArrays (``asnumpy``)."""
 
-    name = "mxnet"
+    name = "gluon"
 
     def work(self, x: Any) -> Any:
         return to_numpy(x)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return to_numpy(x)
+
+    def sparse_native(self, rows: Any) -> Any:
+        """An MXNet ``row_sparse`` (B·V, D) on the CPU, row key ``b*V + token``."""
+        mx = lazy_mxnet()
+        _, _, values = rows.numpy()
+        b, v, d = rows.shape
+        return mx.nd.sparse.row_sparse_array(
+            (values, rows.keys()), shape=(b * v, d), ctx=mx.cpu(), dtype=values.dtype
+        )
 
 
 def _labelled_arrays(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -166,13 +175,13 @@ def _float_leaves(
 
 
 # -- the session -----------------------------------------------------------------------------
-class GluonSession(Session):
+class GluonSession:
     """What a Block and a SymbolBlock session share: backward, conversions, input checks."""
 
-    framework = "mxnet"
+    framework = "gluon"
 
     def __init__(self, model: Any, mode: Mode, params: Mapping[str, Any]) -> None:
-        self.ops = MXNetOps()
+        self.ops: Ops = MXNetOps()
         self.model = model
         self.params = params  # name -> Parameter, collected once per call
         self.train = mode == "train"
@@ -208,19 +217,19 @@ class GluonSession(Session):
         self,
         fwd: Forward,
         cotangent: Any,
-        captures: list[Capture] | list[int],
+        select: list[int],
         *,
         inputs: bool,
         retain: bool,
     ) -> tuple[list[Any], dict[str | int, Any]]:
-        """``autograd.grad`` of Σ cotangent_i L_i w.r.t. the deltas (and float inputs) only.
+        """``autograd.grad`` of Σ cotangent_i L_i w.r.t. the deltas of ``fwd.captures[k]``, k in
+        ``select`` (and the float inputs when ``inputs``) only.
 
-        ``captures`` are Captures or indices into ``fwd.captures`` (the core passes indices).
         Every variable is also passed as a head with a zero head gradient, so a lookup or input
         that does not reach the loss gets a zero gradient instead of an MXNet error.
         """
         mx = lazy_mxnet()
-        captures = [fwd.captures[c] if isinstance(c, int) else c for c in captures]
+        captures = [fwd.captures[k] for k in select]
         losses = fwd.state
         keys = list(fwd.float_inputs) if inputs else []
         variables = [c.handle for c in captures] + [fwd.float_inputs[k] for k in keys]
@@ -268,13 +277,13 @@ class BlockSession(GluonSession):
         loss_fn: Callable[[Any], Any],
         *,
         seed: int,
+        replace: Replace | None,
     ) -> Forward:
         autograd = lazy_mxnet().autograd
         self._warm_up(args, kwargs)
-        self.tracer.replace = self.replace
         self.seed(seed)
         args, kwargs, floats = _float_leaves(args, kwargs)
-        with self.tracer.capturing() as captures, autograd.record(train_mode=self.train):
+        with self.tracer.capturing(replace) as captures, autograd.record(train_mode=self.train):
             losses = loss_fn(self.model(*args, **kwargs))
         return self.finish(losses, captures, floats)
 
@@ -372,7 +381,7 @@ def _all_params(model: Any) -> dict[str, Any]:
 class GluonBackend(Backend):
     """``mxnet.gluon.Block`` models, hybridized or not, and exported ``SymbolBlock``s."""
 
-    framework = "mxnet"
+    framework = "gluon"
     extra = "gluon"
 
     @staticmethod

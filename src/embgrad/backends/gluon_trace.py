@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.site import CallSite, guess_role
 from ..errors import InputError
-from .base import Capture, Replace, guess_role
+from .base import Capture, Replace
 
 __all__ = ["Site", "Tracer", "dense", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
 
@@ -158,7 +159,7 @@ class Tracer:
         self.captures: list[Capture] = []
         self.counts: dict[str, int] = {}
         self.thread: int | None = None
-        self.replace: Replace | None = None  # set by the session from the core's replace=
+        self.replace: Replace | None = None  # the current forward's replace= (see capturing)
 
     def index_params(self) -> None:
         """Remember every parameter array, to match a lookup's weight by identity."""
@@ -167,13 +168,16 @@ class Tracer:
                 self.by_id[id(arr)] = (arr, p)
 
     @contextlib.contextmanager
-    def capturing(self) -> Iterator[list[Capture]]:
+    def capturing(self, replace: Replace | None) -> Iterator[list[Capture]]:
+        """Capture this thread's lookups for one forward, substituting outputs by ``replace``."""
         self.captures, self.counts = [], {}
         self.thread = threading.get_ident()
+        self.replace = replace
         try:
             yield self.captures
         finally:
             self.thread = None
+            self.replace = None
 
     def capturing_here(self) -> bool:
         return self.thread == threading.get_ident()
@@ -258,18 +262,22 @@ class Tracer:
             output = lazy_mxnet().nd.take(weight.as_in_context(ids.context), ids, axis=0)
         self.captures.append(
             Capture(
-                name=site.name,
-                role=_role(site.owner, site.name, site.table),
-                module=site.module,
-                table=site.table,
+                site=CallSite(
+                    name=site.name,
+                    role=_role(site.owner, site.name, site.table),
+                    module=site.module,
+                    table=site.table,
+                    vocab_size=vocab,
+                    dim=dim,
+                    owner=site.owner,
+                    tied=tied,
+                    note=_tied_note(site.table, site.users or ["a non-lookup node"])
+                    if tied
+                    else "",
+                ),
                 ids=ids,
                 out_shape=tuple(delta.shape),
-                vocab_size=vocab,
-                dim=dim,
                 handle=delta,
-                owner=site.owner,
-                tied=tied,
-                note=_tied_note(site.table, site.users or ["a non-lookup node"]) if tied else "",
                 output=output,
                 weight=weight,
             )

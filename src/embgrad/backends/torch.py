@@ -17,8 +17,9 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from ..core.ops import Ops
 from ..errors import InputError, LossError
-from .base import Backend, Forward, Mode, Session
+from .base import Backend, Forward, Mode, Replace, Session
 
 
 def _torch() -> Any:
@@ -102,7 +103,7 @@ def _label(path: tuple[Any, ...]) -> str:
     return head + "".join(f"[{p!r}]" for p in path[1:])
 
 
-class TorchSession(Session):
+class TorchSession:
     """A module opened for capture (see the module docstring)."""
 
     framework = "torch"
@@ -113,7 +114,7 @@ class TorchSession(Session):
 
         self.module = module
         self.names = names  # TableNames: the module tree, walked once per call
-        self.ops = TorchOps()
+        self.ops: Ops = TorchOps()
 
     # -- checks ---------------------------------------------------------------------------------
     def check_inputs(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
@@ -144,13 +145,14 @@ class TorchSession(Session):
         loss_fn: Callable[[Any], Any],
         *,
         seed: int,
+        replace: Replace | None,
     ) -> Forward:
         """Run ``model(*args, **kwargs)`` once with every lookup captured; ``loss_fn`` on it."""
         from .torch_capture import LookupRecorder
 
         torch = _torch()
         args, kwargs, floats = self._float_leaves(args, kwargs)
-        recorder = LookupRecorder(self.names, self.replace)
+        recorder = LookupRecorder(self.names, replace)
         with torch.enable_grad(), _eager(), recorder:
             outputs = self.module(*args, **kwargs)
         with torch.enable_grad():
@@ -227,6 +229,10 @@ class TorchSession(Session):
                 "gradients w.r.t. float inputs; the lookup gradients do not need them."
             ) from e
         return list(grads[: len(caps)]), dict(zip(keys, grads[len(caps) :], strict=True))
+
+    def to_native(self, x: Any, like: Any) -> Any:
+        """Working arrays are torch tensors already."""
+        return x
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..core.site import CallSite
 from ..errors import InputError
 from .base import Capture, Replace
 from .torch_bags import bag_rows
@@ -69,7 +70,14 @@ class LookupRecorder(TorchFunctionMode):
         return info
 
     def _record(
-        self, out: torch.Tensor, weight: torch.Tensor, info: dict[str, Any], **fields: Any
+        self,
+        out: torch.Tensor,
+        weight: torch.Tensor,
+        info: dict[str, Any],
+        *,
+        ids: torch.Tensor,
+        padding_idx: int | None,
+        rows: Callable[[Any], tuple[Any, Any, Any]] | None = None,
     ) -> torch.Tensor:
         """Record ``out`` as a capture; return the tensor the model should continue with.
 
@@ -83,16 +91,16 @@ class LookupRecorder(TorchFunctionMode):
         else:
             target = out if out.requires_grad else out.detach().requires_grad_()
         v, d = weight.shape
+        site = CallSite(vocab_size=int(v), dim=int(d), padding_idx=padding_idx, **info)
         self.captures.append(
             Capture(
+                site=site,
+                ids=ids,
                 out_shape=tuple(out.shape),
-                vocab_size=int(v),
-                dim=int(d),
                 handle=target,
+                rows=rows,
                 output=target.detach(),
                 weight=weight.detach(),
-                **info,
-                **fields,
             )
         )
         return target.clone()

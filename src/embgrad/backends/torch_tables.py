@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from ..core.site import guess_role
 from ..errors import InputError
-from .base import guess_role
 
 _ID_DTYPES = (torch.int64, torch.int32)
 #: how many frames above a lookup are searched for the module that made it (tied tables)

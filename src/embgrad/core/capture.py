@@ -97,55 +97,48 @@ def gradients(
         InputError, LossError, NoLookupError, BatchAxisError, CouplingError,
         UnsupportedModelError (all :class:`embgrad.EmbgradError`).
     """
-    if check not in CHECKS:
-        raise InputError(f"check={check!r} is not one of {', '.join(map(repr, CHECKS))}")
-    if mode not in MODES:
-        raise InputError(f"mode={mode!r} is not one of {', '.join(map(repr, MODES))}")
-    if not callable(loss_fn):
-        raise InputError(f"loss_fn must be callable (outputs -> (B,) losses), got {loss_fn!r}")
+    # 1. Check the arguments before touching the model.
+    _check_args(check, mode, loss_fn)
     args, kwargs = _split_inputs(inputs)
     backend = backend_for(model)
     rng = np.random.default_rng(seed)
-    fw_seed = int(rng.integers(2**31 - 1))
+    run_seed = int(rng.integers(2**31 - 1))
+    # 2. Open the model: mode switched, lookups intercepted; everything restored on exit.
     with backend.open(model, mode=mode) as session:
-        session.replace = replace
         session.check_inputs(args, kwargs)
-        run = _Run(session, args, kwargs, loss_fn, fw_seed)
+        run = _Run(session, args, kwargs, loss_fn, run_seed, replace)
+        # 3. One forward: per-sample losses and every lookup it performed.
         fwd = run.forward()
-        losses = _check_losses(session, fwd.losses)
-        batch = int(losses.shape[0])
+        batch = int(_check_losses(session, fwd.losses).shape[0])
         select = _select(fwd.captures, layers)
         caps = [fwd.captures[i] for i in select]
+        # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given).
         axes = _candidates(caps, batch, batch_axis)
         if check == "exact" and batch > 1:
             return _exact(run, fwd, select, caps, axes, batch, mode, input_grads)
-        # The selection and batch_axis are part of the key: remembered axes are per selected
-        # lookup, and must not override a batch_axis the caller passes.
-        key = (_probe_key(loss_fn, mode, fwd, batch), tuple(select), repr(batch_axis))
+        # 5. Decide whether to probe: a verdict remembered for this structure skips it.
+        key = _probe_key(loss_fn, mode, fwd, batch, select, batch_axis)
         remembered = _remembered(model, key) if check == "auto" else None
         do_probe = batch > 1 and check in ("auto", "probe") and remembered is None
         if remembered is not None:
             axes = [[a] if a is not None else [] for a in remembered]
-        ambiguous = [c.name for c, a in zip(caps, axes, strict=True) if len(a) > 1]
-        if ambiguous and not do_probe:
-            raise BatchAxisError(
-                f"the batch axis of lookup(s) {', '.join(ambiguous)} is ambiguous (several axes "
-                f"of size {batch}); pass batch_axis=... or use check='auto'/'probe' to resolve it"
-            )
-        retain = do_probe and session.retained_backward_is_exact
+        _require_unambiguous(caps, axes, batch, do_probe)
+        # 6. One backward of the summed losses w.r.t. the lookup outputs only.
         grads, in_grads = session.backward(
             fwd,
             np.ones(batch),
             select,
             inputs=input_grads and bool(fwd.float_inputs),
-            retain=retain,
+            retain=do_probe and session.retained_backward_is_exact,
         )
+        # 7. The probe: one more backward with signed weights proves independence.
         residual: float | None = None
         if do_probe:
             resolved, residual = _probe(run, fwd, select, caps, axes, grads, rng, batch)
             _remember(model, key, resolved)
         else:
             resolved = [a[0] if a else None for a in axes]
+        # 8. Results; sparse table rows are built only when asked for.
         lookups = [
             _lookup(c, g, ax, functools.partial(_rows_fast, session, c, g, ax, batch))
             for c, g, ax in zip(caps, grads, resolved, strict=True)
@@ -162,6 +155,27 @@ def gradients(
         )
 
 
+def _check_args(check: str, mode: str, loss_fn: Any) -> None:
+    if check not in CHECKS:
+        raise InputError(f"check={check!r} is not one of {', '.join(map(repr, CHECKS))}")
+    if mode not in MODES:
+        raise InputError(f"mode={mode!r} is not one of {', '.join(map(repr, MODES))}")
+    if not callable(loss_fn):
+        raise InputError(f"loss_fn must be callable (outputs -> (B,) losses), got {loss_fn!r}")
+
+
+def _require_unambiguous(
+    caps: list[Capture], axes: list[list[int]], batch: int, do_probe: bool
+) -> None:
+    """Several size-B axes can only be told apart by the probe."""
+    ambiguous = [c.name for c, a in zip(caps, axes, strict=True) if len(a) > 1]
+    if ambiguous and not do_probe:
+        raise BatchAxisError(
+            f"the batch axis of lookup(s) {', '.join(ambiguous)} is ambiguous (several axes "
+            f"of size {batch}); pass batch_axis=... or use check='auto'/'probe' to resolve it"
+        )
+
+
 class _Run:
     """Re-runnable forward with a fixed seed (for exact probes and the per-sample loop)."""
 
@@ -172,17 +186,19 @@ class _Run:
         kwargs: Mapping[str, Any],
         loss_fn: Callable[[Any], Any],
         seed: int,
+        replace: Replace | None,
     ) -> None:
-        self.session, self.args, self.kwargs, self.loss_fn, self.seed = (
-            session,
-            args,
-            kwargs,
-            loss_fn,
-            seed,
-        )
+        self.session = session
+        self.args = args
+        self.kwargs = kwargs
+        self.loss_fn = loss_fn
+        self.seed = seed
+        self.replace = replace
 
     def forward(self) -> Forward:
-        return self.session.forward(self.args, self.kwargs, self.loss_fn, seed=self.seed)
+        return self.session.forward(
+            self.args, self.kwargs, self.loss_fn, seed=self.seed, replace=self.replace
+        )
 
     def again(self, fwd: Forward) -> Forward:
         """The forward to use for one more backward: the same graph where that is exact."""
@@ -281,9 +297,19 @@ def _candidates(caps: list[Capture], batch: int, batch_axis: BatchAxis) -> list[
     return out
 
 
-def _probe_key(loss_fn: Any, mode: str, fwd: Forward, batch: int) -> Any:
+def _probe_key(
+    loss_fn: Any,
+    mode: str,
+    fwd: Forward,
+    batch: int,
+    select: list[int],
+    batch_axis: BatchAxis,
+) -> Any:
+    """What a remembered probe verdict is keyed on. The selection and ``batch_axis`` are part
+    of it: remembered axes are per selected lookup, and must not override a given batch_axis."""
     code = getattr(loss_fn, "__code__", None) or type(loss_fn)
-    return (code, mode, batch, tuple((c.name, c.out_shape) for c in fwd.captures))
+    shapes = tuple((c.name, c.out_shape) for c in fwd.captures)
+    return (code, mode, batch, shapes, tuple(select), repr(batch_axis))
 
 
 def _remembered(model: Any, key: Any) -> tuple[int | None, ...] | None:
@@ -384,12 +410,11 @@ def _rows_fast(session: Session, c: Capture, grad: Any, axis: int | None, batch:
         (batch if axis is not None else 1, c.vocab_size, c.dim),
         padding_idx=c.padding_idx,
         per_sample=axis is not None,
-        framework=session.framework,
     )
 
 
 def _note(c: Capture, axis: int | None) -> str:
-    notes = [c.note] if c.note else []
+    notes = [c.site.note] if c.site.note else []
     if axis is None:
         notes.append("ids have no batch axis: output_grad and table gradient are batch sums")
     return "; ".join(notes)
@@ -398,17 +423,10 @@ def _note(c: Capture, axis: int | None) -> str:
 def _lookup(c: Capture, grad: Any, axis: int | None, rows: Callable[[], SparseRows]) -> LookupGrad:
     """The result for capture ``c``: its output gradient and how to build its table rows."""
     return LookupGrad(
-        name=c.name,
-        role=c.role,
-        module=c.module,
-        table=c.table,
+        c.site,
         output_grad=grad,
         ids=c.ids,
         batch_axis=axis,
-        vocab_size=c.vocab_size,
-        dim=c.dim,
-        padding_idx=c.padding_idx,
-        tied=c.tied,
         note=_note(c, axis),
         rows=rows,
         output=c.output,
@@ -466,11 +484,6 @@ def _exact(
     )
 
 
-def _native_like(session: Session, x: Any, like: Any) -> Any:
-    """Working array → the framework's native type (identity unless the backend converts)."""
-    return session.to_native(x, like)
-
-
 def _diagonal_axis(ops: Any, cand: list[int], gs: list[Any]) -> int | None:
     """Among candidate axes, the one where sample i's gradient lives in slice i."""
     if len(cand) <= 1:
@@ -506,7 +519,6 @@ def _exact_rows(
             (batch if axis is not None else 1, c.vocab_size, c.dim),
             padding_idx=c.padding_idx,
             per_sample=axis is not None,
-            framework=session.framework,
         )
 
     return build
@@ -529,4 +541,4 @@ def _diagonal(session: Session, gs: list[Any], axis: int | None) -> Any:
         return total
     ops = session.ops
     stacked = ops.stack([ops.take(ops.work(g), i, axis) for i, g in enumerate(gs)], axis)
-    return _native_like(session, stacked, gs[0])
+    return session.to_native(stacked, gs[0])

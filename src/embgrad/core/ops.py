@@ -94,6 +94,10 @@ class Ops:
     def itemsize(self, x: Array) -> int:
         raise NotImplementedError
 
+    def sparse_native(self, rows: Any) -> Any:
+        """The library's own sparse form of a :class:`~embgrad.core.sparse.SparseRows`."""
+        raise NotImplementedError
+
 
 class NumpyOps(Ops):
     name = "numpy"
@@ -174,3 +178,7 @@ class NumpyOps(Ops):
 
     def itemsize(self, x: Array) -> int:
         return int(np.dtype(x.dtype).itemsize)
+
+    def sparse_native(self, rows: Any) -> Any:
+        """numpy has no sparse arrays: a scipy CSR (B·V, D)."""
+        return rows.to_scipy()

@@ -5,28 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .site import CallSite, SiteView
 from .sparse import SparseRows, combine
 
 
-class LookupGrad:
+class LookupGrad(SiteView):
     """Per-sample gradients of one embedding lookup call site.
 
     Attributes:
-        name: unique call-site name (module path; ``#2`` for a second call of the same block).
-        role: ``"word"``, ``"position"``, ``"token_type"``, ``"input"`` (other input lookups) or
-            ``"output"`` (lookups on output weights, e.g. sampled softmax; not selected by
-            default).
-        module: type name of the block/module (or ``"F.embedding"``) that did the lookup.
-        table: name of the embedding table (parameter) that was looked up.
+        site: the :class:`CallSite` record (also readable as ``name``, ``role``, ``module``,
+            ``table``, ``vocab_size``, ``dim``, ``owner``, ``padding_idx``, ``tied``):
+            ``name`` is the unique call-site name (module path; ``#2`` for a second call of the
+            same block); ``role`` is ``"word"``, ``"position"``, ``"token_type"``, ``"input"``
+            (other input lookups) or ``"output"`` (lookups on output weights, e.g. sampled
+            softmax; not selected by default); ``table`` names the embedding table; ``tied``
+            says the table is also used outside lookups (e.g. a tied decoder), so the table
+            gradient here covers the lookup path only — it differs from ``weight.grad`` by
+            design.
         output_grad: dL_i/d out_i, framework-native, same layout as the lookup output, e.g.
             (B, T, D); for a lookup without batch axis (``batch_axis is None``) the batch sum.
         ids: the ids the lookup received (framework-native, as given: Gluon feeds float32).
         batch_axis: axis of ``ids`` (and of ``output_grad``) that indexes samples, or None when
             the ids have no batch axis (position ids of shape (T,)): then results are batch sums.
-        vocab_size, dim: the table's shape (V, D).
-        padding_idx: the row that receives no gradient (PyTorch), else None.
-        tied: the table is also used outside lookups (e.g. a tied decoder); the table gradient
-            here covers the lookup path only — it differs from ``weight.grad`` by design.
         note: a human-readable remark (tied weights, batch-summed, ...), "" when none.
         output: the lookup's output as the model used it (detached, native), e.g. the
             embeddings x for gradient×input; None if the backend did not keep it.
@@ -35,34 +35,20 @@ class LookupGrad:
 
     def __init__(
         self,
+        site: CallSite,
         *,
-        name: str,
-        role: str,
-        module: str,
-        table: str,
         output_grad: Any,
         ids: Any,
         batch_axis: int | None,
-        vocab_size: int,
-        dim: int,
-        padding_idx: int | None,
-        tied: bool,
         note: str,
         rows: Callable[[], SparseRows],
         output: Any = None,
         weight: Any = None,
     ) -> None:
-        self.name = name
-        self.role = role
-        self.module = module
-        self.table = table
+        self.site = site
         self.output_grad = output_grad
         self.ids = ids
         self.batch_axis = batch_axis
-        self.vocab_size = vocab_size
-        self.dim = dim
-        self.padding_idx = padding_idx
-        self.tied = tied
         self.note = note
         self.output = output
         self.weight = weight
@@ -109,7 +95,7 @@ class Gradients:
             ``"off"`` or ``"single"`` (B = 1: nothing to check).
         probe_residual: the probe's largest relative residual (0 = independent), or None.
         mode: ``"eval"`` or ``"train"``.
-        framework: ``"mxnet"`` or ``"torch"``.
+        framework: ``"gluon"`` or ``"torch"``.
     """
 
     def __init__(

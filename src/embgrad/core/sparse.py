@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DenseTooLargeError, missing_extra
+from ..errors import DenseTooLargeError, InputError, missing_extra
 from .ops import Array, Ops
 
 #: Default ceiling for dense results (``to_dense`` / ``table_grad(dense=True)``): 1 GiB.
@@ -54,7 +54,6 @@ class SparseRows:
         shape: tuple[int, int, int],
         *,
         per_sample: bool = True,
-        framework: str = "numpy",
     ) -> None:
         self._ops = ops
         self.sample = sample
@@ -62,7 +61,6 @@ class SparseRows:
         self.values = values
         self.shape = shape
         self.per_sample = per_sample
-        self.framework = framework
 
     # -- basic facts -------------------------------------------------------------------------
     @property
@@ -141,43 +139,31 @@ class SparseRows:
         indices = np.tile(np.arange(d, dtype=np.int64), len(keys))
         return sp.csr_array((values.reshape(-1), indices, indptr), shape=(b * v, d))
 
-    def to_mxnet(self, ctx: Any = None) -> Any:
-        """An MXNet ``row_sparse`` NDArray of shape (B·V, D) with row key ``b*V + token``."""
-        try:
-            import mxnet as mx
-        except ImportError as e:
-            raise missing_extra("mxnet", "gluon") from e
-        _, _, values = self.numpy()
-        b, v, d = self.shape
-        return mx.nd.sparse.row_sparse_array(
-            (values, self.keys()), shape=(b * v, d), ctx=ctx or mx.cpu(), dtype=values.dtype
-        )
-
-    def to_torch(self) -> Any:
-        """A coalesced ``torch.sparse_coo_tensor`` of shape (B, V, D), D a dense dimension."""
-        try:
-            import torch
-        except ImportError as e:
-            raise missing_extra("torch", "torch") from e
-        if isinstance(self.values, torch.Tensor):
-            sample, row, values = self.sample, self.row, self.values
-        else:
-            s, r, v = self.numpy()
-            sample, row, values = torch.from_numpy(s), torch.from_numpy(r), torch.from_numpy(v)
-        indices = torch.stack([sample, row])
-        # Rows are sorted by (sample, row) and unique by construction: skip the (warning)
-        # invariant check.
-        return torch.sparse_coo_tensor(
-            indices, values, self.shape, is_coalesced=True, check_invariants=False
-        )
+    @property
+    def framework(self) -> str:
+        """The framework whose arrays hold the rows: ``"torch"``, ``"gluon"`` or ``"numpy"``."""
+        return self._ops.name
 
     def to_native(self) -> Any:
-        """The framework's own sparse form: MXNet row_sparse (B·V, D) or torch sparse COO."""
-        if self.framework == "torch":
-            return self.to_torch()
-        if self.framework == "mxnet":
-            return self.to_mxnet()
-        return self.to_scipy()
+        """The framework's own sparse form: a coalesced torch sparse COO (B, V, D), an MXNet
+        ``row_sparse`` (B·V, D) with row key ``b*V + token``, or (numpy) ``to_scipy()``."""
+        return self._ops.sparse_native(self)
+
+    def to_torch(self) -> Any:
+        """A coalesced ``torch.sparse_coo_tensor`` (B, V, D), D a dense dimension (torch rows)."""
+        return self._native_as("torch", "to_torch")
+
+    def to_mxnet(self) -> Any:
+        """An MXNet ``row_sparse`` NDArray (B·V, D), row key ``b*V + token`` (Gluon rows)."""
+        return self._native_as("gluon", "to_mxnet")
+
+    def _native_as(self, framework: str, method: str) -> Any:
+        if self.framework != framework:
+            raise InputError(
+                f"{method}() needs rows computed from a {framework} model; these come from "
+                f"{self.framework}: use to_native(), to_scipy() or numpy()"
+            )
+        return self.to_native()
 
 
 def build_rows(
@@ -187,7 +173,6 @@ def build_rows(
     *,
     padding_idx: int | None = None,
     per_sample: bool = True,
-    framework: str = "numpy",
 ) -> SparseRows:
     """Coalesce per-position gradients into per-sample sparse rows.
 
@@ -210,9 +195,7 @@ def build_rows(
     keys = sample * v + row
     uniq, inverse = ops.unique_inverse(keys)
     summed = ops.cast_like(ops.segment_sum(vals, inverse, int(uniq.shape[0])), vals)
-    return SparseRows(
-        ops, uniq // v, uniq % v, summed, (b, v, d), per_sample=per_sample, framework=framework
-    )
+    return SparseRows(ops, uniq // v, uniq % v, summed, (b, v, d), per_sample=per_sample)
 
 
 def combine(parts: Sequence[SparseRows]) -> SparseRows:
@@ -230,5 +213,4 @@ def combine(parts: Sequence[SparseRows]) -> SparseRows:
         [(p.sample, p.row, p.values) for p in parts],
         first.shape,
         per_sample=all(p.per_sample for p in parts),
-        framework=first.framework,
     )
