@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import embgrad
     from embgrad.methods import get_method
-    from embgrad.models.heads import mean_pool_normalized
+    from embgrad.tasks.heads import mean_pool_normalized
     from embgrad.models.minilm import load_minilm
 
     model, tok, limit = load_minilm()

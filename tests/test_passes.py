@@ -185,7 +185,7 @@ def test_train_mode_and_equal_lengths_keep_the_padding_and_say_why(monkeypatch):
 
 def test_pair_similarity_cuts_its_mask_only_where_it_is_padding():
     torch = pytest.importorskip("torch")
-    from embgrad.models.heads import PairSimilarity
+    from embgrad.tasks.heads import PairSimilarity
 
     hidden = torch.randn(2, 3, 4)
     for tail, ok in ((0, True), (1, False)):

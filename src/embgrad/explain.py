@@ -1,6 +1,11 @@
 """``Explainer``: texts in, per-token attributions out — used by ``embgrad explain`` and by
 whole-data-set runs.
 
+The Explainer only wires the layers below it together: ``models`` loads a model and feeds it
+texts (``models.load``, ``models.encode``), ``tasks`` says what is explained (a pair's cosine
+similarity, or log p(target)), and the registered ``methods`` compute the attributions, each
+taking its option defaults from a :class:`~embgrad.methods.base.Context` (``Method.defaults``).
+
 What is explained (``TokenAttribution.loss``):
 
 * with ``pairs``: the cosine similarity of the two sentences' embeddings (mean-pooled last
@@ -17,42 +22,27 @@ truncated and flagged ``truncated=True``.
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
+from .backends import backend_for
 from .errors import InputError
 from .methods import get_method
-from .methods._arrays import framework_of, take, to_numpy
 from .methods._passes import base_pass, ignores_padding
 from .methods.api import build_items
+from .methods.base import Context
 from .methods.hotflip import HotFlip
 from .methods.result import TokenAttribution
-from .models.heads import ClassLogProb, PairSimilarity, resolve_targets
+from .models.encode import LAYOUTS, TextBatch, from_callable, tokenize
+from .models.load import Loaded, load
+from .tasks import Task, task_for
 
 __all__ = ["Explainer", "TokenAttribution"]
 
-FRAMEWORKS = ("torch", "gluon")
 _UNUSED = re.compile(r"^\[unused\d+\]$")
 #: rows × tokens per forward/backward of integrated gradients and SmoothGrad in explain()
 TOKENS_PER_PASS = 16384
-
-
-@dataclass
-class _Batch:
-    """One tokenized batch: native model inputs, the (B, T) mask, tokens, truncation flags."""
-
-    inputs: Any
-    mask: np.ndarray
-    mask_native: Any
-    truncated: list[bool]
-    tokens: list[list[str]] | None = None
 
 
 class Explainer:
@@ -66,6 +56,7 @@ class Explainer:
         max_length: the model's token limit; longer texts are truncated (``truncated=True``).
         kind: ``"encoder"`` (explains pair similarities), ``"classifier"`` (log p(target)) or
             ``"auto"`` (user models: pairs → encoder, else classifier).
+        framework: ``"torch"`` or ``"gluon"`` (the model's backend).
         skip_padding: integrated gradients and SmoothGrad run each pass only up to its
             samples' last real token (``mask=`` of those methods), so a long text does not make
             every short one pay for its padding. Right for models that ignore padded positions
@@ -92,7 +83,7 @@ class Explainer:
         self.kind, self.max_length, self.name = kind, int(max_length), name
         self.batch_size = max(2, int(batch_size))
         self.hotflip_direction = hotflip_direction
-        self.framework = "gluon" if _is_gluon(model) else "torch"
+        self.framework = backend_for(model).framework
         if skip_padding is None:
             skip_padding = ignores_padding(model)
         self.skip_padding = bool(skip_padding)
@@ -106,74 +97,27 @@ class Explainer:
     # -- construction --------------------------------------------------------------------
     @classmethod
     def from_spec(cls, spec: str | None = None, *, framework: str = "torch") -> Explainer:
-        """``None``: the bundled all-MiniLM-L6-v2; ``"hf:PATH"``: an HF sequence classifier or
-        plain encoder folder; ``"module:pkg.mod:factory"``: ``factory()`` returns
-        ``(model, tokenizer or tokenize callable)``. ``framework="gluon"`` loads BERT encoder
-        weights (the bundled model by default) into gluonnlp's BERTModel."""
-        if framework not in FRAMEWORKS:
-            raise InputError(
-                f"framework={framework!r} is not one of {', '.join(map(repr, FRAMEWORKS))}"
-            )
-        if spec is not None and spec.startswith("module:"):
-            return cls._from_factory(spec.removeprefix("module:"))
-        from .models import minilm
-
-        if spec is None:
-            path, name = minilm.model_path(), "all-MiniLM-L6-v2"
-        elif spec.startswith("hf:"):
-            path, name = Path(spec.removeprefix("hf:")), spec.removeprefix("hf:")
-        elif Path(spec).is_dir():
-            path, name = Path(spec), spec
-        else:
-            raise InputError(
-                f"model {spec!r}: give hf:PATH (a HuggingFace model folder) or "
-                "module:pkg.module:factory (a callable returning (model, tokenizer))"
-            )
-        if not Path(path).exists():
-            raise InputError(f"model path does not exist: {str(path)!r}")
-        if framework == "gluon":
-            from .models.minilm_gluon import load_gluon_bert
-
-            model, _ = load_gluon_bert(path)
-            tf = minilm.quiet_transformers()
-            tokenizer = tf.AutoTokenizer.from_pretrained(path)
-            limit = minilm.max_length_of(Path(path), tokenizer, model_config(path))
-            return cls(model, tokenizer, kind="encoder", max_length=limit, name=name)
-        model, tokenizer, limit = minilm.load_hf(path)
-        kind = (
-            "classifier"
-            if type(model).__name__.endswith("ForSequenceClassification")
-            else "encoder"
-        )
-        return cls(model, tokenizer, kind=kind, max_length=limit, name=name)
+        """An Explainer for a model spec (see :func:`embgrad.models.load.load`): ``None`` (the
+        bundled all-MiniLM-L6-v2), ``"hf:PATH"`` or ``"module:pkg.mod:factory"``;
+        ``framework="gluon"`` ports BERT encoder weights into gluonnlp's BERTModel."""
+        return cls.from_loaded(load(spec, framework=framework))
 
     @classmethod
-    def _from_factory(cls, target: str) -> Explainer:
-        mod_name, _, attr = target.rpartition(":")
-        if not mod_name or not attr:
-            raise InputError(f"module spec {target!r} must look like pkg.module:factory")
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise InputError(f"cannot import module {mod_name!r}: {e}") from None
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise InputError(f"module {mod_name!r} has no callable {attr!r}")
-        made = factory()
-        if not (isinstance(made, tuple) and len(made) == 2):
-            raise InputError(
-                f"{target}() must return (model, tokenizer or tokenize callable), got "
-                f"{type(made).__name__}"
-            )
-        model, tok = made
-        limit = int(getattr(tok, "model_max_length", 512) or 512)
-        if hasattr(tok, "convert_ids_to_tokens"):
-            return cls(model, tok, max_length=min(limit, 100_000), name=target)
-        if not callable(tok):
-            raise InputError(f"{target}() returned a tokenizer that is not callable")
-        return cls(model, tokenize=tok, max_length=limit, name=target)
+    def from_loaded(cls, loaded: Loaded) -> Explainer:
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            tokenize=loaded.tokenize,
+            kind=loaded.kind,
+            max_length=loaded.max_length,
+            name=loaded.name,
+        )
 
     # -- explaining ----------------------------------------------------------------------
+    def task(self, texts: Any, pairs: Any = None, targets: Any = None) -> Task:
+        """The task for these texts on this model (every check before any model work)."""
+        return task_for(self.kind, texts, pairs, targets, labels=self.labels, model_name=self.name)
+
     def explain(
         self,
         texts: list[str],
@@ -187,74 +131,46 @@ class Explainer:
         """Per-token attributions for ``texts`` (2 results per pair with ``pairs``)."""
         cls = get_method(method)
         cls.validate(options)
-        texts = self._check_texts(texts, "text")
-        sentences: list[str] = texts
-        if pairs is not None:
-            pairs = self._check_texts(pairs, "pair")
-            if len(pairs) != len(texts):
-                raise InputError(f"got {len(texts)} texts but {len(pairs)} pairs; give one each")
-            if self.kind == "classifier":
-                raise InputError(
-                    f"{self.name or 'this model'} is a sequence classifier: pairs explain the "
-                    "similarity of sentence embeddings and need an encoder; give a target instead"
-                )
-            if targets is not None:
-                raise InputError(
-                    "targets apply to classifiers; with pairs the similarity is explained"
-                )
-            sentences = [s for tp in zip(texts, pairs, strict=True) for s in tp]
-        elif self.kind == "encoder":
-            raise InputError(
-                f"{self.name or 'this model'} is a plain encoder: give pairs (--pair) to explain "
-                "their similarity, or use a sequence classifier with a target"
-            )
+        task = self.task(texts, pairs, targets)
         if not isinstance(hotflip_k, int) or hotflip_k < 0:
             raise InputError(f"hotflip_k must be an integer ≥ 0, got {hotflip_k!r}")
-        labels = self._targets(targets, len(texts)) if targets is not None else None
-        step = self.batch_size - self.batch_size % 2 if pairs is not None else self.batch_size
+        rows = task.rows()
+        step = task.batch_rows(self.batch_size)
         out: list[TokenAttribution] = []
-        for s in range(0, len(sentences), step):
-            chunk = sentences[s : s + step]
-            tgt = None if labels is None else labels[s : s + step]
-            out.extend(self._chunk(chunk, pairs is not None, tgt, cls.name, hotflip_k, options))
+        for s in range(0, len(rows), step):
+            out.extend(self._chunk(task, s, rows[s : s + step], cls.name, hotflip_k, options))
         return out
 
     def _chunk(
         self,
+        task: Task,
+        start: int,
         sentences: list[str],
-        paired: bool,
-        targets: np.ndarray | None,
         method: str,
         hotflip_k: int,
         options: dict[str, Any],
     ) -> list[TokenAttribution]:
-        batch = self._encode(sentences)
-        loss: PairSimilarity | ClassLogProb
-        if paired:
-            partner = np.arange(len(sentences)) ^ 1
-            loss = PairSimilarity(partner, lambda rows: take(batch.mask_native, rows, 0))
-        else:
-            loss = ClassLogProb(targets)
+        batch = self.encode(sentences)
+        loss = task.loss(start, batch)
         base = base_pass(self.model, batch.inputs, loss, check="off" if self._checked else "auto")
         self._checked = self._checked or len(sentences) > 1
-        opts = self._defaults(method, dict(options), batch.mask)
-        scores = get_method(method)(self.model).from_base(base, batch.inputs, loss, **opts)
+        ctx = self._context(batch)
+        cls = get_method(method)
+        opts = {**cls.defaults(ctx), **options}
+        scores = cls(self.model).from_base(base, batch.inputs, loss, **opts)
         flips = scores.hotflip
         if flips is None and hotflip_k > 0:
             flips = (
                 HotFlip(self.model)
-                .from_base(base, batch.inputs, loss, **self._defaults("hotflip", {}, batch.mask))
+                .from_base(base, batch.inputs, loss, **HotFlip.defaults(ctx))
                 .hotflip
             )
-        names: list[str | None] | None = None
-        if isinstance(loss, ClassLogProb) and loss.targets is not None:
-            names = [self.labels.get(int(t), str(int(t))) for t in loss.targets]
         items = build_items(
             scores,
             batch.mask,
             tokens_of=self._tokens_of,
             texts=sentences,
-            targets=names,
+            targets=task.labels(loss),
             truncated=batch.truncated,
             flips=flips if hotflip_k > 0 else None,
             hotflip_k=hotflip_k,
@@ -267,85 +183,25 @@ class Explainer:
                     h["token"] = item.tokens[h["position"]]
         return items
 
-    def _defaults(self, method: str, opts: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
-        if method == "hotflip":
-            opts.setdefault("direction", self.hotflip_direction)
-            opts.setdefault("exclude_ids", self.special_ids)
-            opts.setdefault("mask", mask)
-        elif method == "integrated_gradients":
-            pad = getattr(self.tokenizer, "pad_token_id", None)
-            if pad is not None:
-                opts.setdefault("baseline", "pad")
-                opts.setdefault("pad_id", int(pad))
-            mask_id = getattr(self.tokenizer, "mask_token_id", None)
-            if mask_id is not None:
-                opts.setdefault("mask_id", int(mask_id))
-        if method in ("integrated_gradients", "smoothgrad"):
+    def _context(self, batch: TextBatch) -> Context:
+        return Context(
+            mask=batch.mask,
+            tokenizer=self.tokenizer,
+            special_ids=tuple(self.special_ids),
+            direction=self.hotflip_direction,
+            skip_padding=self.skip_padding,
+            token_baselines=True,
             # bound the memory of one pass: ~2.7 GB of activations for MiniLM-sized models
-            opts.setdefault("internal_batch_size", max(1, TOKENS_PER_PASS // mask.shape[1]))
-            if self.skip_padding:
-                opts.setdefault("mask", mask)
-        return opts
+            tokens_per_pass=TOKENS_PER_PASS,
+        )
 
     # -- tokenizing ----------------------------------------------------------------------
-    @staticmethod
-    def _check_texts(texts: Any, what: str) -> list[str]:
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise InputError(f"{what}s must be a list of strings, got {type(texts).__name__}")
-        if not texts:
-            raise InputError(f"no {what}s given")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"{what} {i} is a {type(t).__name__}, not a string")
-            if not t.strip():
-                raise InputError(f"{what} {i} is empty; give non-empty texts")
-        return list(texts)
-
-    def _targets(self, targets: list[str | int], n: int) -> np.ndarray:
-        if self.kind == "encoder":
-            raise InputError(
-                f"{self.name or 'this model'} is a plain encoder with no classes; a target needs "
-                "a sequence classifier (give pairs to explain a similarity)"
-            )
-        items = list(targets) * n if len(targets) == 1 else list(targets)
-        label2id = {v: k for k, v in self.labels.items()} or None
-        return resolve_targets(items, n, label2id)
-
-    def _encode(self, texts: list[str]) -> _Batch:
+    def encode(self, texts: list[str]) -> TextBatch:
+        """The model's inputs for ``texts`` (truncated to ``max_length`` tokens)."""
         if self._tokenize is not None:
-            enc = dict(self._tokenize(texts))
-            tokens = enc.pop("tokens", None)
-            ids = next((v for k, v in enc.items() if "ids" in k and framework_of(v)), None)
-            mask_native = enc.get("attention_mask")
-            if mask_native is None:
-                if ids is None:
-                    raise InputError("tokenize() must return input ids and/or an attention_mask")
-                mask_native = ids * 0 + 1
-            mask = to_numpy(mask_native).astype(bool)
-            return _Batch(enc, mask, mask_native, [False] * len(texts), tokens)
-        tok = self.tokenizer
-        longer = tok(texts, truncation=True, max_length=self.max_length + 1)["input_ids"]
-        truncated = [len(x) > self.max_length for x in longer]
-        tok.padding_side = "right"
-        enc = tok(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-        )
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        mask = np.asarray(enc["attention_mask"], dtype=np.int64)
-        types = np.asarray(enc.get("token_type_ids", np.zeros_like(ids)), dtype=np.int64)
-        if self.framework == "gluon":
-            import mxnet as mx
-
-            nd = {k: mx.nd.array(v, dtype="float32") for k, v in (("ids", ids), ("types", types))}
-            valid = mx.nd.array(mask.sum(1), dtype="float32")
-            mask_nd = mx.nd.array(mask, dtype="float32")
-            return _Batch((nd["ids"], nd["types"], valid), mask.astype(bool), mask_nd, truncated)
-        import torch
-
-        inputs = {"input_ids": torch.as_tensor(ids), "attention_mask": torch.as_tensor(mask)}
-        if "token_type_ids" in enc:
-            inputs["token_type_ids"] = torch.as_tensor(types)
-        return _Batch(inputs, mask.astype(bool), inputs["attention_mask"], truncated)
+            return from_callable(self._tokenize, texts)
+        enc, truncated = tokenize(self.tokenizer, texts, self.max_length)
+        return LAYOUTS[self.framework](self.model, enc, truncated)
 
     def _tokens_of(self, ids: list[int]) -> list[str]:
         if self.tokenizer is not None:
@@ -361,16 +217,3 @@ class Explainer:
         vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
         ids.update(int(i) for t, i in vocab.items() if _UNUSED.match(t))
         return sorted(ids)
-
-
-def _is_gluon(model: Any) -> bool:
-    mx = sys.modules.get("mxnet")
-    return mx is not None and isinstance(model, mx.gluon.Block)
-
-
-def model_config(path: str | Path) -> Any:
-    """The HF config of a folder as an object with attributes (for limits)."""
-    import json
-    from types import SimpleNamespace
-
-    return SimpleNamespace(**json.loads((Path(path) / "config.json").read_text()))

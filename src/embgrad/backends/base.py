@@ -122,3 +122,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def open(self, model: Any, *, mode: Mode) -> contextlib.AbstractContextManager[Session]:
         """Prepare ``model`` for capture; restore every piece of its state on exit."""
+
+    @abc.abstractmethod
+    def array(self, model: Any, a: Any) -> Any:
+        """A numpy array as the framework's array, on ``model``'s device, keeping its dtype
+        (model inputs built from numpy, e.g. tokenized ids)."""

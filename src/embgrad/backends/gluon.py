@@ -48,7 +48,7 @@ from .base import Backend, Capture, Forward, Mode, Replace, Session
 from .gluon_symbol import has_graph, intercept
 from .gluon_trace import Tracer, lazy_mxnet, patched, to_numpy
 
-__all__ = ["GluonBackend", "GluonSession"]
+__all__ = ["GluonBackend", "GluonSession", "MXNetOps"]
 
 
 # -- arrays ----------------------------------------------------------------------------------
@@ -62,6 +62,32 @@ class MXNetOps(NumpyOps):
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return to_numpy(x)
+
+    # -- native arrays (NDArrays) ------------------------------------------------------------
+    def from_numpy(self, a: np.ndarray, like: Any) -> Any:
+        """``a`` on ``like``'s context in ``like``'s dtype."""
+        return lazy_mxnet().nd.array(a, ctx=like.context, dtype=like.dtype)
+
+    def take_rows(self, x: Any, index: np.ndarray, axis: int) -> Any:
+        nd = lazy_mxnet().nd
+        return nd.take(x, nd.array(np.asarray(index), ctx=x.context, dtype="int64"), axis=axis)
+
+    def detach(self, x: Any) -> Any:
+        return x.detach()
+
+    def log_softmax_pick(self, logits: Any, index: np.ndarray) -> Any:
+        nd = lazy_mxnet().nd
+        lp = nd.log_softmax(logits.astype("float32"), axis=-1)
+        return nd.pick(lp, nd.array(np.asarray(index), ctx=logits.context), axis=-1)
+
+    def mean_pool_normalized(self, hidden: Any, mask: Any) -> Any:
+        nd = lazy_mxnet().nd
+        m = mask.astype(hidden.dtype).expand_dims(-1)
+        pooled = nd.sum(hidden * m, axis=1) / nd.maximum(nd.sum(m, axis=1), 1e-9)
+        return pooled / nd.maximum(nd.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    def row_dot(self, a: Any, b: Any) -> Any:
+        return lazy_mxnet().nd.sum(a * b, axis=-1)
 
     def sparse_native(self, rows: Any) -> Any:
         """An MXNet ``row_sparse`` (B·V, D) on the CPU, row key ``b*V + token``."""
@@ -399,3 +425,9 @@ class GluonBackend(Backend):
             aux = _aux_states(tracer.params, graphs)
             stack.enter_context(aux_restored(aux, mode == "train"))
             yield BlockSession(model, mode, tracer)
+
+    def array(self, model: Any, a: Any) -> Any:
+        arr = np.asarray(a)
+        contexts = _param_contexts(_all_params(model))
+        ctx = sorted(contexts, key=str)[0] if contexts else lazy_mxnet().cpu()
+        return lazy_mxnet().nd.array(arr, ctx=ctx, dtype=arr.dtype)

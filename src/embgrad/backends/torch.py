@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 from ..core.ops import Ops
 from ..errors import InputError, LossError
 from .base import Backend, Forward, Mode, Replace, Session
@@ -66,6 +68,11 @@ class TorchBackend(Backend):
             for m in flipped:
                 m.training = not want
             _restore_buffers(saved)
+
+    def array(self, model: Any, a: Any) -> Any:
+        first = next(_unwrap(model).parameters(), None)
+        device = None if first is None else first.device
+        return _torch().as_tensor(np.ascontiguousarray(a), device=device)
 
 
 def _snapshot_buffers(module: Any) -> list[tuple[Any, Any]]:

@@ -39,9 +39,6 @@ class TorchOps(Ops):
             t = t.float()
         return t.cpu().numpy()
 
-    def from_numpy(self, x: np.ndarray, like: Any) -> Any:
-        return torch.from_numpy(np.ascontiguousarray(x)).to(like.device)
-
     def moveaxis(self, x: Any, src: int, dst: int) -> Any:
         return torch.movedim(x, src, dst)
 
@@ -113,6 +110,31 @@ class TorchOps(Ops):
 
     def itemsize(self, x: Any) -> int:
         return int(x.element_size())
+
+    # -- native arrays ---------------------------------------------------------------------
+    def from_numpy(self, a: np.ndarray, like: Any) -> Any:
+        """``a`` on ``like``'s device in ``like``'s dtype."""
+        return torch.as_tensor(np.ascontiguousarray(a), device=like.device).to(like.dtype)
+
+    def take_rows(self, x: Any, index: np.ndarray, axis: int) -> Any:
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long, device=x.device)
+        return x.index_select(axis, idx)
+
+    def detach(self, x: Any) -> Any:
+        return x.detach()
+
+    def log_softmax_pick(self, logits: Any, index: np.ndarray) -> Any:
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long, device=logits.device)
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        return lp.gather(1, idx[:, None])[:, 0]
+
+    def mean_pool_normalized(self, hidden: Any, mask: Any) -> Any:
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    def row_dot(self, a: Any, b: Any) -> Any:
+        return (a * b).sum(-1)
 
     def sparse_native(self, rows: Any) -> Any:
         """A coalesced sparse COO (B, V, D) on the rows' device, D a dense dimension."""

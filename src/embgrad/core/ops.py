@@ -1,8 +1,15 @@
-"""The few array operations the core needs, one implementation per array library.
+"""The array operations embgrad needs, one implementation per array library.
 
-The core (sparse rows, probe, exact loop) never imports a framework: it calls an :class:`Ops`.
-``NumpyOps`` serves numpy and MXNet (whose arrays are turned into numpy first); the torch
-backend provides ``TorchOps`` with the same methods, so results stay on the tensor's device.
+The core (sparse rows, probe, exact loop) never imports a framework: it calls an :class:`Ops`
+on the backend's *working* arrays (``work``). The layers above (methods, tasks, the Explainer)
+call the *native* operations at the end of the class on the framework's own arrays, through
+``embgrad.backends.ops_for(x)`` — the one place that tells frameworks apart. ``NumpyOps`` serves
+numpy; the backends provide ``TorchOps`` (working arrays: tensors on their device) and
+``MXNetOps`` (working arrays: numpy copies of NDArrays) with the same methods.
+
+The dtype rule of :meth:`Ops.from_numpy`: the result takes ``like``'s array type, device and
+dtype (``a`` is cast), so a float64 numpy constant joins a float32 or bfloat16 graph as that.
+:meth:`Ops.to_numpy` gives a host numpy array; bfloat16, which numpy lacks, becomes float32.
 """
 
 from __future__ import annotations
@@ -24,9 +31,7 @@ class Ops:
         return x
 
     def to_numpy(self, x: Array) -> np.ndarray:
-        raise NotImplementedError
-
-    def from_numpy(self, x: np.ndarray, like: Array) -> Array:
+        """A host numpy copy (or view) of a native or working array (bfloat16 → float32)."""
         raise NotImplementedError
 
     def moveaxis(self, x: Array, src: int, dst: int) -> Array:
@@ -98,15 +103,37 @@ class Ops:
         """The library's own sparse form of a :class:`~embgrad.core.sparse.SparseRows`."""
         raise NotImplementedError
 
+    # -- native arrays (for methods, tasks and the Explainer) --------------------------------
+    def from_numpy(self, a: np.ndarray, like: Array) -> Array:
+        """``a`` as a native array of ``like``'s type, device and dtype (see the module doc)."""
+        raise NotImplementedError
+
+    def take_rows(self, x: Array, index: np.ndarray, axis: int) -> Array:
+        """Entries ``index`` (int, 1-D, repeats allowed) of a native array along ``axis``."""
+        raise NotImplementedError
+
+    def detach(self, x: Array) -> Array:
+        """``x`` cut from the autograd graph (a constant)."""
+        raise NotImplementedError
+
+    def log_softmax_pick(self, logits: Array, index: np.ndarray) -> Array:
+        """(B,) ``log_softmax(logits)[i, index[i]]`` of (B, C) logits, in float32 or wider."""
+        raise NotImplementedError
+
+    def mean_pool_normalized(self, hidden: Array, mask: Array) -> Array:
+        """Mean of ``hidden`` (B, T, D) where ``mask`` (B, T) is 1, L2-normalised: (B, D)."""
+        raise NotImplementedError
+
+    def row_dot(self, a: Array, b: Array) -> Array:
+        """(B,) ``Σ_d a[i, d] · b[i, d]``."""
+        raise NotImplementedError
+
 
 class NumpyOps(Ops):
     name = "numpy"
 
     def to_numpy(self, x: Array) -> np.ndarray:
         return np.asarray(x)
-
-    def from_numpy(self, x: np.ndarray, like: Array) -> Array:
-        return x
 
     def moveaxis(self, x: Array, src: int, dst: int) -> Array:
         return np.moveaxis(x, src, dst)
@@ -182,3 +209,26 @@ class NumpyOps(Ops):
     def sparse_native(self, rows: Any) -> Any:
         """numpy has no sparse arrays: a scipy CSR (B·V, D)."""
         return rows.to_scipy()
+
+    def from_numpy(self, a: np.ndarray, like: Array) -> Array:
+        return np.asarray(a, dtype=np.asarray(like).dtype)
+
+    def take_rows(self, x: Array, index: np.ndarray, axis: int) -> Array:
+        return np.take(x, np.asarray(index, dtype=np.int64), axis=axis)
+
+    def detach(self, x: Array) -> Array:
+        return x
+
+    def log_softmax_pick(self, logits: Array, index: np.ndarray) -> Array:
+        z = np.asarray(logits, dtype=np.result_type(logits.dtype, np.float32))
+        z = z - z.max(axis=-1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        return np.take_along_axis(lp, np.asarray(index, dtype=np.int64)[:, None], axis=1)[:, 0]
+
+    def mean_pool_normalized(self, hidden: Array, mask: Array) -> Array:
+        m = np.asarray(mask).astype(hidden.dtype)[..., None]
+        pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    def row_dot(self, a: Array, b: Array) -> Array:
+        return (a * b).sum(-1)

@@ -1,9 +1,8 @@
-"""The few native-array operations the methods need, for torch tensors and MXNet NDArrays.
+"""Structure-level helpers over the inputs of a model call (one array, a tuple or a dict).
 
 Methods compute in numpy once gradients are back (cheap, framework-free); only the batched
-inputs and the substituted lookup outputs (integrated gradients, SmoothGrad) must stay native.
-The framework is recognised by the array's module, so nothing here imports a framework that the
-caller has not already imported.
+inputs and the substituted lookup outputs (integrated gradients, SmoothGrad) stay native, and
+every operation on them goes through ``ops_for`` (``embgrad.backends``).
 """
 
 from __future__ import annotations
@@ -13,69 +12,22 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import is_array, ops_for
 from ..errors import InputError
 
 
-def framework_of(x: Any) -> str:
-    """``"torch"``, ``"mxnet"`` or ``"numpy"`` for an array; ``""`` for anything else."""
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        return "torch"
-    if mod.startswith("mxnet"):
-        return "mxnet"
-    if isinstance(x, np.ndarray):
-        return "numpy"
-    return ""
-
-
 def to_numpy(x: Any) -> np.ndarray:
-    """A host numpy copy (or view) of a native array; bfloat16 becomes float32."""
-    fw = framework_of(x)
-    if fw == "torch":
-        t = x.detach()
-        if str(t.dtype) == "torch.bfloat16":
-            t = t.float()
-        return np.asarray(t.cpu().numpy())
-    if fw == "mxnet":
-        return np.asarray(x.asnumpy())
-    return np.asarray(x)
-
-
-def from_numpy(a: np.ndarray, like: Any) -> Any:
-    """``a`` as an array of ``like``'s framework, dtype and device."""
-    fw = framework_of(like)
-    if fw == "torch":
-        import torch
-
-        return torch.as_tensor(np.ascontiguousarray(a), device=like.device).to(like.dtype)
-    if fw == "mxnet":
-        import mxnet as mx
-
-        return mx.nd.array(a, ctx=like.context, dtype=like.dtype)
-    return np.asarray(a, dtype=np.asarray(like).dtype)
-
-
-def take(x: Any, index: np.ndarray, axis: int) -> Any:
-    """Rows ``index`` (int, 1-D) of a native array along ``axis`` (repeats allowed)."""
-    fw = framework_of(x)
-    if fw == "torch":
-        import torch
-
-        return x.index_select(axis, torch.as_tensor(index, dtype=torch.long, device=x.device))
-    if fw == "mxnet":
-        import mxnet as mx
-
-        return mx.nd.take(x, mx.nd.array(index, ctx=x.context, dtype="int64"), axis=axis)
-    return np.take(x, index, axis=axis)
+    """A host numpy array of any array (see ``Ops.to_numpy``); other values via np.asarray."""
+    return ops_for(x).to_numpy(x) if is_array(x) else np.asarray(x)
 
 
 def map_arrays(inputs: Any, fn: Callable[[Any], Any]) -> Any:
     """Apply ``fn`` to every array among ``inputs`` (one array, a tuple or a dict of them)."""
     if isinstance(inputs, Mapping):
-        return {k: fn(v) if framework_of(v) else v for k, v in inputs.items()}
+        return {k: fn(v) if is_array(v) else v for k, v in inputs.items()}
     if isinstance(inputs, tuple):
-        return tuple(fn(v) if framework_of(v) else v for v in inputs)
-    if framework_of(inputs):
+        return tuple(fn(v) if is_array(v) else v for v in inputs)
+    if is_array(inputs):
         return fn(inputs)
     raise InputError(
         "inputs must be an array, a tuple or a dict of arrays (torch tensors or MXNet NDArrays) "
@@ -93,9 +45,9 @@ def repeat_samples(inputs: Any, index: np.ndarray, batch: int, axis: int) -> Any
     def one(x: Any) -> Any:
         shape = tuple(x.shape)
         if len(shape) > axis and shape[axis] == batch:
-            return take(x, index, axis)
+            return ops_for(x).take_rows(x, index, axis)
         if shape and shape[0] == batch:
-            return take(x, index, 0)
+            return ops_for(x).take_rows(x, index, 0)
         return x
 
     return map_arrays(inputs, one)

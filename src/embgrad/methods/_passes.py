@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import ops_for
 from ..core.capture import gradients
 from ..core.results import LookupGrad
 from ..errors import InputError, NoLookupError
-from ._arrays import framework_of, from_numpy, map_arrays, repeat_samples, to_numpy
+from ._arrays import map_arrays, repeat_samples, to_numpy
 
 LossFn = Callable[..., Any]
 #: ``transform(output, sel)``: the substitute for rows ``sel`` (int array) of the expanded batch
@@ -208,7 +209,7 @@ def valid_lengths(mask: Any, ids_shape: tuple[int, ...]) -> np.ndarray:
     Only trailing invalid positions are ever cut, so right- and left-padded masks both work
     (a left-padded sample just keeps its full length).
     """
-    m = to_numpy(mask) if framework_of(mask) else np.asarray(mask)
+    m = to_numpy(mask)
     want = tuple(ids_shape)
     if m.shape != want:
         raise InputError(
@@ -411,7 +412,7 @@ def alpha_shape(output: Any, axis: int) -> tuple[int, ...]:
 def native_rows(values: np.ndarray, output: Any, axis: int) -> Any:
     """Batch-first numpy rows (n, ...) as a native array laid out like ``output``."""
     arr = np.moveaxis(values, 0, axis) if axis and values.ndim == len(output.shape) else values
-    return from_numpy(arr, output)
+    return ops_for(output).from_numpy(arr, output)
 
 
 def row_weights(rows: np.ndarray, weights: np.ndarray, batch: int) -> np.ndarray:

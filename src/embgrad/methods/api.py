@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..backends import is_array
 from ..errors import InputError
-from ._arrays import framework_of, to_numpy
+from ._arrays import to_numpy
 from ._passes import LossFn, batch_size_hint, ignores_padding
-from .base import Scores, get_method
+from .base import Context, Scores, get_method
 from .result import Attribution, TokenAttribution
 
 
@@ -54,7 +55,7 @@ def attribute(
     if loss_fn is None:
         if target is None:
             raise InputError("give loss_fn (outputs -> (B,) quantity) or target= (a class)")
-        from ..models.heads import ClassLogProb, resolve_targets
+        from ..tasks.heads import ClassLogProb, resolve_targets
 
         config = getattr(model, "config", None)
         labels = getattr(config, "label2id", None) or None
@@ -65,15 +66,12 @@ def attribute(
     elif target is not None:
         raise InputError("pass either loss_fn or target, not both")
     mask = _attention_mask(inputs)
-    ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+    ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
     auto = label is not None and mask is not None and mask.shape == getattr(ids, "shape", None)
-    if auto and not cls.single_pass and ignores_padding(model):
-        options.setdefault("mask", mask)  # log p(target) does not care where the passes stop
-    if cls.name == "hotflip":
-        if "mask" not in options and mask is not None:
-            options["mask"] = mask
-        if "exclude_ids" not in options and tokenizer is not None:
-            options["exclude_ids"] = list(getattr(tokenizer, "all_special_ids", []) or [])
+    # log p(target) does not care where the passes stop: padding may be skipped
+    ctx = Context(mask=mask, tokenizer=tokenizer, skip_padding=auto and ignores_padding(model))
+    for key, value in cls.defaults(ctx).items():
+        options.setdefault(key, value)
     scores = cls(model, layer=layer, mode=mode, check=check).attribute(inputs, loss_fn, **options)
     keep = _keep(scores, mask)
     items = build_items(
@@ -90,7 +88,7 @@ def attribute(
 
 
 def _attention_mask(inputs: Any) -> np.ndarray | None:
-    if isinstance(inputs, dict) and framework_of(inputs.get("attention_mask")):
+    if isinstance(inputs, Mapping) and is_array(inputs.get("attention_mask")):
         return to_numpy(inputs["attention_mask"]).astype(bool)
     return None
 

@@ -58,6 +58,30 @@ class Scores:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Context:
+    """What a caller knows about a batch, from which methods take their option defaults.
+
+    Attributes:
+        mask: (B, T) bool, the real tokens (the attention mask), or None.
+        tokenizer: the texts' tokenizer (``pad_token_id``, ``mask_token_id``), or None.
+        special_ids: token ids never proposed nor flipped (special tokens), or None.
+        direction: the default ranking direction of substitutions, or None (the method's).
+        skip_padding: passes may stop at each sample's last real token (models that ignore the
+            padding through the attention mask).
+        token_baselines: baselines made of the tokenizer's pad / mask tokens are wanted.
+        tokens_per_pass: a bound on rows × tokens of one forward/backward, or None.
+    """
+
+    mask: np.ndarray | None = None
+    tokenizer: Any = None
+    special_ids: tuple[int, ...] | None = None
+    direction: str | None = None
+    skip_padding: bool = False
+    token_baselines: bool = False
+    tokens_per_pass: int | None = None
+
+
 class Method:
     """One attribution method over the outputs of one embedding lookup (the word lookup).
 
@@ -94,6 +118,12 @@ class Method:
         scores = self._attribute(base, inputs, loss_fn, **self.validate(options))
         scores.base = base
         return scores
+
+    @classmethod
+    def defaults(cls, ctx: Context) -> dict[str, Any]:
+        """Option defaults this method takes from what the caller knows (``ctx``); callers
+        ``setdefault`` them, so options given explicitly win. None here: the plain defaults."""
+        return {}
 
     @property
     def expanded_check(self) -> str:
@@ -144,6 +174,17 @@ def get_method(name: str) -> type[Method]:
         raise InputError(
             f"unknown method {name!r}; choose one of: {', '.join(list_methods())}"
         ) from None
+
+
+def pass_defaults(ctx: Context) -> dict[str, Any]:
+    """Defaults of methods that run repeated-sample passes (integrated gradients, SmoothGrad):
+    a pass size bounded by ``ctx.tokens_per_pass`` and padding skipped where allowed."""
+    out: dict[str, Any] = {}
+    if ctx.tokens_per_pass is not None and ctx.mask is not None:
+        out["internal_batch_size"] = max(1, ctx.tokens_per_pass // max(1, ctx.mask.shape[1]))
+    if ctx.skip_padding and ctx.mask is not None:
+        out["mask"] = ctx.mask
+    return out
 
 
 def choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:

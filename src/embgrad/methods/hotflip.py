@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from ..errors import InputError
-from ._arrays import framework_of, to_numpy
+from ._arrays import to_numpy
 from ._passes import Base, LossFn
-from .base import Method, Scores, choice, register
+from .base import Context, Method, Scores, choice, register
 
 Direction = Literal["increase", "decrease", "abs"]
 
@@ -49,6 +49,21 @@ class HotFlip(Method):
     }
     single_pass = True
 
+    @classmethod
+    def defaults(cls, ctx: Context) -> dict[str, Any]:
+        """Flip only real tokens (``ctx.mask``), never special tokens; the caller's direction."""
+        out: dict[str, Any] = {}
+        if ctx.direction is not None:
+            out["direction"] = ctx.direction
+        special = ctx.special_ids
+        if special is None and ctx.tokenizer is not None:
+            special = tuple(getattr(ctx.tokenizer, "all_special_ids", None) or ())
+        if special is not None:
+            out["exclude_ids"] = list(special)
+        if ctx.mask is not None:
+            out["mask"] = ctx.mask
+        return out
+
     def _attribute(
         self,
         base: Base,
@@ -76,7 +91,7 @@ class HotFlip(Method):
         excluded[ids_out] = True
         keep = ~excluded[base.ids]
         if mask is not None:
-            m = to_numpy(mask) if framework_of(mask) else np.asarray(mask)
+            m = to_numpy(mask)
             if m.shape != keep.shape:
                 raise InputError(f"mask has shape {m.shape}, expected (B, T) {keep.shape}")
             keep &= m.astype(bool)

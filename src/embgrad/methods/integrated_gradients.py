@@ -14,10 +14,11 @@ from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
+from ..backends import ops_for
 from ..errors import InputError
-from ._arrays import framework_of, from_numpy, to_numpy
+from ._arrays import to_numpy
 from ._passes import MASK_HELP, Base, LossFn, alpha_shape, expanded_passes, native_rows, row_weights
-from .base import Method, Scores, choice, register
+from .base import Context, Method, Scores, choice, pass_defaults, register
 
 Rule = Literal[
     "gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"
@@ -83,6 +84,20 @@ class IntegratedGradients(Method):
         "mask": MASK_HELP,
     }
 
+    @classmethod
+    def defaults(cls, ctx: Context) -> dict[str, Any]:
+        """A pad-token baseline (and the mask token's id) from the tokenizer where wanted; the
+        pass size and padding as for every repeated-sample method."""
+        out = pass_defaults(ctx)
+        if ctx.token_baselines and ctx.tokenizer is not None:
+            pad = getattr(ctx.tokenizer, "pad_token_id", None)
+            if pad is not None:
+                out.update(baseline="pad", pad_id=int(pad))
+            mask_id = getattr(ctx.tokenizer, "mask_token_id", None)
+            if mask_id is not None:
+                out["mask_id"] = int(mask_id)
+        return out
+
     def _attribute(
         self,
         base: Base,
@@ -108,11 +123,11 @@ class IntegratedGradients(Method):
         ax = base.batch_axis
 
         def transform(out: Any, sel: np.ndarray) -> Any:
-            a = from_numpy(row_alpha[sel].reshape(alpha_shape(out, ax)), out)
+            a = ops_for(out).from_numpy(row_alpha[sel].reshape(alpha_shape(out, ax)), out)
             if b_np is None:
                 return out * a
             if b_np.ndim == 1:
-                b = from_numpy(b_np, out)
+                b = ops_for(out).from_numpy(b_np, out)
             else:  # (B, T, D) rows, cut to the pass's length (mask=)
                 b = native_rows(b_np[rows[sel]][:, : out.shape[1 - ax]], out, ax)
             return b + a * (out - b)
@@ -174,7 +189,7 @@ class IntegratedGradients(Method):
                     f"baseline token id {baseline} is outside the table (V={table.shape[0]})"
                 )
             return table[int(baseline)].astype(dtype)
-        arr = to_numpy(baseline) if framework_of(baseline) else np.asarray(baseline)
+        arr = to_numpy(baseline)
         shape, want = arr.shape, base.x().shape
         if shape == want[2:]:
             return arr.astype(dtype)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from ._passes import MASK_HELP, Base, LossFn, expanded_passes, native_rows, row_weights
-from .base import Method, Scores, choice, register
+from .base import Context, Method, Scores, choice, pass_defaults, register
 
 Reduce = Literal["norm", "sum"]
 
@@ -41,6 +41,11 @@ class SmoothGrad(Method):
         "internal_batch_size": "noisy rows per forward+backward (default: all)",
         "mask": MASK_HELP,
     }
+
+    @classmethod
+    def defaults(cls, ctx: Context) -> dict[str, Any]:
+        """The pass size and padding as for every repeated-sample method."""
+        return pass_defaults(ctx)
 
     def _attribute(
         self,

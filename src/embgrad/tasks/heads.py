@@ -1,8 +1,9 @@
-"""What is explained, per framework: a class's log-probability, or a pair's cosine similarity.
+"""The explained quantities: a class's log-probability, or a pair's cosine similarity.
 
-Both are per-sample quantities f_i (B,) built from a model's outputs, written once for torch and
-once for MXNet (a handful of array operations each). ``loss_fn(outputs, rows)`` follows the
-contract of ``embgrad.methods`` (``rows``: each output row's sample in the caller's batch).
+Both are per-sample quantities f_i (B,) built from a model's outputs with the native array
+operations of ``ops_for`` (one implementation per framework, in ``embgrad.backends``).
+``loss_fn(outputs, rows)`` follows the contract of ``embgrad.methods`` (``rows``: each output
+row's sample in the caller's batch).
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import is_array, ops_for
 from ..errors import InputError
-from ..methods._arrays import framework_of, from_numpy, take, to_numpy
 
 
 def first_array(outputs: Any, attr: str) -> Any:
     """``outputs.<attr>`` (HF ModelOutput), the array itself, or the first element of a tuple."""
     if hasattr(outputs, attr):
         return getattr(outputs, attr)
-    if framework_of(outputs):
+    if is_array(outputs):
         return outputs
-    if isinstance(outputs, (tuple, list)) and outputs and framework_of(outputs[0]):
+    if isinstance(outputs, (tuple, list)) and outputs and is_array(outputs[0]):
         return outputs[0]
     raise InputError(
         f"cannot find {attr} in the model's outputs of type {type(outputs).__name__}: expected "
@@ -30,47 +31,9 @@ def first_array(outputs: Any, attr: str) -> Any:
     )
 
 
-def log_softmax_pick(logits: Any, index: np.ndarray) -> Any:
-    """log softmax(logits)[i, index[i]], (B,), native and differentiable."""
-    if framework_of(logits) == "torch":
-        import torch
-
-        idx = torch.as_tensor(index, dtype=torch.long, device=logits.device)
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        return lp.gather(1, idx[:, None])[:, 0]
-    import mxnet as mx
-
-    lp = mx.nd.log_softmax(logits.astype("float32"), axis=-1)
-    return mx.nd.pick(lp, mx.nd.array(index, ctx=logits.context), axis=-1)
-
-
 def mean_pool_normalized(hidden: Any, mask: Any) -> Any:
     """Mean of ``hidden`` (B, T, D) over the positions where ``mask`` (B, T) is 1, L2-normalised."""
-    fw = framework_of(hidden)
-    if fw == "torch":
-        import torch
-
-        m = mask.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-    import mxnet as mx
-
-    m = mask.astype(hidden.dtype).expand_dims(-1)
-    pooled = mx.nd.sum(hidden * m, axis=1) / mx.nd.maximum(mx.nd.sum(m, axis=1), 1e-9)
-    return pooled / mx.nd.maximum(mx.nd.norm(pooled, axis=1, keepdims=True), 1e-12)
-
-
-def detach(x: Any) -> Any:
-    return x.detach()
-
-
-def row_dot(a: Any, b: Any) -> Any:
-    """Σ_d a_i,d b_i,d, (B,)."""
-    if framework_of(a) == "torch":
-        return (a * b).sum(-1)
-    import mxnet as mx
-
-    return mx.nd.sum(a * b, axis=-1)
+    return ops_for(hidden).mean_pool_normalized(hidden, mask)
 
 
 class ClassLogProb:
@@ -92,13 +55,13 @@ class ClassLogProb:
             )
         n_cls = int(logits.shape[-1])
         if self.targets is None:
-            self.targets = to_numpy(logits).argmax(-1).astype(np.int64)
+            self.targets = ops_for(logits).to_numpy(logits).argmax(-1).astype(np.int64)
         if self.targets.size and (self.targets.min() < 0 or self.targets.max() >= n_cls):
             raise InputError(
                 f"target index out of range: the model has {n_cls} classes, got "
                 f"{sorted(set(self.targets.tolist()))}"
             )
-        return log_softmax_pick(logits, self.targets[rows])
+        return ops_for(logits).log_softmax_pick(logits, self.targets[rows])
 
 
 class PairSimilarity:
@@ -123,24 +86,25 @@ class PairSimilarity:
 
     def __call__(self, outputs: Any, rows: np.ndarray) -> Any:
         hidden = first_array(outputs, "last_hidden_state")
+        ops = ops_for(hidden)
         mask = self.mask(rows)
         n = int(hidden.shape[1])
         if mask.shape[1] > n:  # a pass cut to its samples' length (mask=): only padding is cut
-            if to_numpy(mask[:, n:]).any():
+            if ops.to_numpy(mask[:, n:]).any():
                 raise InputError(
                     f"the model's last hidden state has {n} positions but the attention mask "
                     f"{int(mask.shape[1])}: a pair similarity needs one hidden state per token"
                 )
             mask = mask[:, :n]
-        emb = mean_pool_normalized(hidden, mask)
+        emb = ops.mean_pool_normalized(hidden, mask)
         if self.embeddings is None:
             if not np.array_equal(rows, np.arange(self.partner.shape[0])):
                 raise InputError("the first pass of a pair similarity must hold every sentence")
-            other = take(detach(emb), self.partner, 0)
-            self.embeddings = to_numpy(emb).astype(np.float64)
+            other = ops.take_rows(ops.detach(emb), self.partner, 0)
+            self.embeddings = ops.to_numpy(emb).astype(np.float64)
         else:
-            other = from_numpy(self.embeddings[self.partner[rows]], emb)
-        return row_dot(emb, other)
+            other = ops.from_numpy(self.embeddings[self.partner[rows]], emb)
+        return ops.row_dot(emb, other)
 
 
 def resolve_targets(target: Any, batch: int, labels: dict[str, int] | None) -> np.ndarray:

@@ -1,0 +1,113 @@
+"""Model specs → a loaded model: the bundled MiniLM, ``hf:PATH``, ``module:pkg.mod:factory``,
+and the Gluon port of BERT-style weights. Every check of the spec itself runs before any
+weights are read."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..errors import InputError
+
+#: the frameworks a spec can be loaded into (``--framework``)
+FRAMEWORKS = ("torch", "gluon")
+
+
+@dataclass
+class Loaded:
+    """A model ready to explain, and how to feed it texts.
+
+    Attributes:
+        model: the model (eval mode).
+        tokenizer: an HF tokenizer, or None when ``tokenize`` is given.
+        tokenize: a user's ``tokenize(texts) -> dict of native arrays``, or None.
+        kind: ``"encoder"``, ``"classifier"`` or ``"auto"`` (user models).
+        max_length: the model's token limit.
+        name: how the model is named in outputs.
+    """
+
+    model: Any
+    tokenizer: Any
+    tokenize: Any
+    kind: str
+    max_length: int
+    name: str
+
+
+def check_spec(spec: str | None, framework: str) -> None:
+    """InputError for a spec or framework that cannot load (no weights read)."""
+    if framework not in FRAMEWORKS:
+        raise InputError(
+            f"framework={framework!r} is not one of {', '.join(map(repr, FRAMEWORKS))}"
+        )
+    if spec is None or spec.startswith("module:"):
+        return
+    if not (spec.startswith("hf:") or Path(spec).is_dir()):
+        raise InputError(
+            f"model {spec!r}: give hf:PATH (a HuggingFace model folder) or "
+            "module:pkg.module:factory (a callable returning (model, tokenizer))"
+        )
+    path = Path(spec.removeprefix("hf:"))
+    if not path.exists():
+        raise InputError(f"model path does not exist: {str(path)!r}")
+
+
+def load(spec: str | None = None, *, framework: str = "torch") -> Loaded:
+    """``None``: the bundled all-MiniLM-L6-v2; ``"hf:PATH"``: an HF sequence classifier or
+    plain encoder folder; ``"module:pkg.mod:factory"``: ``factory()`` returns
+    ``(model, tokenizer or tokenize callable)``. ``framework="gluon"`` loads BERT encoder
+    weights (the bundled model by default) into gluonnlp's BERTModel."""
+    check_spec(spec, framework)
+    if spec is not None and spec.startswith("module:"):
+        return _from_factory(spec.removeprefix("module:"))
+    from . import minilm
+
+    if spec is None:
+        path, name = minilm.model_path(), "all-MiniLM-L6-v2"
+    else:
+        path, name = Path(spec.removeprefix("hf:")), spec.removeprefix("hf:")
+    if framework == "gluon":
+        from .minilm_gluon import load_gluon_bert
+
+        model, _ = load_gluon_bert(path)
+        tokenizer = minilm.quiet_transformers().AutoTokenizer.from_pretrained(path)
+        limit = minilm.max_length_of(Path(path), tokenizer, model_config(path))
+        return Loaded(model, tokenizer, None, "encoder", limit, name)
+    model, tokenizer, limit = minilm.load_hf(path)
+    classifier = type(model).__name__.endswith("ForSequenceClassification")
+    return Loaded(model, tokenizer, None, "classifier" if classifier else "encoder", limit, name)
+
+
+def _from_factory(target: str) -> Loaded:
+    mod_name, _, attr = target.rpartition(":")
+    if not mod_name or not attr:
+        raise InputError(f"module spec {target!r} must look like pkg.module:factory")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise InputError(f"cannot import module {mod_name!r}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"module {mod_name!r} has no callable {attr!r}")
+    made = factory()
+    if not (isinstance(made, tuple) and len(made) == 2):
+        raise InputError(
+            f"{target}() must return (model, tokenizer or tokenize callable), got "
+            f"{type(made).__name__}"
+        )
+    model, tok = made
+    limit = int(getattr(tok, "model_max_length", 512) or 512)
+    if hasattr(tok, "convert_ids_to_tokens"):
+        return Loaded(model, tok, None, "auto", min(limit, 100_000), target)
+    if not callable(tok):
+        raise InputError(f"{target}() returned a tokenizer that is not callable")
+    return Loaded(model, None, tok, "auto", limit, target)
+
+
+def model_config(path: str | Path) -> Any:
+    """The HF config of a folder as an object with attributes (for limits)."""
+    return SimpleNamespace(**json.loads((Path(path) / "config.json").read_text()))

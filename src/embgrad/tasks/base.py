@@ -1,0 +1,55 @@
+"""The task interface: texts in, the loss a method explains out."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from ..errors import InputError
+
+
+class Task(abc.ABC):
+    """Turns texts into batch rows and a per-sample quantity f_i over a batch of them.
+
+    A task fixes the rows (``rows``: the texts that go into the model, e.g. both sentences of
+    every pair), how many consecutive rows belong together and must share a batch
+    (``group``), and builds the loss of one batch (``loss``) whose outputs are the explained
+    quantity, ``quantity`` in words.
+    """
+
+    #: rows that belong together and must share a batch (a pair: 2)
+    group: ClassVar[int] = 1
+    #: what f_i is, for people (``None``: log p(target))
+    quantity: ClassVar[str | None] = None
+
+    @abc.abstractmethod
+    def rows(self) -> list[str]:
+        """The texts fed to the model, in output order."""
+
+    @abc.abstractmethod
+    def loss(self, start: int, batch: Any) -> Any:
+        """The loss (``loss_fn(outputs, rows)``) of rows ``start .. start + n`` given their
+        tokenized ``batch`` (a :class:`~embgrad.models.encode.TextBatch`)."""
+
+    def labels(self, loss: Any) -> list[str | None] | None:
+        """The explained label of each row of a batch after ``loss`` ran, or None."""
+        return None
+
+    def batch_rows(self, batch_size: int) -> int:
+        """Rows per batch: ``batch_size`` rounded down to whole groups."""
+        return max(self.group, batch_size - batch_size % self.group)
+
+
+def checked_texts(texts: Any, what: str) -> list[str]:
+    """``texts`` as a list of non-empty strings; InputError naming the first bad one."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InputError(f"{what}s must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise InputError(f"no {what}s given")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"{what} {i} is a {type(t).__name__}, not a string")
+        if not t.strip():
+            raise InputError(f"{what} {i} is empty; give non-empty texts")
+    return list(texts)
