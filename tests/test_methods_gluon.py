@@ -12,9 +12,9 @@ pytest.importorskip("gluonnlp")
 torch = pytest.importorskip("torch")
 
 from embgrad.methods import get_method  # noqa: E402
-from embgrad.tasks.heads import PairSimilarity  # noqa: E402
 from embgrad.models.minilm import model_path  # noqa: E402
 from embgrad.models.minilm_gluon import gluon_name, load_gluon_bert  # noqa: E402
+from embgrad.tasks.heads import PairSimilarity  # noqa: E402
 from oracle_methods import minilm  # noqa: E402
 
 pytestmark = [pytest.mark.gluon, pytest.mark.hf]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from embgrad.errors import MissingExtraError
-from embgrad.methods.result import TokenAttribution, items_to_json
+from embgrad.items import TokenAttribution, items_to_json
 
 
 def item(**kw) -> TokenAttribution:

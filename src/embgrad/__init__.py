@@ -11,6 +11,7 @@ Public API::
     embgrad.list_methods()                            # the registered attribution methods
 """
 
+from ._version import __version__
 from .core.capture import gradients
 from .core.results import Gradients, LookupGrad
 from .core.sparse import SparseRows
@@ -26,8 +27,6 @@ from .errors import (
     UnsupportedModelError,
 )
 from .methods import Attribution, attribute, list_methods
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Attribution",

@@ -1,8 +1,7 @@
 """The ``embgrad`` command line: ``embgrad explain`` and ``embgrad methods``.
 
 The command tree is built by :func:`build_parser`; method names, summaries and options come from
-the method registry. Another package may add a subcommand: if the module ``embgrad.data.cli``
-exists, its ``add_parser(subparsers)`` is called. Exit codes: 0 ok, 1 an embgrad error (one line
+the method registry; ``embgrad run`` comes from ``embgrad.data.cli`` (its ``add_parser``). Exit codes: 0 ok, 1 an embgrad error (one line
 on stderr, no traceback), 2 a usage error.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,8 +17,9 @@ from typing import Any
 
 from .errors import EmbgradError
 from .methods import get_method, list_methods
+from .render import write
 
-FORMATS = ("terminal", "html", "json", "png")
+FORMATS = write.FORMATS
 DEFAULT_FORMATS = ("terminal", "html", "png")
 
 
@@ -50,7 +49,7 @@ def _methods_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``embgrad`` parser with its subcommands (and ``embgrad.data.cli``'s, if present)."""
+    """The ``embgrad`` parser with its subcommands (``run`` from ``embgrad.data.cli``)."""
     parser = argparse.ArgumentParser(
         prog="embgrad",
         description="Exact per-sample gradients w.r.t. word embeddings, and token attributions.",
@@ -60,12 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     methods = sub.add_parser("methods", help="list the attribution methods and their options")
     methods.set_defaults(func=_run_methods)
-    try:
-        found = importlib.util.find_spec("embgrad.data.cli") is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:
-        importlib.import_module("embgrad.data.cli").add_parser(sub)
+    # `embgrad run`: looked up in sys.modules at build time (a test substitutes it)
+    importlib.import_module("embgrad.data.cli").add_parser(sub)
     return parser
 
 
@@ -146,59 +141,26 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         else [f"[{i + 1}]" for i in range(len(items))]
     )
     what = "cosine similarity" if pairs else None
+    meta = {
+        "model": explainer.name,
+        "framework": explainer.framework,
+        "method": args.method,
+        "options": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
+                    for k, v in options.items()},
+        "quantity": what or "log p(target)",
+    }  # fmt: skip
+    view = write.View(
+        items,
+        titles=titles,
+        quantity=what,
+        subtitle=f"model {explainer.name} ({explainer.framework})",
+        meta=meta,
+    )
     if "terminal" in formats:
-        from .render.terminal import render_terminal
-
-        render_terminal(items, titles=titles, quantity=what)
-    written = _write(items, formats, Path(args.out), titles, what, explainer, args, options)
-    for path in written:
+        write.show(view)
+    for path in write.save_all(view, formats, Path(args.out)):
         print(f"embgrad: wrote {path}")
     return 0
-
-
-def _write(
-    items: list[Any],
-    formats: list[str],
-    out: Path,
-    titles: list[str],
-    what: str | None,
-    explainer: Any,
-    args: argparse.Namespace,
-    options: dict[str, Any],
-) -> list[Path]:
-    files = [f for f in formats if f != "terminal"]
-    if not files:
-        return []
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    subtitle = f"model {explainer.name} ({explainer.framework})"
-    if "html" in files:
-        from .render.html import render_html
-
-        path = out / "report.html"
-        path.write_text(
-            render_html(items, titles=titles, quantity=what, subtitle=subtitle), encoding="utf-8"
-        )
-        written.append(path)
-    if "json" in files:
-        from .methods.result import items_to_json
-
-        meta = {
-            "model": explainer.name,
-            "framework": explainer.framework,
-            "method": args.method,
-            "options": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
-                        for k, v in options.items()},
-            "quantity": what or "log p(target)",
-        }  # fmt: skip
-        path = out / "attributions.json"
-        path.write_text(items_to_json(items, meta), encoding="utf-8")
-        written.append(path)
-    if "png" in files:
-        from .render.png import write_png
-
-        written.append(write_png(items, out / "heatmap.png", titles=titles, quantity=what))
-    return written
 
 
 def _run_methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

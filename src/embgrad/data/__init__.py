@@ -13,6 +13,7 @@ Layout of ``out`` (see ``outdir``): ``manifest.json`` (the command, to refuse a 
 
 from __future__ import annotations
 
-from .config import RunConfig, RunSummary, run
+from .config import RunConfig, RunSummary
+from .run import run
 
 __all__ = ["RunConfig", "RunSummary", "run"]

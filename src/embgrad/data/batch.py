@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EmbgradError
-from ..methods.result import TokenAttribution
+from ..items import TokenAttribution
 from .badrows import InputRow, RowError
 from .config import ExplainerLike, RunConfig
 

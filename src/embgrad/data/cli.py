@@ -223,7 +223,7 @@ def run_command(
 ) -> int:
     """Run the parsed command (``parser`` is unused: ``embgrad.cli`` passes it to every
     command); print the summary; 0 on success, 1 on an embgrad error, 130 if interrupted."""
-    from .config import run
+    from .run import run
 
     try:
         config = config_from_args(args)

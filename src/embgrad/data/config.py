@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ..errors import InputError
-from ..methods.result import TokenAttribution
+from ..items import TokenAttribution
 
 Engine = Literal["local", "ray"]
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -162,27 +162,3 @@ class RunSummary:
             f"{self.rows_per_s:.1f} rows/s",
         ]
         return "\n".join(lines)
-
-
-def run(
-    config: RunConfig,
-    *,
-    explainer_factory: ExplainerFactory | None = None,
-    progress: bool | None = None,
-    command: str | None = None,
-) -> RunSummary:
-    """Run ``config`` with its engine; see :class:`RunConfig`.
-
-    ``explainer_factory(model, framework)`` replaces ``Explainer.from_spec`` (it must be
-    picklable for the Ray engine). ``progress``: show a bar (None: when stderr is a TTY).
-    ``command``: the command line, recorded in the manifest. Raises ``InputError`` before any
-    work for a missing column, an unloadable model or an ``out`` holding a different run.
-    """
-    factory = explainer_factory or default_factory
-    if config.engine == "ray":
-        from .ray_engine import run_ray
-
-        return run_ray(config, factory, progress=progress, command=command)
-    from .local import run_local
-
-    return run_local(config, factory, progress=progress, command=command)

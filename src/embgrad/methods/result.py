@@ -1,54 +1,18 @@
-"""Result types shared by ``embgrad.attribute``, the :class:`~embgrad.explain.Explainer` and the
-renderers: :class:`TokenAttribution` (one text) and :class:`Attribution` (one batch)."""
+"""``Attribution``: what ``embgrad.attribute`` returns for a batch (one
+:class:`~embgrad.items.TokenAttribution` per text), with its views written by ``render.write``."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..items import TokenAttribution, items_to_json
+from ..render import write
 
-@dataclass
-class TokenAttribution:
-    """The attribution of one input text.
-
-    Attributes:
-        text: the input text (or a placeholder for raw ids).
-        tokens: model tokens incl. special tokens, as displayed (padding excluded).
-        scores: one per token (method-specific: see ``embgrad methods``).
-        loss: the explained quantity f(x) (a pair's cosine similarity, or log p(target)).
-        table_grad_norm: L2 norm of this text's per-sample word-table gradient.
-        delta: the integrated-gradients completeness delta, else None.
-        hotflip: top substitutions ``{"position", "token", "replacement", "score"}``.
-        truncated: the text was longer than the model's limit and was truncated.
-        method: the method's registry name.
-        target: the explained class label, or None (pair similarity, custom loss).
-    """
-
-    text: str
-    tokens: list[str]
-    scores: list[float]
-    loss: float
-    table_grad_norm: float
-    delta: float | None
-    hotflip: list[dict[str, Any]]
-    truncated: bool
-    method: str
-    target: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def items_to_json(items: list[TokenAttribution], meta: dict[str, Any] | None = None) -> str:
-    """``{"embgrad_version", ...meta, "items": [TokenAttribution as dict, ...]}`` as JSON text."""
-    from .. import __version__
-
-    doc = {"embgrad_version": __version__, **(meta or {}), "items": [i.to_dict() for i in items]}
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
+__all__ = ["Attribution", "TokenAttribution", "items_to_json"]
 
 
 @dataclass
@@ -86,31 +50,23 @@ class Attribution:
         return np.asarray(self.raw.losses)
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = items_to_json(self.items, {"method": self.method})
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
+        """The items as JSON text (``{"embgrad_version", "method", "items": [...]}``)."""
+        view = write.View(self.items, meta={"method": self.method})
+        return write.text(view, "json", path)
 
     def to_html(
         self, path: str | Path | None = None, *, title: str = "embgrad attributions"
     ) -> str:
-        from ..render.html import render_html
-
-        text = render_html(self.items, title=title)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
+        """One self-contained HTML report; written to ``path`` when given."""
+        return write.text(write.View(self.items, title=title), "html", path)
 
     def plot(self, path: str | Path | None = None) -> Any:
         """A labelled heatmap (matplotlib Figure); saved as PNG when ``path`` is given."""
-        from ..render.png import heatmap_figure, write_png
-
+        view = write.View(self.items)
         if path is not None:
-            write_png(self.items, path)
-        return heatmap_figure(self.items)
+            write.save(view, "png", path)
+        return write.figure(view)
 
     def show(self, console: Any = None) -> None:
         """Print the coloured heatmap to the terminal (plain text when not a TTY)."""
-        from ..render.terminal import render_terminal
-
-        render_terminal(self.items, console=console)
+        write.show(write.View(self.items), console=console)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from ..methods.result import TokenAttribution
+from ..items import TokenAttribution
 from .scale import BLUE, LEGEND, RED, WHITE, ink, normalized, rgb, summary
 
 _CSS = (

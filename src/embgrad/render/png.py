@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import missing_extra
-from ..methods.result import TokenAttribution
+from ..items import TokenAttribution
 from .scale import BLUE, LEGEND, RED, WHITE, ink, normalized, rgb, summary
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..methods.result import TokenAttribution
+from ..items import TokenAttribution
 
 WHITE = (255, 255, 255)
 RED = (178, 24, 43)  # the ends of matplotlib's RdBu

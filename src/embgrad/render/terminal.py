@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import missing_extra
-from ..methods.result import TokenAttribution
+from ..items import TokenAttribution
 from .scale import LEGEND, ink, normalized, rgb, summary
 
 WIDTH = 100

@@ -1,0 +1,48 @@
+"""``TokenAttribution``: one explained text — the record every output is written from
+(terminal, HTML, PNG, JSON, Parquet), shared by the methods, the renderers and data runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._version import __version__
+
+
+@dataclass
+class TokenAttribution:
+    """The attribution of one input text.
+
+    Attributes:
+        text: the input text (or a placeholder for raw ids).
+        tokens: model tokens incl. special tokens, as displayed (padding excluded).
+        scores: one per token (method-specific: see ``embgrad methods``).
+        loss: the explained quantity f(x) (a pair's cosine similarity, or log p(target)).
+        table_grad_norm: L2 norm of this text's per-sample word-table gradient.
+        delta: the integrated-gradients completeness delta, else None.
+        hotflip: top substitutions ``{"position", "token", "replacement", "score"}``.
+        truncated: the text was longer than the model's limit and was truncated.
+        method: the method's registry name.
+        target: the explained class label, or None (pair similarity, custom loss).
+    """
+
+    text: str
+    tokens: list[str]
+    scores: list[float]
+    loss: float
+    table_grad_norm: float
+    delta: float | None
+    hotflip: list[dict[str, Any]]
+    truncated: bool
+    method: str
+    target: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def items_to_json(items: list[TokenAttribution], meta: dict[str, Any] | None = None) -> str:
+    """``{"embgrad_version", ...meta, "items": [TokenAttribution as dict, ...]}`` as JSON text."""
+    doc = {"embgrad_version": __version__, **(meta or {}), "items": [i.to_dict() for i in items]}
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)

@@ -1,0 +1,93 @@
+"""The one writer of every view: terminal, HTML, JSON and PNG, used by ``Attribution`` and by
+the CLI alike. A :class:`View` holds what a view shows (the items, their headings, what the
+score means, a subtitle, JSON metadata); :func:`text`, :func:`save`, :func:`figure` and
+:func:`show` turn it into one format. rich and matplotlib are imported only when used."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..items import TokenAttribution, items_to_json
+
+#: the formats, and the file name each gets in an output folder
+FILES = {"html": "report.html", "json": "attributions.json", "png": "heatmap.png"}
+FORMATS = ("terminal", *FILES)
+
+
+@dataclass
+class View:
+    """What one view of a set of attributions shows.
+
+    Attributes:
+        items: one per text.
+        titles: a heading per item (default ``[1]``, ``[2]``, ...).
+        quantity: what the explained value is, in words (``None``: log p(target)).
+        title: the HTML page's title; ``subtitle``: a line under it (model, framework).
+        meta: extra top-level JSON fields (method, model, options, ...).
+    """
+
+    items: Sequence[TokenAttribution]
+    titles: Sequence[str] | None = None
+    quantity: str | None = None
+    title: str = "embgrad attributions"
+    subtitle: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def text(view: View, fmt: str, path: str | Path | None = None) -> str:
+    """The ``"html"`` or ``"json"`` view as text; also written to ``path`` when given."""
+    if fmt == "html":
+        from .html import render_html
+
+        out = render_html(
+            view.items,
+            title=view.title,
+            titles=view.titles,
+            quantity=view.quantity,
+            subtitle=view.subtitle,
+        )
+    elif fmt == "json":
+        out = items_to_json(list(view.items), view.meta)
+    else:
+        raise InputError(f"format {fmt!r} has no text form; text formats are: html, json")
+    if path is not None:
+        Path(path).write_text(out, encoding="utf-8")
+    return out
+
+
+def figure(view: View) -> Any:
+    """The labelled heatmap as a matplotlib Figure."""
+    from .png import heatmap_figure
+
+    return heatmap_figure(view.items, titles=view.titles, quantity=view.quantity)
+
+
+def save(view: View, fmt: str, path: str | Path) -> Path:
+    """Write the ``"html"``, ``"json"`` or ``"png"`` view to ``path``."""
+    if fmt == "png":
+        from .png import write_png
+
+        return write_png(view.items, path, titles=view.titles, quantity=view.quantity)
+    text(view, fmt, path)
+    return Path(path)
+
+
+def save_all(view: View, formats: Sequence[str], folder: str | Path) -> list[Path]:
+    """Every file format among ``formats`` into ``folder`` (names from :data:`FILES`)."""
+    files = [f for f in formats if f in FILES]
+    if not files:
+        return []
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    return [save(view, f, out / FILES[f]) for f in files]
+
+
+def show(view: View, *, console: Any = None) -> None:
+    """Print the view to the terminal (coloured on a colour terminal, plain text otherwise)."""
+    from .terminal import render_terminal
+
+    render_terminal(view.items, console=console, titles=view.titles, quantity=view.quantity)
