@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,9 @@ FRAMEWORKS = ("torch", "gluon")
 _UNUSED = re.compile(r"^\[unused\d+\]$")
 #: rows × tokens per forward/backward of integrated gradients and SmoothGrad in explain()
 TOKENS_PER_PASS = 16384
+#: HF tokenizers set padding/truncation on the shared tokenizer object before each call (not
+#: atomic): concurrent explain() calls would tokenize with each other's settings.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -324,12 +328,17 @@ class Explainer:
             mask = to_numpy(mask_native).astype(bool)
             return _Batch(enc, mask, mask_native, [False] * len(texts), tokens)
         tok = self.tokenizer
-        longer = tok(texts, truncation=True, max_length=self.max_length + 1)["input_ids"]
+        with _TOKENIZER_LOCK:  # a fast tokenizer keeps its padding/truncation settings in itself
+            longer = tok(texts, truncation=True, max_length=self.max_length + 1)["input_ids"]
+            tok.padding_side = "right"
+            enc = tok(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
         truncated = [len(x) > self.max_length for x in longer]
-        tok.padding_side = "right"
-        enc = tok(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-        )
         ids = np.asarray(enc["input_ids"], dtype=np.int64)
         mask = np.asarray(enc["attention_mask"], dtype=np.int64)
         types = np.asarray(enc.get("token_type_ids", np.zeros_like(ids)), dtype=np.int64)
