@@ -31,12 +31,23 @@ How, and why (measured facts: ``../shared/notes/gluon.md``):
 
 Global state changed and not restored: in ``mode="train"`` the MXNet random generator is
 re-seeded (MXNet cannot read its state back).
+
+**Threads.** Every call holds :data:`GLUON_LOCK`, one process-wide re-entrant lock, from
+before the model is switched until everything is restored: Gluon calls from several threads
+run one after another and return what sequential calls return. Unlocked, they fail: MXNet
+1.9's imperative autograd breaks when two threads record on the same model ("The any container
+is empty"), and the process-global ``mx.nd.Embedding`` replacement and the per-block
+``_active`` switches of overlapping calls are restored out of order (``mx.nd.Embedding`` left
+replaced). While a call runs, other threads' code outside embgrad sees the replaced
+``mx.nd.Embedding``, which passes calls from any thread but the capturing one straight to the
+real function.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -48,7 +59,11 @@ from .base import Backend, Capture, Forward, Mode, Replace, Session
 from .gluon_symbol import has_graph, intercept
 from .gluon_trace import Tracer, lazy_mxnet, patched, to_numpy
 
-__all__ = ["GluonBackend", "GluonSession", "MXNetOps"]
+__all__ = ["GLUON_LOCK", "GluonBackend", "GluonSession", "MXNetOps"]
+
+#: Held by every embgrad call on a Gluon model, for the whole call (see "Threads" above).
+#: Re-entrant, so a call made from inside another one in the same thread does not deadlock.
+GLUON_LOCK = threading.RLock()
 
 
 # -- arrays ----------------------------------------------------------------------------------
@@ -418,8 +433,8 @@ class GluonBackend(Backend):
 
     @contextlib.contextmanager
     def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:
-        tracer = Tracer(model, _all_params(model))
-        with contextlib.ExitStack() as stack:
+        with GLUON_LOCK, contextlib.ExitStack() as stack:
+            tracer = Tracer(model, _all_params(model))
             graphs = stack.enter_context(_switched(model, tracer))
             stack.enter_context(patched(tracer))
             aux = _aux_states(tracer.params, graphs)

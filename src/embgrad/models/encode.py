@@ -8,6 +8,7 @@ backend (``backend_for(model).array``), so nothing here tests for a framework.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,10 @@ import numpy as np
 
 from ..backends import backend_for, is_array, ops_for
 from ..errors import InputError
+
+#: HF tokenizers set padding/truncation on the shared tokenizer object before each call (not
+#: atomic): concurrent explain() calls would tokenize with each other's settings.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -49,12 +54,13 @@ def tokenize(
 ) -> tuple[dict[str, Any], list[bool]]:
     """An HF tokenizer's right-padded numpy encoding of ``texts`` (cut to ``max_length``
     tokens) and, per text, whether it was longer."""
-    longer = tokenizer(texts, truncation=True, max_length=max_length + 1)["input_ids"]
+    with _TOKENIZER_LOCK:  # a fast tokenizer keeps its padding/truncation settings in itself
+        longer = tokenizer(texts, truncation=True, max_length=max_length + 1)["input_ids"]
+        tokenizer.padding_side = "right"
+        enc = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="np"
+        )
     truncated = [len(x) > max_length for x in longer]
-    tokenizer.padding_side = "right"
-    enc = tokenizer(
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors="np"
-    )
     return dict(enc), truncated
 
 
