@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, Literal, get_args
 
@@ -167,9 +167,10 @@ def _check_args(check: str, mode: str, loss_fn: Any) -> None:
 def _require_unambiguous(
     caps: list[Capture], axes: list[list[int]], batch: int, do_probe: bool
 ) -> None:
-    """Several size-B axes can only be told apart by the probe."""
+    """Several size-B axes can only be told apart by the probe. With B = 1 any size-1 axis is
+    right (its one slice is the whole array), so there is nothing to tell apart."""
     ambiguous = [c.name for c, a in zip(caps, axes, strict=True) if len(a) > 1]
-    if ambiguous and not do_probe:
+    if ambiguous and not do_probe and batch > 1:
         raise BatchAxisError(
             f"the batch axis of lookup(s) {', '.join(ambiguous)} is ambiguous (several axes "
             f"of size {batch}); pass batch_axis=... or use check='auto'/'probe' to resolve it"
@@ -260,7 +261,11 @@ def _select(captures: list[Capture], layers: LayerSpec | Sequence[LayerSpec]) ->
     if isinstance(layers, str) and layers == "auto":
         sel = [i for i, c in enumerate(captures) if c.role != "output"]
     else:
-        specs = [layers] if isinstance(layers, (str, type)) else list(layers)
+        specs: list[Any] = (
+            [layers]  # a bare non-spec (an int) is refused by _matches with InputError
+            if isinstance(layers, (str, type)) or not isinstance(layers, Iterable)
+            else list(layers)
+        )
         sel = [i for i, c in enumerate(captures) if any(_matches(c, s) for s in specs)]
     if not sel:
         found = ", ".join(f"{c.name} ({c.role}, {c.module})" for c in captures)
