@@ -746,3 +746,12 @@ def test_registry() -> None:
     backends.unregister_backend(FakeBackend)  # no-op
     backends.register_backend(FakeBackend)
     assert isinstance(backends.backend_for(model), FakeBackend)
+
+
+@pytest.mark.parametrize("layout", ["BT", "TB"])
+@pytest.mark.parametrize("check", ["auto", "probe", "exact", "off"])
+def test_one_sample_one_token(layout: str, check: str) -> None:
+    """B = T = 1: both id axes have size 1 and either is right (this raised BatchAxisError)."""
+    model = FakeModel(layout=layout, position="2d")
+    res = compare(model, make_ids(model, 1, 1), check=check)
+    assert res.check == "single" and res[WORD].batch_axis == 0
