@@ -8,6 +8,10 @@
 
 Every layer above (methods, tasks, the Explainer, data runs) asks here for array operations
 instead of testing module names.
+
+Other backends (a test double, a third framework) join with :func:`register_backend`; they are
+asked before the built-in ones, and :func:`unregister_backend` takes one out again. Both clear
+the per-type cache, so no model type keeps a backend chosen under the old registry.
 """
 
 from __future__ import annotations
@@ -21,15 +25,39 @@ from ..core.ops import NumpyOps, Ops
 from ..errors import InputError, UnsupportedModelError
 from .base import Backend
 
-__all__ = ["Backend", "backend_for", "is_array", "ops_for"]
+__all__ = [
+    "Backend",
+    "backend_for",
+    "is_array",
+    "ops_for",
+    "register_backend",
+    "unregister_backend",
+]
 
 _CACHE: dict[type, Backend] = {}
+#: Backends added with :func:`register_backend`, asked first, in registration order.
+_REGISTERED: list[type[Backend]] = []
 _OPS_CACHE: dict[type, Ops | None] = {}
 _NUMPY = NumpyOps()
 
 
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Add a :class:`Backend` subclass to the dispatch (idempotent); usable as a decorator."""
+    if cls not in _REGISTERED:
+        _REGISTERED.append(cls)
+    _CACHE.clear()
+    return cls
+
+
+def unregister_backend(cls: type[Backend]) -> None:
+    """Remove a backend added with :func:`register_backend` (no-op if it is not registered)."""
+    if cls in _REGISTERED:
+        _REGISTERED.remove(cls)
+    _CACHE.clear()
+
+
 def _candidates() -> list[type[Backend]]:
-    found: list[type[Backend]] = []
+    found: list[type[Backend]] = list(_REGISTERED)
     if "mxnet" in sys.modules:
         from .gluon import GluonBackend
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, Literal, get_args
 
@@ -167,9 +167,10 @@ def _check_args(check: str, mode: str, loss_fn: Any) -> None:
 def _require_unambiguous(
     caps: list[Capture], axes: list[list[int]], batch: int, do_probe: bool
 ) -> None:
-    """Several size-B axes can only be told apart by the probe."""
+    """Several size-B axes can only be told apart by the probe. With B = 1 any size-1 axis is
+    right (its one slice is the whole array), so there is nothing to tell apart."""
     ambiguous = [c.name for c, a in zip(caps, axes, strict=True) if len(a) > 1]
-    if ambiguous and not do_probe:
+    if ambiguous and not do_probe and batch > 1:
         raise BatchAxisError(
             f"the batch axis of lookup(s) {', '.join(ambiguous)} is ambiguous (several axes "
             f"of size {batch}); pass batch_axis=... or use check='auto'/'probe' to resolve it"
@@ -260,7 +261,11 @@ def _select(captures: list[Capture], layers: LayerSpec | Sequence[LayerSpec]) ->
     if isinstance(layers, str) and layers == "auto":
         sel = [i for i, c in enumerate(captures) if c.role != "output"]
     else:
-        specs = [layers] if isinstance(layers, (str, type)) else list(layers)
+        specs: list[Any] = (
+            [layers]  # a bare non-spec (an int) is refused by _matches with InputError
+            if isinstance(layers, (str, type)) or not isinstance(layers, Iterable)
+            else list(layers)
+        )
         sel = [i for i, c in enumerate(captures) if any(_matches(c, s) for s in specs)]
     if not sel:
         found = ", ".join(f"{c.name} ({c.role}, {c.module})" for c in captures)
@@ -390,6 +395,18 @@ def _broadcast_ids(c: Capture, caps: list[Capture], resolved: list[int | None]) 
     return bool(passed) and (broadcast or c.role == "position")
 
 
+def _broadcast_to_sums(caps: list[Capture], resolved: list[int | None]) -> list[int | None]:
+    """The exact loop's batch axes, less those of broadcast-shaped ids: a lookup whose output has
+    fewer dimensions than one with a batch axis (position ids (T,) beside (B, T) word ids) has
+    no batch axis even when one of its axes has size B."""
+    batched = [len(c.out_shape) for c, a in zip(caps, resolved, strict=True) if a is not None]
+    dims = max(batched, default=0)
+    return [
+        None if a is not None and len(c.out_shape) < dims else a
+        for c, a in zip(caps, resolved, strict=True)
+    ]
+
+
 def _rows_fast(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> SparseRows:
     ops = session.ops
     if c.rows is not None:
@@ -465,6 +482,7 @@ def _exact(
         if not last:
             current = run.again(current)
     resolved = [_diagonal_axis(ops, cand, [g[k] for g in per_i]) for k, cand in enumerate(axes)]
+    resolved = _broadcast_to_sums(caps, resolved)
     lookups = []
     for k, (c, axis) in enumerate(zip(caps, resolved, strict=True)):
         gs = [g[k] for g in per_i]

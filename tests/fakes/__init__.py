@@ -1,0 +1,1 @@
+"""Test doubles that stand in for a framework (no torch, no MXNet needed)."""
