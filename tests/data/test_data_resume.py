@@ -19,7 +19,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 from data_fakes import BAD_ROWS, make_fake, write_corpus  # noqa: E402
 from embgrad.data.cli import main  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "shared"
 N = 150
 SHARD = 10
 

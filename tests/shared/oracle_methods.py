@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-PAIRS = Path(__file__).resolve().parent.parent / "src/embgrad/models/data/pairs.json"
+PAIRS = Path(__file__).resolve().parents[2] / "src/embgrad/models/data/pairs.json"
 
 
 @functools.lru_cache(maxsize=1)
