@@ -68,6 +68,8 @@ class Capture:
     output: Any = None
     #: the table's values (V, D), detached, native — for HotFlip and baselines
     weight: Any = None
+    #: every registered name of the table's tensor, canonical (``table``) first; () = just table
+    aliases: tuple[str, ...] = ()
 
 
 #: ``replace(name, role, output) -> new output or None`` lets callers substitute a lookup's output

@@ -228,7 +228,7 @@ def _matches(c: Capture, spec: LayerSpec) -> bool:
     if isinstance(spec, type):
         return isinstance(c.owner, spec)
     if isinstance(spec, str):
-        return spec in (c.role, c.table) or fnmatchcase(c.name, spec)
+        return spec in (c.role, c.table, *c.aliases) or fnmatchcase(c.name, spec)
     raise InputError(
         f"layers= takes names, globs, roles or classes, got {type(spec).__name__}: {spec!r}"
     )
@@ -413,6 +413,7 @@ def _lookup(c: Capture, grad: Any, axis: int | None, rows: Callable[[], SparseRo
         rows=rows,
         output=c.output,
         weight=c.weight,
+        aliases=c.aliases,
     )
 
 

@@ -17,7 +17,10 @@ class LookupGrad:
             ``"output"`` (lookups on output weights, e.g. sampled softmax; not selected by
             default).
         module: type name of the block/module (or ``"F.embedding"``) that did the lookup.
-        table: name of the embedding table (parameter) that was looked up.
+        table: name of the embedding table (parameter) that was looked up; a tensor registered
+            under several names (tied / shared tables) has one canonical name, its first
+            registration, the same for every call site that reads it.
+        aliases: all registered names of the table, canonical first (``(table,)`` when one).
         output_grad: dL_i/d out_i, framework-native, same layout as the lookup output, e.g.
             (B, T, D); for a lookup without batch axis (``batch_axis is None``) the batch sum.
         ids: the ids the lookup received (framework-native, as given: Gluon feeds float32).
@@ -51,6 +54,7 @@ class LookupGrad:
         rows: Callable[[], SparseRows],
         output: Any = None,
         weight: Any = None,
+        aliases: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.role = role
@@ -66,6 +70,7 @@ class LookupGrad:
         self.note = note
         self.output = output
         self.weight = weight
+        self.aliases = tuple(aliases) or (table,)
         self._build_rows = rows
         self._rows: SparseRows | None = None
 
@@ -162,17 +167,22 @@ class Gradients:
 
     @property
     def tables(self) -> dict[str, list[str]]:
-        """Table name → the call sites that looked it up."""
+        """Canonical table name → every call site that looked the table up."""
         out: dict[str, list[str]] = {}
         for lk in self:
             out.setdefault(lk.table, []).append(lk.name)
         return out
 
     def table_grad(self, table: str, dense: bool = False, max_bytes: int | None = None) -> Any:
-        """Per-sample gradient of ``table`` summed over every call site that looked it up."""
-        if table not in self.tables:
+        """Per-sample gradient of ``table`` summed over every call site that looked it up.
+
+        ``table`` is the table's canonical name (a key of :attr:`tables`) or any other name
+        under which the model registers the same tensor (``LookupGrad.aliases``).
+        """
+        canonical = {alias: lk.table for lk in self for alias in lk.aliases}
+        if table not in canonical:
             raise KeyError(f"no captured table named {table!r}; tables: {', '.join(self.tables)}")
-        rows = combine([self[n].table_grad() for n in self.tables[table]])
+        rows = combine([self[n].table_grad() for n in self.tables[canonical[table]]])
         return rows.to_dense(max_bytes) if dense else rows
 
     def __repr__(self) -> str:
