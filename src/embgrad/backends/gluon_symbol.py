@@ -106,14 +106,14 @@ def fed_elsewhere(
 
 def rewrite(
     graph: dict[str, Any], input_names: list[str]
-) -> tuple[dict[str, Any], list[LookupNode]]:
+) -> tuple[dict[str, Any], list[LookupNode], frozenset[str]]:
     """Insert ``lookup + delta_k`` after every Embedding node of a symbol's JSON graph.
 
-    Returns the new JSON graph (heads: the original heads, then one per computed ids input) and
-    the lookups found, in graph order.
+    Returns the new JSON graph (heads: the original heads, then one per computed ids input),
+    the lookups found, in graph order, and the variables also used other than by lookups.
     """
     nodes = graph["nodes"]
-    elsewhere = {str(nodes[i]["name"]) for i in fed_elsewhere(nodes, graph["heads"])}
+    elsewhere = frozenset(str(nodes[i]["name"]) for i in fed_elsewhere(nodes, graph["heads"]))
     new: list[dict[str, Any]] = []
     where: dict[tuple[int, int], list[int]] = {}  # old (node, output) -> new entry
     lookups: list[LookupNode] = []
@@ -147,7 +147,7 @@ def rewrite(
         "heads": heads,
         "attrs": graph.get("attrs", {}),
     }
-    return out, lookups
+    return out, lookups, elsewhere
 
 
 def _lookup_node(
@@ -156,7 +156,7 @@ def _lookup_node(
     input_names: list[str],
     extra_heads: list[list[int]],
     fix: Callable[[list[int]], list[int]],
-    elsewhere: set[str],
+    elsewhere: frozenset[str],
 ) -> LookupNode:
     node = nodes[i]
     attrs = node.get("attrs", node.get("attr", {}))
@@ -260,10 +260,7 @@ def graph_for(block: Any) -> Graph:
     if hit is not None and hit[0] is out:
         return hit[1]
     data_names = [s.name for s in data_syms]
-    original = json.loads(out.tojson())
-    graph_json, lookups = rewrite(original, data_names)
-    nodes = original["nodes"]
-    elsewhere = frozenset(str(nodes[i]["name"]) for i in fed_elsewhere(nodes, original["heads"]))
+    graph_json, lookups, elsewhere = rewrite(json.loads(out.tojson()), data_names)
     symbol = mx.sym.load_json(json.dumps(graph_json))
     params = _params_of(block)
     index = {n: i for i, n in enumerate(data_names)}
