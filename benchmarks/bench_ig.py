@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import embgrad
     from embgrad.methods import get_method
-    from embgrad.tasks.heads import mean_pool_normalized
     from embgrad.models.minilm import load_minilm
+    from embgrad.tasks.heads import mean_pool_normalized
 
     model, tok, limit = load_minilm()
     texts = sentences(args.tokens, args.ragged)

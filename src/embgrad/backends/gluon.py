@@ -326,6 +326,8 @@ class BlockSession(GluonSession):
         args, kwargs, floats = _float_leaves(args, kwargs)
         with self.tracer.capturing(replace) as captures, autograd.record(train_mode=self.train):
             losses = loss_fn(self.model(*args, **kwargs))
+            if isinstance(losses, lazy_mxnet().nd.NDArray):
+                self.tracer.settle(losses)
         return self.finish(losses, captures, floats)
 
     def _warm_up(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:

@@ -15,11 +15,16 @@ For the call, the block's ``_call_cached_op`` — where ``HybridBlock.forward`` 
 (removed on exit), so the model's own Python ``__call__``/``forward`` still map the user's
 arguments. The user's cached op, cached graph and flags are never touched: nothing re-traces.
 
+Tied tables: :func:`fed_elsewhere` finds the variables of a graph (JSON nodes) that reach its
+outputs through a path that does not enter an ``Embedding`` node as its weight — an output
+projection, also behind casts, copies or weight dropout. The same test runs on the graph the
+forward recorded (``autograd.get_symbol`` of the losses) for imperative lookups.
+
 Names: for a hybridized block, the block path of the block whose prefix names the node
 (``embed``, ``encoder.position_weight``), as in imperative mode; for an exported model (no
 Python children), the graph's node name (``net0_embedding0_fwd``). The table is the weight
-variable (the Parameter's name); ``tied`` is set when that variable also feeds a node that is
-not a lookup (e.g. a decoder ``FullyConnected``).
+variable (the Parameter's name); ``tied`` is set when that variable also reaches an output
+other than through lookups (e.g. through a decoder ``FullyConnected``).
 """
 
 from __future__ import annotations
@@ -69,15 +74,46 @@ def _source_var(nodes: list[dict[str, Any]], entry: list[int]) -> str:
     return str(node["name"])
 
 
+def fed_elsewhere(
+    nodes: list[dict[str, Any]], heads: list[list[int]], opaque: tuple[str, ...] = ()
+) -> set[int]:
+    """Indices of the variable nodes from which some head is reachable other than through an
+    ``Embedding`` node's weight input (its lookup path): the variables also used otherwise.
+
+    Nodes whose op is in ``opaque`` (the ``_CachedOp`` of a graph analysed on its own) pass on
+    nothing from the variables fed to them directly (their parameters), only what reaches their
+    computed inputs. One pass in topological order (JSON graphs list inputs first).
+    """
+    reach: list[set[int]] = []  # per node: the variables that reach it off the lookup path
+    for i, node in enumerate(nodes):
+        if node["op"] == "null":
+            reach.append({i})
+            continue
+        got: set[int] = set()
+        skip_vars = node["op"] in opaque
+        for k, entry in enumerate(node["inputs"]):
+            if node["op"] == "Embedding" and k == 1:
+                continue  # the lookup path
+            if skip_vars and nodes[entry[0]]["op"] == "null":
+                continue
+            got |= reach[entry[0]]
+        reach.append(got)
+    out: set[int] = set()
+    for head in heads:
+        out |= reach[head[0]]
+    return {i for i in out if nodes[i]["op"] == "null"}
+
+
 def rewrite(
     graph: dict[str, Any], input_names: list[str]
-) -> tuple[dict[str, Any], list[LookupNode]]:
+) -> tuple[dict[str, Any], list[LookupNode], frozenset[str]]:
     """Insert ``lookup + delta_k`` after every Embedding node of a symbol's JSON graph.
 
-    Returns the new JSON graph (heads: the original heads, then one per computed ids input) and
-    the lookups found, in graph order.
+    Returns the new JSON graph (heads: the original heads, then one per computed ids input),
+    the lookups found, in graph order, and the variables also used other than by lookups.
     """
     nodes = graph["nodes"]
+    elsewhere = frozenset(str(nodes[i]["name"]) for i in fed_elsewhere(nodes, graph["heads"]))
     new: list[dict[str, Any]] = []
     where: dict[tuple[int, int], list[int]] = {}  # old (node, output) -> new entry
     lookups: list[LookupNode] = []
@@ -103,7 +139,7 @@ def rewrite(
             }
         )
         where[(i, 0)] = [len(new) - 1, 0, 0]
-        lookups.append(_lookup_node(nodes, i, input_names, extra_heads, fix))
+        lookups.append(_lookup_node(nodes, i, input_names, extra_heads, fix, elsewhere))
     heads = [fix(h) for h in graph["heads"]] + extra_heads
     out = {
         "nodes": new,
@@ -111,7 +147,7 @@ def rewrite(
         "heads": heads,
         "attrs": graph.get("attrs", {}),
     }
-    return out, lookups
+    return out, lookups, elsewhere
 
 
 def _lookup_node(
@@ -120,6 +156,7 @@ def _lookup_node(
     input_names: list[str],
     extra_heads: list[list[int]],
     fix: Callable[[list[int]], list[int]],
+    elsewhere: frozenset[str],
 ) -> LookupNode:
     node = nodes[i]
     attrs = node.get("attrs", node.get("attr", {}))
@@ -128,13 +165,13 @@ def _lookup_node(
     direct = ids_node["op"] == "null" and ids_node["name"] in input_names
     if not direct:
         extra_heads.append(fix(ids_entry))
-    users = [n for n in nodes if any(e[0] == weight_entry[0] for e in n["inputs"])]
+    table = _source_var(nodes, weight_entry)
     return LookupNode(
         node=str(node["name"]),
-        table=_source_var(nodes, weight_entry),
+        table=table,
         vocab=int(attrs["input_dim"]),
         dim=int(attrs["output_dim"]),
-        tied=any(n["op"] != "Embedding" for n in users),
+        tied=table in elsewhere,
         ids_input=str(ids_node["name"]) if direct else None,
         ids_output=None if direct else len(extra_heads) - 1,
     )
@@ -151,6 +188,8 @@ class Graph:
     n_outputs: int
     lookups: list[LookupNode]
     params: dict[str, Any]
+    #: variables (Parameter names) that reach the outputs other than through lookups
+    elsewhere: frozenset[str]
     shapes: dict[tuple[Any, ...], list[tuple[int, ...]]] = field(default_factory=dict)
 
     def deltas(self, flat: list[Any]) -> list[Any]:
@@ -221,7 +260,7 @@ def graph_for(block: Any) -> Graph:
     if hit is not None and hit[0] is out:
         return hit[1]
     data_names = [s.name for s in data_syms]
-    graph_json, lookups = rewrite(json.loads(out.tojson()), data_names)
+    graph_json, lookups, elsewhere = rewrite(json.loads(out.tojson()), data_names)
     symbol = mx.sym.load_json(json.dumps(graph_json))
     params = _params_of(block)
     index = {n: i for i, n in enumerate(data_names)}
@@ -247,6 +286,7 @@ def graph_for(block: Any) -> Graph:
         len(out.list_outputs()),
         lookups,
         params,
+        elsewhere,
     )
     _GRAPHS[block] = (out, graph)
     return graph
@@ -296,7 +336,9 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
             if lk.ids_input is not None:
                 validate_ids(given[lk.ids_input], lk.vocab, site.name, lk.table)
         deltas = graph.deltas(flat)
-        outs = graph.run(flat, deltas)
+        with tracer.quiet():
+            outs = graph.run(flat, deltas)
+        tracer.used_elsewhere |= graph.elsewhere
         for lk, site, delta in zip(graph.lookups, sites, deltas, strict=True):
             if lk.ids_input is not None:
                 ids = given[lk.ids_input]

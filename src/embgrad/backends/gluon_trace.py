@@ -12,13 +12,24 @@ the table Parameter is the one whose stored array *is* the weight, else (AWD-LST
 weight-dropped copy, SparseEmbedding's row_sparse copy) the one parameter of the calling block
 with the weight's shape. Names are structured block paths (``encoder.position_weight``,
 ``word_embed.0``; ``#2`` for a second call); lookups made by sampled-softmax blocks get role
-``"output"``; a table also registered by a non-lookup block (a tied decoder) is flagged.
+``"output"``.
+
+Tied tables are found from what ran (:meth:`Tracer.settle`, after the losses): a table is tied
+when, in this forward, its Parameter reaches the losses other than through lookups — in the
+graph autograd recorded (``autograd.get_symbol(losses)``), or inside a rewritten symbol graph.
+A block that merely registers the Parameter (gluonnlp's ``one_step_ahead_decoder``, never
+called in training) does not make it tied. A frozen table (``grad_req='null'``, gluonnlp's
+position constants) is not recorded by autograd: for it, ``Parameter.data``/``list_data`` are
+watched during the forward, and it is tied when a block (or the loss) fetched it whose call
+made no lookup on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import json
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -137,7 +148,7 @@ class Site:
     param: Any
     table: str
     module: str
-    users: list[str]  # non-lookup blocks that also use the table (tied weights)
+    users: list[str]  # non-lookup blocks that also register the table (tied-decoder candidates)
 
 
 class Tracer:
@@ -160,6 +171,12 @@ class Tracer:
         self.counts: dict[str, int] = {}
         self.thread: int | None = None
         self.replace: Replace | None = None  # the current forward's replace= (see capturing)
+        #: Parameter names that reach outputs other than through lookups, per forward
+        self.used_elsewhere: set[str] = set()
+        self._sites: list[tuple[Capture, Site]] = []  # this forward's captures and their sites
+        #: Parameter name -> ids of the blocks (0: none) that fetched its data in this forward
+        self.fetched: dict[str, set[int]] = {}
+        self._quiet = False
 
     def index_params(self) -> None:
         """Remember every parameter array, to match a lookup's weight by identity."""
@@ -171,6 +188,7 @@ class Tracer:
     def capturing(self, replace: Replace | None) -> Iterator[list[Capture]]:
         """Capture this thread's lookups for one forward, substituting outputs by ``replace``."""
         self.captures, self.counts = [], {}
+        self.used_elsewhere, self._sites, self.fetched = set(), [], {}
         self.thread = threading.get_ident()
         self.replace = replace
         try:
@@ -181,6 +199,27 @@ class Tracer:
 
     def capturing_here(self) -> bool:
         return self.thread == threading.get_ident()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """embgrad's own Parameter fetches (graph inputs, table values) are not model uses."""
+        self._quiet, before = True, self._quiet
+        try:
+            yield
+        finally:
+            self._quiet = before
+
+    def watch(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        """``Parameter.data``/``list_data`` recording which block fetched what (frozen tables)."""
+
+        @functools.wraps(real)
+        def fetch(param: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self._quiet and self.capturing_here():
+                owner = _calling_block(sys._getframe(1))
+                self.fetched.setdefault(param.name, set()).add(id(owner) if owner else 0)
+            return real(param, *args, **kwargs)
+
+        return fetch
 
     def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(real)
@@ -246,18 +285,20 @@ class Tracer:
         delta: Any,
         vocab: int,
         dim: int,
-        graph_tied: bool = False,
+        graph_tied: bool | None = None,
         output: Any = None,
         weight: Any = None,
     ) -> None:
         """Record one lookup (its output's gradient will be the gradient w.r.t. ``delta``).
 
+        ``graph_tied``: a graph lookup's table is used otherwise in its graph (None: imperative).
+
         ``output``/``weight`` are the lookup's values and its table (detached); when a graph
         lookup gives none, the table comes from the Parameter and the output is its gather.
         """
-        tied = bool(site.users) or graph_tied
         if weight is None and site.param is not None:
-            weight = dense(site.param.list_data()[0])
+            with self.quiet():
+                weight = dense(site.param.list_data()[0])
         if output is None and weight is not None:
             output = lazy_mxnet().nd.take(weight.as_in_context(ids.context), ids, axis=0)
         self.captures.append(
@@ -270,10 +311,7 @@ class Tracer:
                     vocab_size=vocab,
                     dim=dim,
                     owner=site.owner,
-                    tied=tied,
-                    note=_tied_note(site.table, site.users or ["a non-lookup node"])
-                    if tied
-                    else "",
+                    tied=bool(graph_tied),  # settled after the losses: see settle()
                 ),
                 ids=ids,
                 out_shape=tuple(delta.shape),
@@ -282,6 +320,52 @@ class Tracer:
                 weight=weight,
             )
         )
+        self._sites.append((self.captures[-1], site))
+
+    def settle(self, losses: Any) -> None:
+        """Set ``tied`` and its note on this forward's captures from what ran: a table is tied
+        when its Parameter reaches ``losses`` other than through lookups.
+
+        Imperative uses are read from the graph autograd recorded (the Parameters' arrays are
+        autograd variables, named by ``get_symbol``); rewritten symbol graphs report theirs
+        while they run (``used_elsewhere``). Costs one ``get_symbol(losses)`` and its JSON.
+        """
+        mx = lazy_mxnet()
+        from .gluon_symbol import fed_elsewhere
+
+        params = {s.param.name: s.param for _, s in self._sites if s.param is not None}
+        variables: dict[str, str] = {}  # autograd variable name -> Parameter name
+        for p in params.values():
+            for arr in p._data or []:
+                with contextlib.suppress(mx.base.MXNetError):  # not recorded: grad_req='null'
+                    variables[mx.autograd.get_symbol(arr).name] = p.name
+        if variables:
+            try:
+                graph = json.loads(mx.autograd.get_symbol(losses).tojson())
+            except mx.base.MXNetError:  # the losses do not depend on anything recorded
+                graph = {"nodes": [], "heads": []}
+            nodes = graph["nodes"]
+            for i in fed_elsewhere(nodes, graph["heads"], opaque=("_CachedOp",)):
+                name = variables.get(str(nodes[i]["name"]))
+                if name is not None:
+                    self.used_elsewhere.add(name)
+        recorded = set(variables.values())
+        lookups: dict[str, set[int]] = {}  # Parameter name -> ids of the blocks that looked up
+        for _, site in self._sites:
+            if site.param is not None:
+                lookups.setdefault(site.param.name, set()).add(id(site.owner) if site.owner else 0)
+        for capture, site in self._sites:
+            p = site.param
+            if p is None:
+                tied = capture.tied  # the graph's own finding, or nothing to tie
+            elif p.name in self.used_elsewhere:
+                tied = True
+            elif p.name in recorded:
+                tied = False
+            else:  # frozen, invisible to autograd: fetched by a block that made no lookup on it
+                tied = bool(self.fetched.get(p.name, set()) - lookups[p.name])
+            note = _tied_note(site.table, site.users) if tied else ""
+            capture.site = dataclasses.replace(capture.site, tied=tied, note=note)
 
     def _site(self, owner: Any, param: Any, local: str) -> Site:
         table = param.name if param is not None else local
@@ -317,7 +401,8 @@ class Tracer:
         return base if n == 1 else f"{base}#{n}"
 
     def _tied_with(self, owner: Any, param: Any) -> list[str]:
-        """Paths of non-lookup blocks that also use the lookup's table (a tied decoder)."""
+        """Paths of non-lookup blocks that also register the lookup's table (candidates for a
+        tied decoder: whether one of them used it in this forward is settled by ``settle``)."""
         if param is None:
             return []
         return [
@@ -344,11 +429,10 @@ def _role(owner: Any, name: str, table: str) -> str:
 
 
 def _tied_note(table: str, users: list[str]) -> str:
-    if not users:
-        return ""
+    by = f" (registered also by {', '.join(users)})" if users else ""
     return (
-        f"table {table!r} is also used by {', '.join(users)} (tied weights): the table gradient "
-        "covers the lookup path only and differs from weight.grad() by design"
+        f"table {table!r} also feeds a non-lookup operation in this forward{by} (tied weights): "
+        "the table gradient covers the lookup path only and differs from weight.grad() by design"
     )
 
 
@@ -359,10 +443,16 @@ def patched(tracer: Tracer) -> Iterator[None]:
     real = mx.nd.Embedding
     modules = [m for m in {id(m): m for m in (mx.nd, mx.nd.op)}.values() if m.Embedding is real]
     wrapper = tracer.wrap(real)
+    param_cls = mx.gluon.Parameter
+    fetchers = {k: param_cls.__dict__[k] for k in ("data", "list_data")}
     try:
         for m in modules:
             m.Embedding = wrapper
+        for k, fn in fetchers.items():
+            setattr(param_cls, k, tracer.watch(fn))
         yield
     finally:
+        for k, fn in fetchers.items():
+            setattr(param_cls, k, fn)
         for m in modules:
             m.Embedding = real

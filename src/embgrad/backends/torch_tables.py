@@ -1,9 +1,12 @@
 """Naming and validating torch embedding lookups: registered table names, ids checks.
 
-A lookup is named after the table it reads: the parameter (or buffer) name under which the
-model registers the weight tensor, without its ``.weight`` suffix (``embeddings.word_embeddings``).
-A tensor registered under several names is a tied table; it is named after the module whose
-forward made the call.
+A lookup (call site) is named after the table it reads: the parameter (or buffer) name under
+which the model registers the weight tensor, without its ``.weight`` suffix
+(``embeddings.word_embeddings``).  A tensor registered under several names (T5's / BART's
+``shared`` and ``encoder.embed_tokens`` / ``decoder.embed_tokens``, GPT-2's ``wte`` / ``lm_head``)
+is one table: its call sites keep the name of the module whose forward made the call, while the
+table is named by its first registration in ``named_parameters(remove_duplicate=False)`` order,
+with every registered name kept as an alias.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ class TableNames:
         return names
 
     def describe(self, weight: torch.Tensor, kind: str) -> dict[str, Any]:
-        """Capture fields (name, role, module, table, owner, tied, note) of a lookup on ``weight``."""
+        """Capture fields (name, role, module, table, aliases, owner, tied, note) of a lookup on
+        ``weight``.  ``table`` is the tensor's canonical name (its first registration), the same
+        for every call site; ``aliases`` are all its registered names, canonical first."""
         names = self.names.get(id(weight))
         if names is None and weight._base is not None:
             names = self.names.get(id(weight._base))
@@ -74,32 +79,35 @@ class TableNames:
                 "role": "input",
                 "module": kind,
                 "table": f"<unregistered {v}x{d} tensor>",
+                "aliases": (),
                 "owner": None,
                 "tied": False,
                 "note": "the table is not a registered parameter or buffer of the model",
             }
-        if len(names) > 1:
-            names = self._caller_first(names, weight)
-        path, _, attr = names[0].rpartition(".")
+        aliases = tuple(dict.fromkeys(map(_plain, names)))
+        table = aliases[0]
+        own = self._caller_first(names, weight)[0] if len(names) > 1 else names[0]
+        path, _, attr = own.rpartition(".")
         owner = self.module.get_submodule(path)
-        table = _plain(names[0])
-        path = _plain(path)
+        own, path = _plain(own), _plain(path)
         is_layer = attr == "weight" and isinstance(
             owner, (torch.nn.Embedding, torch.nn.EmbeddingBag)
         )
-        site = path if attr == "weight" and path else table
+        site = path if attr == "weight" and path else own
         note = ""
         if len(names) > 1:
             note = (
-                f"tied weights: table {table} is also registered as "
-                f"{', '.join(map(_plain, names[1:]))}; the "
-                "table gradient covers this lookup's path only, not the table's other uses"
+                f"tied weights: table {table} is registered as {', '.join(aliases)} (looked up "
+                f"here as {own}); this table gradient covers this lookup's path only "
+                "(Gradients.table_grad sums all captured lookups of the table), not the table's "
+                "other uses"
             )
         return {
             "name": site,
-            "role": guess_role(table),
+            "role": guess_role(own),
             "module": type(owner).__name__ if is_layer else kind,
             "table": table,
+            "aliases": aliases,
             "owner": owner,
             "tied": len(names) > 1,
             "note": note,

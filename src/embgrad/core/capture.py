@@ -245,7 +245,7 @@ def _matches(c: Capture, spec: LayerSpec) -> bool:
     if isinstance(spec, type):
         return isinstance(c.owner, spec)
     if isinstance(spec, str):
-        return spec in (c.role, c.table) or fnmatchcase(c.name, spec)
+        return spec in (c.role, c.table, *c.aliases) or fnmatchcase(c.name, spec)
     raise InputError(
         f"layers= takes names, globs, roles or classes, got {type(spec).__name__}: {spec!r}"
     )

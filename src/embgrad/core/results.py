@@ -14,14 +14,16 @@ class LookupGrad(SiteView):
 
     Attributes:
         site: the :class:`CallSite` record (also readable as ``name``, ``role``, ``module``,
-            ``table``, ``vocab_size``, ``dim``, ``owner``, ``padding_idx``, ``tied``):
-            ``name`` is the unique call-site name (module path; ``#2`` for a second call of the
-            same block); ``role`` is ``"word"``, ``"position"``, ``"token_type"``, ``"input"``
-            (other input lookups) or ``"output"`` (lookups on output weights, e.g. sampled
-            softmax; not selected by default); ``table`` names the embedding table; ``tied``
-            says the table is also used outside lookups (e.g. a tied decoder), so the table
-            gradient here covers the lookup path only — it differs from ``weight.grad`` by
-            design.
+            ``table``, ``aliases``, ``vocab_size``, ``dim``, ``owner``, ``padding_idx``,
+            ``tied``): ``name`` is the unique call-site name (module path; ``#2`` for a second
+            call of the same block); ``role`` is ``"word"``, ``"position"``, ``"token_type"``,
+            ``"input"`` (other input lookups) or ``"output"`` (lookups on output weights, e.g.
+            sampled softmax; not selected by default); ``table`` is the table's canonical name
+            — a tensor registered under several names (tied / shared tables) has one, its first
+            registration, the same for every call site that reads it — and ``aliases`` all its
+            registered names, canonical first; ``tied`` says the table also feeds something
+            other than a lookup (e.g. a tied decoder), so the table gradient here covers the
+            lookup path only — it differs from ``weight.grad`` by design.
         output_grad: dL_i/d out_i, framework-native, same layout as the lookup output, e.g.
             (B, T, D); for a lookup without batch axis (``batch_axis is None``) the batch sum.
         ids: the ids the lookup received (framework-native, as given: Gluon feeds float32).
@@ -148,17 +150,22 @@ class Gradients:
 
     @property
     def tables(self) -> dict[str, list[str]]:
-        """Table name → the call sites that looked it up."""
+        """Canonical table name → every call site that looked the table up."""
         out: dict[str, list[str]] = {}
         for lk in self:
             out.setdefault(lk.table, []).append(lk.name)
         return out
 
     def table_grad(self, table: str, dense: bool = False, max_bytes: int | None = None) -> Any:
-        """Per-sample gradient of ``table`` summed over every call site that looked it up."""
-        if table not in self.tables:
+        """Per-sample gradient of ``table`` summed over every call site that looked it up.
+
+        ``table`` is the table's canonical name (a key of :attr:`tables`) or any other name
+        under which the model registers the same tensor (``LookupGrad.aliases``).
+        """
+        canonical = {alias: lk.table for lk in self for alias in lk.aliases}
+        if table not in canonical:
             raise KeyError(f"no captured table named {table!r}; tables: {', '.join(self.tables)}")
-        rows = combine([self[n].table_grad() for n in self.tables[table]])
+        rows = combine([self[n].table_grad() for n in self.tables[canonical[table]]])
         return rows.to_dense(max_bytes) if dense else rows
 
     def __repr__(self) -> str:

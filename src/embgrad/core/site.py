@@ -104,3 +104,8 @@ class SiteView:
     @property
     def tied(self) -> bool:
         return self.site.tied
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Every registered name of the table, the canonical ``table`` first."""
+        return self.site.table_names

@@ -176,12 +176,17 @@ def test_gpt2_tied_word_table_is_flagged_and_covers_the_lookup_path_only():
     close(wpe.output_grad, ref.summed("transformer.wpe"))
 
 
-def test_t5_names_its_shared_table_by_the_calling_module_and_labels_relative_positions():
+def test_t5_names_its_call_site_by_the_calling_module_and_its_table_by_the_first_registration():
     torch.manual_seed(2)
     res = embgrad.gradients(_t5().eval(), _batch(3, 5), _encoder_loss(16))
-    word = res["encoder.embed_tokens"]
-    assert (
-        word.tied and word.table == "encoder.embed_tokens.weight" and "shared.weight" in word.note
+    word = res["encoder.embed_tokens"]  # the call site: the module whose forward looked it up
+    assert word.tied and word.table == "shared.weight"  # the table: its first registration
+    assert word.aliases == ("shared.weight", "encoder.embed_tokens.weight")
+    assert "encoder.embed_tokens.weight" in word.note
+    assert res.tables["shared.weight"] == ["encoder.embed_tokens"]
+    assert torch.equal(
+        res.table_grad("encoder.embed_tokens.weight", dense=True),
+        res.table_grad("shared.weight", dense=True),
     )
     rel = [lk for lk in res if "relative_attention_bias" in lk.name]
     assert rel and all(lk.batch_axis is None and lk.role == "position" for lk in rel)
