@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import EmbgradError
 from .methods import get_method, list_methods
+from .models.load import FRAMEWORKS
 from .render import write
 
 FORMATS = write.FORMATS
@@ -81,7 +82,7 @@ def _add_explain(sub: Any) -> None:
         help="hf:PATH (HF sequence classifier or encoder folder) or module:pkg.mod:factory "
         "(returns (model, tokenizer)); default: the bundled all-MiniLM-L6-v2",
     )
-    p.add_argument("--framework", choices=("torch", "gluon"), default="torch",
+    p.add_argument("--framework", choices=FRAMEWORKS, default="torch",
                    help="gluon: the same BERT weights in gluonnlp's BERTModel (default torch)")  # fmt: skip
     p.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
     p.add_argument(

@@ -123,6 +123,14 @@ class Backend(abc.ABC):
     def open(self, model: Any, *, mode: Mode) -> contextlib.AbstractContextManager[Session]:
         """Prepare ``model`` for capture; restore every piece of its state on exit."""
 
+    #: top-level packages whose models ignore positions after a sample's last real token (their
+    #: attention masks / valid lengths), so passes may stop there
+    padding_masked_by: ClassVar[tuple[str, ...]] = ()
+
+    def masks_padding(self, model: Any) -> bool:
+        """Whether ``model`` comes from a model library known to mask padding out."""
+        return type(model).__module__.split(".")[0] in self.padding_masked_by
+
     @abc.abstractmethod
     def array(self, model: Any, a: Any) -> Any:
         """A numpy array as the framework's array, on ``model``'s device, keeping its dtype

@@ -426,6 +426,7 @@ class GluonBackend(Backend):
 
     framework = "gluon"
     extra = "gluon"
+    padding_masked_by = ("gluonnlp",)
 
     @staticmethod
     def accepts(model: Any) -> bool:

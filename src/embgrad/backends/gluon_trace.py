@@ -42,6 +42,7 @@ import numpy as np
 from ..core.site import CallSite, guess_role
 from ..errors import InputError
 from .base import Capture, Replace
+from .gluon_graph import fed_elsewhere
 
 __all__ = ["Site", "Tracer", "dense", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
 
@@ -331,7 +332,6 @@ class Tracer:
         while they run (``used_elsewhere``). Costs one ``get_symbol(losses)`` and its JSON.
         """
         mx = lazy_mxnet()
-        from .gluon_symbol import fed_elsewhere
 
         params = {s.param.name: s.param for _, s in self._sites if s.param is not None}
         variables: dict[str, str] = {}  # autograd variable name -> Parameter name

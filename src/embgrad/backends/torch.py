@@ -45,6 +45,7 @@ class TorchBackend(Backend):
 
     framework = "torch"
     extra = "torch"
+    padding_masked_by = ("transformers",)
 
     @staticmethod
     def accepts(model: Any) -> bool:

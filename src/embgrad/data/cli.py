@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EmbgradError
+from ..models.load import FRAMEWORKS
 from .config import ENGINES, ExplainerFactory, RunConfig
 
 DESCRIPTION = """\
@@ -109,7 +110,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="hf:PATH or module:pkg.mod:factory (default: the bundled all-MiniLM-L6-v2)",
     )
-    m.add_argument("--framework", choices=("torch", "gluon"), default="torch")
+    m.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     m.add_argument(
         "--method",
         choices=methods,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import ops_for
+from ..backends import backend_for, ops_for
 from ..core.capture import gradients
 from ..core.results import LookupGrad
 from ..errors import InputError, NoLookupError
@@ -200,7 +200,7 @@ def ignores_padding(model: Any) -> bool:
     HuggingFace transformers and gluonnlp models (their attention masks / valid lengths). The
     few that do not (FNet's Fourier mixing, ConvBERT's convolutions) are caught by the check in
     :func:`expanded_passes` and keep the padding."""
-    return type(model).__module__.split(".")[0] in ("transformers", "gluonnlp")
+    return backend_for(model).masks_padding(model)
 
 
 def valid_lengths(mask: Any, ids_shape: tuple[int, ...]) -> np.ndarray:

@@ -1,0 +1,38 @@
+"""Reachability in MXNet's JSON graphs (no MXNet needed): which variables feed the heads other
+than through an ``Embedding`` node's weight input — the tables a forward also uses otherwise
+(tied weights). Used by the graph rewrite (``gluon_symbol``) and by the imperative tracer
+(``gluon_trace``), on the graph autograd recorded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fed_elsewhere(
+    nodes: list[dict[str, Any]], heads: list[list[int]], opaque: tuple[str, ...] = ()
+) -> set[int]:
+    """Indices of the variable nodes from which some head is reachable other than through an
+    ``Embedding`` node's weight input (its lookup path): the variables also used otherwise.
+
+    Nodes whose op is in ``opaque`` (the ``_CachedOp`` of a graph analysed on its own) pass on
+    nothing from the variables fed to them directly (their parameters), only what reaches their
+    computed inputs. One pass in topological order (JSON graphs list inputs first).
+    """
+    reach: list[set[int]] = []  # per node: the variables that reach it off the lookup path
+    for i, node in enumerate(nodes):
+        if node["op"] == "null":
+            reach.append({i})
+            continue
+        got: set[int] = set()
+        skip_vars = node["op"] in opaque
+        for k, entry in enumerate(node["inputs"]):
+            if node["op"] == "Embedding" and k == 1:
+                continue  # the lookup path
+            if skip_vars and nodes[entry[0]]["op"] == "null":
+                continue
+            got |= reach[entry[0]]
+        reach.append(got)
+    out: set[int] = set()
+    for head in heads:
+        out |= reach[head[0]]
+    return {i for i in out if nodes[i]["op"] == "null"}
