@@ -8,7 +8,9 @@ Data flow (see docs/design.md):
    array the backend can differentiate against) and is recorded as a :class:`Capture`.
 3. One backward of Σ_i L_i w.r.t. the deltas only (no parameter gradients) gives
    G = Σ_i dL_i/d out, whose slice i along the batch axis is sample i's gradient when samples
-   do not interact — which the probe (``probe.py``) checks with one more backward.
+   do not interact — which the probe (``probe.py``) checks with one more backward. A lookup
+   the losses do not reach through the graph gets None from the backend, and is left out
+   (``layers="auto"``) or refused (``_reached``): its zeros would be a false answer.
 4. Results are wrapped lazily: sparse per-sample table rows are only built when asked for.
 """
 
@@ -68,8 +70,11 @@ def gradients(
         loss_fn: ``loss_fn(outputs)`` → per-sample losses of shape (B,). Do not reduce over
             the batch.
         layers: ``"auto"`` (every input lookup; lookups on output weights such as sampled
-            softmax are left out), or a name / glob / role (``"word"``, ``"position"``,
-            ``"token_type"``) / table name / block or module class, or a sequence of them.
+            softmax are left out; so are lookups the losses do not reach through the autograd
+            graph — ``no_grad``, ``detach``, ``stop_gradient``/``BlockGrad`` — listed in
+            ``res.unreached``), or a name / glob / role (``"word"``, ``"position"``,
+            ``"token_type"``) / table name / block or module class, or a sequence of them
+            (each selected lookup must be reached).
         check: ``"auto"`` probes for cross-sample coupling with one extra backward, once per
             (model, mode, loss function, input shapes), and raises CouplingError if samples
             interact; ``"probe"`` probes on every call; ``"exact"`` runs the exact per-sample
@@ -80,7 +85,8 @@ def gradients(
             flags are restored afterwards.
         batch_axis: the axis of each lookup's ids that indexes samples: found automatically (the
             axis whose size equals len(losses); the probe resolves ties), or an int for every
-            lookup, or {lookup name: axis or None}.
+            lookup, or {lookup name: axis or None}. When no lookup's ids (nor a float input)
+            has an axis of len(losses), B > 1, the losses do not match the samples: LossError.
         seed: seeds the probe weights and the dropout masks of repeated forwards (Gluon).
         replace: ``replace(name, role, output)`` may return a substitute for a lookup's output
             (same shape and dtype), e.g. an interpolation for integrated gradients; gradients
@@ -91,7 +97,7 @@ def gradients(
     Returns:
         :class:`Gradients`: ``res.layers``, ``res[name].output_grad`` (B, T, D),
         ``res[name].table_grad()`` (sparse per-sample rows), ``res.losses``,
-        ``res.input_grads``.
+        ``res.input_grads``, ``res.unreached`` / ``res.notes`` (lookups left out).
 
     Raises:
         InputError, LossError, NoLookupError, BatchAxisError, CouplingError,
