@@ -160,3 +160,18 @@ def test_position_ids_beside_batched_word_keep_batch_sums():
     res = embgrad.gradients(case.model, case.inputs, case.loss)
     pos = res.by_role("position")
     assert pos and pos[0].batch_axis is None and res.unreached == {}
+
+
+@pytest.mark.parametrize("kind", ["plain", "hybrid"])
+def test_unreached_in_train_mode_reruns_forwards(kind: str, tmp_path: Path):
+    """Train mode re-runs the forward for the probe (MXNet re-draws masks on a retained graph):
+    each re-run finds the same lookup unreached, and the remembered verdict is reused."""
+    case = _case("block")
+    want = _reference(case)
+    model = gm.variant(case, kind, tmp_path)
+    first = embgrad.gradients(model, case.inputs, case.loss, mode="train", seed=1)
+    again = embgrad.gradients(model, case.inputs, case.loss, mode="train", seed=1)
+    assert (first.check, again.check) == ("auto", "probe-cached")
+    for res in (first, again):
+        assert len(res.layers) == 1 and len(res.unreached) == 1
+        close(res[res.layers[0]].output_grad.asnumpy(), want["k"])
