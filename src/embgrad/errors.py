@@ -9,8 +9,11 @@ working for bad input::
     ├── MissingExtraError (ImportError)     an optional dependency is not installed
     ├── InputError (ValueError)             bad inputs: ids out of range / non-integral,
     │                                       empty batch, mixed devices, bad options
-    ├── LossError (ValueError)              loss_fn returned a scalar, wrong shape, NaN/inf
-    ├── NoLookupError (LookupError)         no embedding lookup found, or `layers=` selects none
+    ├── LossError (ValueError)              loss_fn returned a scalar, wrong shape, NaN/inf,
+    │                                       or a count no lookup's ids has an axis of
+    ├── NoLookupError (LookupError)         no embedding lookup found, `layers=` selects none,
+    │                                       or the losses reach none (or a named one) through
+    │                                       the autograd graph (no_grad, detach, BlockGrad)
     ├── BatchAxisError (ValueError)         the batch axis of a lookup cannot be determined
     ├── CouplingError (RuntimeError)        samples interact: one backward is not per-sample
     └── DenseTooLargeError (MemoryError)    a dense result would exceed the byte limit
@@ -40,7 +43,8 @@ class LossError(EmbgradError, ValueError):
 
 
 class NoLookupError(EmbgradError, LookupError):
-    """The forward performed no embedding lookup, or ``layers=`` selected none."""
+    """The forward performed no embedding lookup, ``layers=`` selected none, or the losses do
+    not reach the selected lookups (or one named in ``layers=``) through the autograd graph."""
 
 
 class BatchAxisError(EmbgradError, ValueError):

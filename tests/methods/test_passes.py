@@ -218,3 +218,27 @@ def test_a_model_that_fails_on_shorter_inputs_keeps_the_padding(monkeypatch):
     assert got.info["padding"].startswith("computed: the model failed on inputs cut to")
     assert "expected 6 positions" in got.info["padding"]
     assert {n for _, n in got.info["passes"]} == {6}
+
+
+def test_a_word_lookup_cut_off_the_graph_is_named_not_replaced_by_another():
+    """layer='word' whose lookup the losses do not reach (detached): the error names it; the
+    fallback to the model's only other input lookup (positions, no batch axis) is not taken."""
+    import torch
+    from torch import nn
+
+    import embgrad
+
+    class Frozen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.word = nn.Embedding(20, 4)
+            self.pos = nn.Embedding(8, 4)
+            self.out = nn.Linear(4, 1)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            h = self.word(ids).detach() + self.pos(torch.arange(ids.shape[1]))
+            return self.out(h).squeeze(-1).sum(1)
+
+    ids = torch.randint(0, 20, (3, 5))
+    with pytest.raises(embgrad.NoLookupError, match=r"'word' \(word\).*autograd graph"):
+        _passes.base_pass(Frozen(), ids, lambda o: o)

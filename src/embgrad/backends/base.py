@@ -4,7 +4,8 @@ A backend does four things, all reversible: switch the model into the requested 
 state where every embedding lookup runs through Python (``open``), run the forward with each
 lookup's output replaced by ``output + delta`` for a zero ``delta`` it can differentiate against
 (``Session.forward``), take one backward for a given per-sample cotangent w.r.t. those deltas
-only (``Session.backward``), and restore everything on exit, errors included.
+only (``Session.backward``, which also says which lookups the losses do not reach), and restore
+everything on exit, errors included.
 
 :class:`Session` is a :class:`typing.Protocol`: ``TorchSession`` and the Gluon sessions
 implement it structurally, and mypy checks that (``open`` is typed to yield a ``Session``).
@@ -98,11 +99,17 @@ class Session(Protocol):
         *,
         inputs: bool,
         retain: bool,
-    ) -> tuple[list[Any], dict[str | int, Any]]:
+    ) -> tuple[list[Any | None], dict[str | int, Any]]:
         """Gradients of ``sum(cotangent * losses)`` w.r.t. the outputs of ``fwd.captures[k]`` for
         each index k in ``select`` (indices, because the core may re-run the forward and then
         address the new Forward's captures), and w.r.t. the float inputs when ``inputs``.
-        ``cotangent`` is a numpy float64 array of shape (B,). Returns native arrays."""
+        ``cotangent`` is a numpy float64 array of shape (B,). Returns native arrays.
+
+        A selected lookup whose output the losses do not reach through the autograd graph
+        (``no_grad``, ``detach``, ``stop_gradient``/``BlockGrad``) gets None, not zeros: the
+        framework says so (an unused input of the gradient call, a graph that does not lead
+        there), and the core decides what to do. A reached lookup whose gradient happens to be
+        zero (masked positions) gets its zeros. Float inputs that are not reached get zeros."""
 
     def to_native(self, x: Any, like: Any) -> Any:
         """A working array (see ``ops.work``) back to the framework's array type, like ``like``."""

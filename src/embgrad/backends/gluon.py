@@ -46,6 +46,7 @@ real function.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -242,8 +243,15 @@ class GluonSession:
         if self.train:
             lazy_mxnet().random.seed(seed)
 
-    def finish(self, losses: Any, captures: list[Capture], floats: dict[str | int, Any]) -> Forward:
-        """Check what ``loss_fn`` returned and package the recorded forward."""
+    def finish(
+        self,
+        losses: Any,
+        captures: list[Capture],
+        floats: dict[str | int, Any],
+        unreached: set[int],
+    ) -> Forward:
+        """Check what ``loss_fn`` returned and package the recorded forward (``unreached``: the
+        captures whose output the losses do not reach, see ``Tracer.settle``)."""
         nd = lazy_mxnet().nd
         if not isinstance(losses, nd.NDArray):
             raise LossError(
@@ -252,7 +260,12 @@ class GluonSession:
                 "operations (so that it is recorded), e.g. gluon.loss.SoftmaxCELoss()(out, y)"
             )
         _check_not_reduced(losses, captures)
-        return Forward(losses=losses.detach(), captures=captures, float_inputs=floats, state=losses)
+        return Forward(
+            losses=losses.detach(),
+            captures=captures,
+            float_inputs=floats,
+            state=_Recorded(losses, frozenset(unreached)),
+        )
 
     def backward(
         self,
@@ -262,20 +275,25 @@ class GluonSession:
         *,
         inputs: bool,
         retain: bool,
-    ) -> tuple[list[Any], dict[str | int, Any]]:
+    ) -> tuple[list[Any | None], dict[str | int, Any]]:
         """``autograd.grad`` of Σ cotangent_i L_i w.r.t. the deltas of ``fwd.captures[k]``, k in
         ``select`` (and the float inputs when ``inputs``) only.
 
         Every variable is also passed as a head with a zero head gradient, so a lookup or input
-        that does not reach the loss gets a zero gradient instead of an MXNet error.
+        that does not reach the loss gets a zero gradient instead of an MXNet error; lookups the
+        forward found unreached (``Tracer.settle``) then come back as None.
         """
         mx = lazy_mxnet()
         captures = [fwd.captures[k] for k in select]
-        losses = fwd.state
+        recorded: _Recorded = fwd.state
+        losses = recorded.losses
         keys = list(fwd.float_inputs) if inputs else []
         variables = [c.handle for c in captures] + [fwd.float_inputs[k] for k in keys]
-        head = mx.nd.array(np.asarray(cotangent), ctx=losses.context, dtype=losses.dtype)
         zeros = [mx.nd.zeros(v.shape, ctx=v.context, dtype=v.dtype) for v in variables]
+        cut = [k in recorded.unreached for k in select]
+        if all(cut):  # nothing to differentiate (the losses may not even be recorded)
+            return [None] * len(select), dict(zip(keys, zeros[len(select) :], strict=True))
+        head = mx.nd.array(np.asarray(cotangent), ctx=losses.context, dtype=losses.dtype)
         grads = mx.autograd.grad(
             [losses, *variables],
             variables,
@@ -284,11 +302,21 @@ class GluonSession:
             train_mode=self.train,
         )
         n = len(captures)
-        return list(grads[:n]), dict(zip(keys, grads[n:], strict=True))
+        out = [None if c else g for c, g in zip(cut, grads[:n], strict=True)]
+        return out, dict(zip(keys, grads[n:], strict=True))
 
     def to_native(self, x: Any, like: Any) -> Any:
         a = np.asarray(x)
         return lazy_mxnet().nd.array(a, ctx=like.context, dtype=a.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recorded:
+    """``Forward.state`` of a Gluon forward: the recorded losses, and the captures (indices)
+    whose output they do not reach through the recorded graph."""
+
+    losses: Any
+    unreached: frozenset[int]
 
 
 def _check_not_reduced(losses: Any, captures: list[Capture]) -> None:
@@ -324,11 +352,12 @@ class BlockSession(GluonSession):
         self._warm_up(args, kwargs)
         self.seed(seed)
         args, kwargs, floats = _float_leaves(args, kwargs)
+        unreached: set[int] = set()
         with self.tracer.capturing(replace) as captures, autograd.record(train_mode=self.train):
             losses = loss_fn(self.model(*args, **kwargs))
             if isinstance(losses, lazy_mxnet().nd.NDArray):
-                self.tracer.settle(losses)
-        return self.finish(losses, captures, floats)
+                unreached = self.tracer.settle(losses)
+        return self.finish(losses, captures, floats, unreached)
 
     def _warm_up(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Finish deferred initialization (unrecorded, predict mode) before any seeding."""

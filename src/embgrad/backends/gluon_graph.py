@@ -1,6 +1,7 @@
 """Reachability in MXNet's JSON graphs (no MXNet needed): which variables feed the heads other
 than through an ``Embedding`` node's weight input — the tables a forward also uses otherwise
-(tied weights). Used by the graph rewrite (``gluon_symbol``) and by the imperative tracer
+(tied weights) — and which nodes the heads reach along differentiable paths (not through
+``BlockGrad``): lookups the losses do not reach. Used by the graph rewrite (``gluon_symbol``) and by the imperative tracer
 (``gluon_trace``), on the graph autograd recorded."""
 
 from __future__ import annotations
@@ -36,3 +37,25 @@ def fed_elsewhere(
     for head in heads:
         out |= reach[head[0]]
     return {i for i in out if nodes[i]["op"] == "null"}
+
+
+#: Ops that pass no gradient to their inputs (``stop_gradient`` is ``BlockGrad``'s alias).
+CUT_OPS = ("BlockGrad", "stop_gradient", "_npx_stop_gradient")
+
+
+def reaching(
+    nodes: list[dict[str, Any]], heads: list[list[int]], cut: tuple[str, ...] = CUT_OPS
+) -> set[int]:
+    """Indices of the nodes from which some head is reached along a path autograd
+    differentiates: not into a ``BlockGrad``/``stop_gradient`` node's input. One walk back from
+    the heads (a node's inputs are listed before it)."""
+    seen: set[int] = set()
+    stack = [h[0] for h in heads]
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if nodes[i]["op"] not in cut:
+            stack.extend(e[0] for e in nodes[i]["inputs"])
+    return seen

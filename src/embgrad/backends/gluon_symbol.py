@@ -20,6 +20,11 @@ outputs through a path that does not enter an ``Embedding`` node as its weight â
 projection, also behind casts, copies or weight dropout. The same test runs on the graph the
 forward recorded (``autograd.get_symbol`` of the losses) for imperative lookups.
 
+Reachability: :func:`reaching` finds the nodes the graph's outputs depend on through a path
+autograd differentiates (not through ``BlockGrad``/``stop_gradient``); a lookup whose delta is
+not among them is ``cut`` (found once per graph, at the rewrite). Imperative lookups get the
+same test on the graph the forward recorded (``Tracer.settle``).
+
 Names: for a hybridized block, the block path of the block whose prefix names the node
 (``embed``, ``encoder.position_weight``), as in imperative mode; for an exported model (no
 Python children), the graph's node name (``net0_embedding0_fwd``). The table is the weight
@@ -29,6 +34,7 @@ other than through lookups (e.g. through a decoder ``FullyConnected``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import weakref
 from collections.abc import Callable
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .gluon_graph import fed_elsewhere
+from .gluon_graph import fed_elsewhere, reaching
 from .gluon_trace import lazy_mxnet, validate_ids
 
 if TYPE_CHECKING:
@@ -65,6 +71,8 @@ class LookupNode:
     tied: bool
     ids_input: str | None  # the model input feeding the ids, or None when computed
     ids_output: int | None  # index of the ids among the extra outputs when computed
+    #: the graph's outputs do not depend on the lookup's output (``BlockGrad`` on every path)
+    cut: bool = False
 
 
 def _source_var(nodes: list[dict[str, Any]], entry: list[int]) -> str:
@@ -112,6 +120,12 @@ def rewrite(
         where[(i, 0)] = [len(new) - 1, 0, 0]
         lookups.append(_lookup_node(nodes, i, input_names, extra_heads, fix, elsewhere))
     heads = [fix(h) for h in graph["heads"]] + extra_heads
+    reached = reaching(new, heads[: len(graph["heads"])])
+    deltas = {str(n["name"]): i for i, n in enumerate(new) if n["op"] == "null"}
+    lookups = [
+        dataclasses.replace(lk, cut=deltas[DELTA.format(k)] not in reached)
+        for k, lk in enumerate(lookups)
+    ]
     out = {
         "nodes": new,
         "arg_nodes": [i for i, n in enumerate(new) if n["op"] == "null"],
@@ -316,7 +330,7 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
             else:
                 ids = outs[graph.n_outputs + int(lk.ids_output or 0)].copy()
                 validate_ids(ids, lk.vocab, site.name, lk.table)
-            tracer.add(site, ids, delta, lk.vocab, lk.dim, graph_tied=lk.tied)
+            tracer.add(site, ids, delta, lk.vocab, lk.dim, graph_tied=lk.tied, graph_cut=lk.cut)
         return _regroup(outs[: graph.n_outputs], block._out_format)
 
     return call

@@ -42,7 +42,7 @@ import numpy as np
 from ..core.site import CallSite, guess_role
 from ..errors import InputError
 from .base import Capture, Replace
-from .gluon_graph import fed_elsewhere
+from .gluon_graph import fed_elsewhere, reaching
 
 __all__ = ["Site", "Tracer", "dense", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
 
@@ -177,6 +177,8 @@ class Tracer:
         self._sites: list[tuple[Capture, Site]] = []  # this forward's captures and their sites
         #: Parameter name -> ids of the blocks (0: none) that fetched its data in this forward
         self.fetched: dict[str, set[int]] = {}
+        #: this forward's captures (indices) cut off inside their own graph (see add)
+        self.cut: set[int] = set()
         self._quiet = False
 
     def index_params(self) -> None:
@@ -189,7 +191,7 @@ class Tracer:
     def capturing(self, replace: Replace | None) -> Iterator[list[Capture]]:
         """Capture this thread's lookups for one forward, substituting outputs by ``replace``."""
         self.captures, self.counts = [], {}
-        self.used_elsewhere, self._sites, self.fetched = set(), [], {}
+        self.used_elsewhere, self._sites, self.fetched, self.cut = set(), [], {}, set()
         self.thread = threading.get_ident()
         self.replace = replace
         try:
@@ -289,10 +291,12 @@ class Tracer:
         graph_tied: bool | None = None,
         output: Any = None,
         weight: Any = None,
+        graph_cut: bool = False,
     ) -> None:
         """Record one lookup (its output's gradient will be the gradient w.r.t. ``delta``).
 
         ``graph_tied``: a graph lookup's table is used otherwise in its graph (None: imperative).
+        ``graph_cut``: a graph lookup's output does not reach its graph's outputs (BlockGrad).
 
         ``output``/``weight`` are the lookup's values and its table (detached); when a graph
         lookup gives none, the table comes from the Parameter and the output is its gather.
@@ -322,14 +326,21 @@ class Tracer:
             )
         )
         self._sites.append((self.captures[-1], site))
+        if graph_cut:
+            self.cut.add(len(self.captures) - 1)
 
-    def settle(self, losses: Any) -> None:
+    def settle(self, losses: Any) -> set[int]:
         """Set ``tied`` and its note on this forward's captures from what ran: a table is tied
-        when its Parameter reaches ``losses`` other than through lookups.
+        when its Parameter reaches ``losses`` other than through lookups. Returns the indices of
+        the captures whose output ``losses`` does not reach through the recorded graph.
 
         Imperative uses are read from the graph autograd recorded (the Parameters' arrays are
         autograd variables, named by ``get_symbol``); rewritten symbol graphs report theirs
-        while they run (``used_elsewhere``). Costs one ``get_symbol(losses)`` and its JSON.
+        while they run (``used_elsewhere``). Reachability: a lookup's delta (an autograd
+        variable) must be among the recorded graph's nodes the losses depend on other than
+        through ``BlockGrad`` (absent when detached or looked up under ``autograd.pause``), and
+        a graph lookup must not be cut inside its graph. Costs one ``get_symbol(losses)`` and
+        its JSON, and one walk over its nodes.
         """
         mx = lazy_mxnet()
 
@@ -339,16 +350,22 @@ class Tracer:
             for arr in p._data or []:
                 with contextlib.suppress(mx.base.MXNetError):  # not recorded: grad_req='null'
                     variables[mx.autograd.get_symbol(arr).name] = p.name
-        if variables:
-            try:
+        graph: dict[str, Any] = {"nodes": [], "heads": []}
+        if self._sites:
+            with contextlib.suppress(mx.base.MXNetError):  # losses depend on nothing recorded
                 graph = json.loads(mx.autograd.get_symbol(losses).tojson())
-            except mx.base.MXNetError:  # the losses do not depend on anything recorded
-                graph = {"nodes": [], "heads": []}
-            nodes = graph["nodes"]
+        nodes = graph["nodes"]
+        if variables:
             for i in fed_elsewhere(nodes, graph["heads"], opaque=("_CachedOp",)):
                 name = variables.get(str(nodes[i]["name"]))
                 if name is not None:
                     self.used_elsewhere.add(name)
+        reached = {str(nodes[i]["name"]) for i in reaching(nodes, graph["heads"])}
+        unreached = {
+            k
+            for k, (capture, _) in enumerate(self._sites)
+            if k in self.cut or mx.autograd.get_symbol(capture.handle).name not in reached
+        }
         recorded = set(variables.values())
         lookups: dict[str, set[int]] = {}  # Parameter name -> ids of the blocks that looked up
         for _, site in self._sites:
@@ -366,6 +383,7 @@ class Tracer:
                 tied = bool(self.fetched.get(p.name, set()) - lookups[p.name])
             note = _tied_note(site.table, site.users) if tied else ""
             capture.site = dataclasses.replace(capture.site, tied=tied, note=note)
+        return unreached
 
     def _site(self, owner: Any, param: Any, local: str) -> Site:
         table = param.name if param is not None else local

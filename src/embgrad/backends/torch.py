@@ -6,7 +6,9 @@ train mode, snapshots the buffers, which BatchNorm updates) and restores both ex
 active, so every ``F.embedding`` / ``F.embedding_bag`` call is captured without hooks or edits;
 ``torch.compile``d modules run their original module eagerly (``set_stance("force_eager")``).
 ``backward`` is one ``torch.autograd.grad`` w.r.t. the captured lookup outputs (and detached
-copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written.
+copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written;
+a lookup output autograd reports unused (``no_grad``, ``.detach()`` in the model) comes back
+as None, so the core can say so instead of returning zeros.
 Dropout masks live in the retained graph, so repeated backwards over it are exact.
 """
 
@@ -210,8 +212,10 @@ class TorchSession:
         """Gradients of Σ_i cotangent_i·L_i w.r.t. the outputs of ``fwd.captures[k]``, k in
         ``select`` (and the float inputs when ``inputs``).
 
-        Returns one tensor per selected capture, shaped like its output, and {key: gradient}
-        for the float inputs; gradients that do not reach a target are zeros.
+        Returns one tensor per selected capture, shaped like its output — None for a capture
+        autograd reports unused (its output does not lead to the losses: ``no_grad``,
+        ``.detach()``), which costs nothing extra — and {key: gradient} for the float inputs
+        (zeros where unused).
         """
         torch = _torch()
         caps = [fwd.captures[k] for k in select]
@@ -226,7 +230,6 @@ class TorchSession:
                 grad_outputs=weights,
                 retain_graph=retain,
                 allow_unused=True,
-                materialize_grads=True,
             )
         except NotImplementedError as e:
             if not keys:
@@ -236,7 +239,12 @@ class TorchSession:
                 f"{keys} on this device and dtype ({e}). Pass input_grads=False to skip "
                 "gradients w.r.t. float inputs; the lookup gradients do not need them."
             ) from e
-        return list(grads[: len(caps)]), dict(zip(keys, grads[len(caps) :], strict=True))
+        n = len(caps)
+        floats = [
+            torch.zeros_like(t) if g is None else g
+            for t, g in zip(targets[n:], grads[n:], strict=True)
+        ]
+        return list(grads[:n]), dict(zip(keys, floats, strict=True))
 
     def to_native(self, x: Any, like: Any) -> Any:
         """Working arrays are torch tensors already."""

@@ -8,7 +8,9 @@ Data flow (see docs/design.md):
    array the backend can differentiate against) and is recorded as a :class:`Capture`.
 3. One backward of Σ_i L_i w.r.t. the deltas only (no parameter gradients) gives
    G = Σ_i dL_i/d out, whose slice i along the batch axis is sample i's gradient when samples
-   do not interact — which the probe (``probe.py``) checks with one more backward.
+   do not interact — which the probe (``probe.py``) checks with one more backward. A lookup
+   the losses do not reach through the graph gets None from the backend, and is left out
+   (``layers="auto"``) or refused (``_reached``): its zeros would be a false answer.
 4. Results are wrapped lazily: sparse per-sample table rows are only built when asked for.
 """
 
@@ -19,7 +21,7 @@ import functools
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 
@@ -68,8 +70,11 @@ def gradients(
         loss_fn: ``loss_fn(outputs)`` → per-sample losses of shape (B,). Do not reduce over
             the batch.
         layers: ``"auto"`` (every input lookup; lookups on output weights such as sampled
-            softmax are left out), or a name / glob / role (``"word"``, ``"position"``,
-            ``"token_type"``) / table name / block or module class, or a sequence of them.
+            softmax are left out; so are lookups the losses do not reach through the autograd
+            graph — ``no_grad``, ``detach``, ``stop_gradient``/``BlockGrad`` — listed in
+            ``res.unreached``), or a name / glob / role (``"word"``, ``"position"``,
+            ``"token_type"``) / table name / block or module class, or a sequence of them
+            (each selected lookup must be reached).
         check: ``"auto"`` probes for cross-sample coupling with one extra backward, once per
             (model, mode, loss function, input shapes), and raises CouplingError if samples
             interact; ``"probe"`` probes on every call; ``"exact"`` runs the exact per-sample
@@ -80,7 +85,8 @@ def gradients(
             flags are restored afterwards.
         batch_axis: the axis of each lookup's ids that indexes samples: found automatically (the
             axis whose size equals len(losses); the probe resolves ties), or an int for every
-            lookup, or {lookup name: axis or None}.
+            lookup, or {lookup name: axis or None}. When no lookup's ids (nor a float input)
+            has an axis of len(losses), B > 1, the losses do not match the samples: LossError.
         seed: seeds the probe weights and the dropout masks of repeated forwards (Gluon).
         replace: ``replace(name, role, output)`` may return a substitute for a lookup's output
             (same shape and dtype), e.g. an interpolation for integrated gradients; gradients
@@ -91,7 +97,7 @@ def gradients(
     Returns:
         :class:`Gradients`: ``res.layers``, ``res[name].output_grad`` (B, T, D),
         ``res[name].table_grad()`` (sparse per-sample rows), ``res.losses``,
-        ``res.input_grads``.
+        ``res.input_grads``, ``res.unreached`` / ``res.notes`` (lookups left out).
 
     Raises:
         InputError, LossError, NoLookupError, BatchAxisError, CouplingError,
@@ -114,8 +120,9 @@ def gradients(
         caps = [fwd.captures[i] for i in select]
         # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given).
         axes = _candidates(caps, batch, batch_axis)
+        _require_batch_axis(session, fwd, caps, axes, batch, batch_axis)
         if check == "exact" and batch > 1:
-            return _exact(run, fwd, select, caps, axes, batch, mode, input_grads)
+            return _exact(run, fwd, select, caps, axes, batch, mode, input_grads, layers)
         # 5. Decide whether to probe: a verdict remembered for this structure skips it.
         key = _probe_key(loss_fn, mode, fwd, batch, select, batch_axis)
         remembered = _remembered(model, key) if check == "auto" else None
@@ -131,14 +138,19 @@ def gradients(
             inputs=input_grads and bool(fwd.float_inputs),
             retain=do_probe and session.retained_backward_is_exact,
         )
-        # 7. The probe: one more backward with signed weights proves independence.
+        # 7. Lookups the losses do not reach through the graph: left out (auto) or an error.
+        kept, unreached = _reached(caps, grads, layers)
+        n_selected = len(select)
+        select, caps, axes = _take(select, kept), _take(caps, kept), _take(axes, kept)
+        grads = _take(grads, kept)
+        # 8. The probe: one more backward with signed weights proves independence.
         residual: float | None = None
         if do_probe:
             resolved, residual = _probe(run, fwd, select, caps, axes, grads, rng, batch)
-            _remember(model, key, resolved)
+            _remember(model, key, _spread(resolved, kept, n_selected))
         else:
             resolved = [a[0] if a else None for a in axes]
-        # 8. Results; sparse table rows are built only when asked for.
+        # 9. Results; sparse table rows are built only when asked for.
         lookups = [
             _lookup(c, g, ax, functools.partial(_rows_fast, session, c, g, ax, batch))
             for c, g, ax in zip(caps, grads, resolved, strict=True)
@@ -152,6 +164,7 @@ def gradients(
             probe_residual=residual,
             mode=mode,
             framework=session.framework,
+            unreached=unreached,
         )
 
 
@@ -299,6 +312,98 @@ def _candidates(caps: list[Capture], batch: int, batch_axis: BatchAxis) -> list[
                 f"axis {given} has size {shape[given]}, not the batch size {batch}"
             )
         out.append([given])
+    return out
+
+
+def _require_batch_axis(
+    session: Session,
+    fwd: Forward,
+    caps: list[Capture],
+    axes: list[list[int]],
+    batch: int,
+    batch_axis: BatchAxis,
+) -> None:
+    """LossError when no lookup of the forward has an axis of the losses' length: the losses do
+    not match the samples (a duplicated batch, a wrong concatenation), which is a mistake, not
+    broadcast ids. Any lookup counts, selected or not (selecting only the position lookup
+    beside batched word ids is fine), and so does a float input (embeddings passed in), unless
+    ``batch_axis={name: None}`` declares every selected lookup without batch axis. With B = 1,
+    unbatched ids (T,) are a legitimate single sample, so only B > 1 is checked."""
+    if batch <= 1 or any(axes):
+        return
+    given = batch_axis if isinstance(batch_axis, Mapping) else {}
+    if all(c.name in given for c in caps):
+        return
+    found = [c.out_shape[:-1] for c in fwd.captures] + [
+        tuple(session.ops.work(x).shape) for x in fwd.float_inputs.values()
+    ]
+    if any(probe_mod.candidate_axes(shape, batch) for shape in found):
+        return
+    shapes = ", ".join(f"{c.name!r} {c.out_shape[:-1]}" for c in fwd.captures)
+    raise LossError(
+        f"loss_fn returned {batch} losses, but no lookup's ids has an axis of size {batch}: "
+        f"{shapes}. loss_fn must return one loss per sample, shape (B,) with B the batch size "
+        "of the ids (check for a duplicated batch or a wrong concatenation); if the ids really "
+        "have no batch axis, say so with batch_axis={name: None}."
+    )
+
+
+#: What keeps the losses from reaching a lookup's output through the autograd graph.
+_CUT_CAUSES = (
+    "the lookup or its output is computed under torch.no_grad() / mx.autograd.pause(), "
+    "detached (.detach()), or passed through stop_gradient / BlockGrad"
+)
+_UNREACHED = (
+    "the losses do not reach its output through the autograd graph (" + _CUT_CAUSES + "), so "
+    "its gradient is undefined, not zero"
+)
+
+T = TypeVar("T")
+
+
+def _reached(
+    caps: list[Capture], grads: list[Any], layers: LayerSpec | Sequence[LayerSpec]
+) -> tuple[list[int], dict[str, str]]:
+    """Positions (in ``caps``) of the lookups the losses reach, and {name: why} for the others.
+
+    A backend's backward returns None for a lookup whose output the losses do not reach through
+    the autograd graph: its zeros would say "the loss does not depend on it", which is false.
+    ``layers="auto"`` leaves such lookups out (a note on the result) unless none is reached;
+    lookups named in ``layers=`` must be reached. A reached lookup whose gradient is zero
+    (masked positions) is kept as it is.
+    """
+    missing = [c for c, g in zip(caps, grads, strict=True) if g is None]
+    kept = [i for i, g in enumerate(grads) if g is not None]
+    if not missing:
+        return kept, {}
+    names = ", ".join(f"{c.name!r} ({c.role})" for c in missing)
+    auto = isinstance(layers, str) and layers == "auto"
+    if not auto:
+        raise NoLookupError(
+            f"layers={layers!r} selects lookup(s) {names} whose output the losses do not reach "
+            f"through the autograd graph: {_CUT_CAUSES} inside the model or loss_fn. Their "
+            "gradient would be zero, which would wrongly say the loss does not depend on them. "
+            "Let the gradient flow through the lookup, or leave it out of layers=."
+        )
+    if not kept:
+        raise NoLookupError(
+            f"the losses reach none of the selected lookups through the autograd graph: {names}. "
+            f"Likely cause: {_CUT_CAUSES} inside the model or loss_fn (e.g. a frozen embedding "
+            "stage). embgrad differentiates the losses w.r.t. the lookup outputs; let the "
+            "gradient flow through at least one of them."
+        )
+    return kept, {c.name: _UNREACHED for c in missing}
+
+
+def _take(xs: list[T], keep: list[int]) -> list[T]:
+    return [xs[i] for i in keep]
+
+
+def _spread(values: list[Any], keep: list[int], n: int) -> list[Any]:
+    """``values`` (one per kept position) back at their positions among ``n``; None elsewhere."""
+    out: list[Any] = [None] * n
+    for i, v in zip(keep, values, strict=True):
+        out[i] = v
     return out
 
 
@@ -460,12 +565,14 @@ def _exact(
     batch: int,
     mode: str,
     want_inputs: bool,
+    layers: LayerSpec | Sequence[LayerSpec],
 ) -> Gradients:
     """The exact per-sample loop: backward of L_i alone for each i (re-seeded forwards)."""
     session, ops = run.session, run.session.ops
     per_i: list[list[Any]] = []
     inputs_i: list[dict[str | int, Any]] = []
     current = fwd
+    unreached: dict[str, str] = {}
     for i in range(batch):
         e = np.zeros(batch)
         e[i] = 1.0
@@ -477,6 +584,10 @@ def _exact(
             inputs=want_inputs and bool(fwd.float_inputs),
             retain=session.retained_backward_is_exact and not last,
         )
+        if i == 0:  # what the graph reaches is the same for every sample's backward
+            kept, unreached = _reached(caps, grads, layers)
+            select, caps, axes = _take(select, kept), _take(caps, kept), _take(axes, kept)
+            grads = _take(grads, kept)
         per_i.append(grads)
         inputs_i.append(in_grads)
         if not last:
@@ -499,6 +610,7 @@ def _exact(
         probe_residual=None,
         mode=mode,
         framework=session.framework,
+        unreached=unreached,
     )
 
 

@@ -98,6 +98,11 @@ class Gradients:
         probe_residual: the probe's largest relative residual (0 = independent), or None.
         mode: ``"eval"`` or ``"train"``.
         framework: ``"gluon"`` or ``"torch"``.
+        unreached: lookups selected by ``layers="auto"`` and left out because the losses do not
+            reach their outputs through the autograd graph (detached, ``no_grad``,
+            ``stop_gradient``/``BlockGrad``): name → why. Their gradient is not zero, it is
+            undefined here, so they are not in :attr:`layers`.
+        notes: remarks on the whole call: one per left-out lookup, saying why.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class Gradients:
         probe_residual: float | None,
         mode: str,
         framework: str,
+        unreached: dict[str, str] | None = None,
     ) -> None:
         self.losses = losses
         self._lookups = {lk.name: lk for lk in lookups}
@@ -118,6 +124,12 @@ class Gradients:
         self.probe_residual = probe_residual
         self.mode = mode
         self.framework = framework
+        self.unreached: dict[str, str] = dict(unreached or {})
+
+    @property
+    def notes(self) -> list[str]:
+        """One remark per lookup left out of the result (see :attr:`unreached`)."""
+        return [f"lookup {name!r} left out: {why}" for name, why in self.unreached.items()]
 
     @property
     def layers(self) -> list[str]:
@@ -131,6 +143,8 @@ class Gradients:
         try:
             return self._lookups[name]
         except KeyError:
+            if name in self.unreached:
+                raise KeyError(f"lookup {name!r} was left out: {self.unreached[name]}") from None
             raise KeyError(
                 f"no captured lookup named {name!r}; captured: {', '.join(self._lookups)}"
             ) from None

@@ -139,10 +139,12 @@ def base_pass(
     try:
         res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check)  # type: ignore[arg-type]
         chosen = res[res.layers[0]]
-    except NoLookupError:
+    except NoLookupError as err:
         if layer != "word":
             raise
         res = gradients(model, inputs, loss, layers="auto", mode=mode, check=check)  # type: ignore[arg-type]
+        if res.unreached:  # the word lookup may be the one cut off the graph: do not guess
+            raise NoLookupError(f"{err} ({'; '.join(res.notes)})") from None
         if len(res.layers) != 1:
             raise NoLookupError(
                 "no lookup has the role 'word' and the model has several input lookups "

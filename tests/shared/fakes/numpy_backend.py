@@ -8,7 +8,8 @@
   the ids up (``(B, T)`` or, with ``layout="TB"``, ``(T, B)`` ids), optionally adds a position
   table looked up with broadcast ids ``(T,)`` or ``(1, T)``, optionally subtracts the batch mean
   (``couple=True``: samples interact, like BatchNorm in training mode), applies a seeded dropout
-  in training mode, and multiplies by an optional float input ``x`` (B, D).
+  in training mode, and multiplies by an optional float input ``x`` (B, D). ``detach=`` cuts a
+  lookup's output off the graph (the losses then do not reach it: backward returns None).
 * :class:`FakeBackend` / :class:`FakeSession` implement :class:`embgrad.backends.base.Backend` and
   the ``Session`` protocol (checked by mypy: see ``_SESSION_CHECK`` at the bottom).  The model
   records every open/close, forward seed and backward call, so tests can count probes and check
@@ -131,8 +132,12 @@ class Tensor:
         return Tensor(self.value.transpose(axes), [(self, lambda g: g.transpose(inv))])
 
 
-def vjp(root: Tensor, cotangent: np.ndarray, targets: Sequence[Tensor]) -> list[np.ndarray]:
-    """Gradients of ``sum(cotangent * root)`` w.r.t. each target (zeros where unreached)."""
+def vjp(
+    root: Tensor, cotangent: np.ndarray, targets: Sequence[Tensor], *, unreached: Any = "zeros"
+) -> list[Any]:
+    """Gradients of ``sum(cotangent * root)`` w.r.t. each target: for a target ``root`` does
+    not depend on through the graph, zeros (``unreached="zeros"``) or ``unreached`` itself
+    (e.g. None, as the ``Session`` protocol wants)."""
     order: list[Tensor] = []
     seen: set[int] = set()
     stack: list[tuple[Tensor, bool]] = [(root, False)]
@@ -154,7 +159,12 @@ def vjp(root: Tensor, cotangent: np.ndarray, targets: Sequence[Tensor]) -> list[
         for parent, rule in node.parents:
             d = rule(g)
             grads[id(parent)] = grads[id(parent)] + d if id(parent) in grads else d
-    return [grads.get(id(t), np.zeros_like(t.value)) for t in targets]
+    return [
+        grads[id(t)]
+        if id(t) in grads
+        else (np.zeros_like(t.value) if isinstance(unreached, str) else unreached)
+        for t in targets
+    ]
 
 
 # -- the "framework": embedding tables and a model -----------------------------------------------
@@ -249,6 +259,8 @@ class FakeModel:
         lookups: False for a model that looks nothing up (it needs ``x``).
         output_lookup: also look the ids up in a table of role ``"output"``.
         retained_exact: the session's ``retained_backward_is_exact``.
+        detach: ``"word"`` / ``"position"``: that lookup's output is cut off the graph (like
+            ``.detach()`` / ``no_grad`` / ``BlockGrad``): the losses do not reach it.
     """
 
     def __init__(
@@ -265,6 +277,7 @@ class FakeModel:
         lookups: bool = True,
         output_lookup: bool = False,
         retained_exact: bool = True,
+        detach: str | None = None,
         seed: int = 0,
     ) -> None:
         assert layout in ("BT", "TB") and position in (None, "1d", "2d")
@@ -289,6 +302,7 @@ class FakeModel:
         self.dropout = dropout
         self.lookups = lookups
         self.retained_exact = retained_exact
+        self.detach = detach
         self.training = False
         self.events: list[str] = []  # "open:<mode>" / "close", from FakeBackend.open
         self.seeds: list[int] = []  # the seed of every captured forward
@@ -307,6 +321,8 @@ class FakeModel:
             xt = x if isinstance(x, Tensor) else Tensor(x)
             return xt.reshape((xt.shape[0], 1, xt.shape[1]))
         h = self._lookup(self.word, ids)
+        if self.detach == "word":
+            h = Tensor(h.value)
         if self.decoder is not None:
             h = h + self._lookup(self.decoder, ids) * 0.5
         if self.layout == "TB":
@@ -314,7 +330,8 @@ class FakeModel:
         batch, length = h.shape[0], h.shape[1]
         if self.position is not None:
             pos = np.arange(length) if self.position_kind == "1d" else np.arange(length)[None]
-            h = h + self._lookup(self.position, pos)
+            p = self._lookup(self.position, pos)
+            h = h + (Tensor(p.value) if self.detach == "position" else p)
         if self.couple:
             h = h - h.mean(axis=0, keepdims=True)
         if self.training and self.dropout > 0:
@@ -397,7 +414,7 @@ class FakeSession:
         *,
         inputs: bool,
         retain: bool,
-    ) -> tuple[list[Any], dict[str | int, Any]]:
+    ) -> tuple[list[Any | None], dict[str | int, Any]]:
         graph: _Graph = fwd.state
         if graph.freed:
             raise RuntimeError("backward through a graph already freed (retain=False)")
@@ -405,10 +422,10 @@ class FakeSession:
         assert cot.dtype == np.float64 and cot.shape == graph.losses.shape, (cot.dtype, cot.shape)
         self.model.counts["backward"] += 1
         keys = list(fwd.float_inputs) if inputs else []
-        targets = [fwd.captures[k].handle for k in select] + [fwd.float_inputs[k] for k in keys]
-        grads = vjp(graph.losses, cot, targets)
+        lookups = vjp(graph.losses, cot, [fwd.captures[k].handle for k in select], unreached=None)
+        floats = vjp(graph.losses, cot, [fwd.float_inputs[k] for k in keys])
         graph.freed = not retain
-        return grads[: len(select)], dict(zip(keys, grads[len(select) :], strict=True))
+        return lookups, dict(zip(keys, floats, strict=True))
 
     def to_native(self, x: Any, like: Any) -> Any:
         return np.asarray(x)
