@@ -34,7 +34,7 @@ from .methods.api import build_items
 from .methods.base import Context
 from .methods.hotflip import HotFlip
 from .methods.result import TokenAttribution
-from .models.encode import LAYOUTS, TextBatch, from_callable, tokenize
+from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, tokenize
 from .models.load import Loaded, load
 from .tasks import Task, task_for
 
@@ -176,6 +176,11 @@ class Explainer:
             hotflip_k=hotflip_k,
             direction=opts.get("direction", self.hotflip_direction),
         )
+        cut = [i for i, item in enumerate(items) if item.truncated]
+        if cut and self.tokenizer is not None:  # "truncated to 256 of 2,731 tokens"
+            counts = token_counts(self.tokenizer, [sentences[i] for i in cut])
+            for i, n in zip(cut, counts, strict=True):
+                items[i].n_tokens = n
         for item, toks in zip(items, batch.tokens or [], strict=False):
             if len(toks) == len(item.tokens):  # the tokenize callable's own token strings
                 item.tokens = [str(t) for t in toks]

@@ -118,6 +118,7 @@ def test_long_texts_are_truncated_and_flagged(explainer):
     items = explainer.explain([long, "short"], [A[0], B[0]], hotflip_k=0)
     assert items[0].truncated and len(items[0].tokens) == explainer.max_length == 256
     assert not any(i.truncated for i in items[1:])
+    assert items[0].n_tokens == 402 and items[1].n_tokens is None  # 400 words + [CLS], [SEP]
 
 
 @pytest.mark.parametrize(

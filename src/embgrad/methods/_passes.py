@@ -19,13 +19,13 @@ repeated samples.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..backends import ops_for
+from ..backends import backend_for, ops_for
 from ..core.capture import gradients
 from ..core.results import LookupGrad
 from ..errors import InputError, NoLookupError
@@ -171,6 +171,22 @@ def base_pass(
         ids=ids,
         batch_axis=ax,
     )
+
+
+def forward_losses(
+    model: Any, inputs: Any, loss_fn: Callable[[Any], Any], *, mode: str
+) -> np.ndarray:
+    """f at ``inputs``: one forward through the backend's session (the model's state restored
+    on exit as for :func:`embgrad.gradients`), no backward; float64 (N,)."""
+    if isinstance(inputs, Mapping):
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = dict(inputs)
+    else:
+        args, kwargs = (inputs if isinstance(inputs, tuple) else (inputs,)), {}
+    with backend_for(model).open(model, mode=mode) as session:  # type: ignore[arg-type]
+        session.check_inputs(args, kwargs)
+        fwd = session.forward(args, kwargs, loss_fn, seed=0, replace=None)
+        return session.ops.to_numpy(session.ops.work(fwd.losses)).astype(np.float64)
 
 
 def batch_size_hint(inputs: Any) -> int:
