@@ -195,3 +195,11 @@ def test_a_module_factory_supplies_model_and_tokenizer(classifier_dir, tmp_path,
     items = ex.explain(["great movie"], targets=[1], method="hotflip", hotflip_k=1)
     assert items[0].target == "positive" and len(items[0].hotflip) == 1
     sys.modules.pop("my_factory_mod", None)
+
+
+def test_hotflip_search_reports_its_steps_in_order_with_measured_changes(explainer):
+    items = explainer.explain(A[:1], B[:1], method="hotflip_search", goal=0.3, budget=2)
+    for item in items:
+        steps = [h["step"] for h in item.hotflip]
+        assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2
+        assert all(h["direction"] == "decrease" and h["verified"] < 0 for h in item.hotflip)

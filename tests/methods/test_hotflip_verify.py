@@ -48,6 +48,7 @@ def test_verified_equals_running_the_model_on_each_flipped_row(form):
         done = [c for c in cands if c["verified"] is not None]
         assert len(done) == 7 and all(c["verified"] is None for c in cands[7:])
         assert [c["verified"] for c in done] == sorted((c["verified"] for c in done), reverse=True)
+        assert sorted(c["rank"] for c in done) == [0, 0, 0, 0, 1, 1, 1]  # spread over positions
         for c in done:
             x = ids.clone()
             x[b, c["position"]] = c["replacement_id"]

@@ -239,8 +239,9 @@ def test_hotflip_verified_change_is_the_model_run_on_the_flipped_text(batch):
         done = [c for c in cands if c["verified"] is not None]
         assert len(done) == 5 and cands[:5] == done  # verified first ...
         assert [c["verified"] for c in done] == sorted(c["verified"] for c in done)  # ... best
-        by_estimate = sorted(cands, key=lambda c: c["estimate"])[:5]  # the 5 picked by estimate
-        assert {id(c) for c in by_estimate} == {id(c) for c in done}
+        # picked: each position's best estimate (lowest first), then each one's second best
+        picked = sorted(cands, key=lambda c: (c["rank"], c["estimate"]))[:5]
+        assert {id(c) for c in picked} == {id(c) for c in done}
         for c in done:
             flipped = ids[b : b + 1].clone()
             flipped[0, c["position"]] = c["replacement_id"]

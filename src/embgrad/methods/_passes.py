@@ -128,16 +128,19 @@ def base_pass(
     layer: str = "word",
     mode: str = "eval",
     check: str = "auto",
+    batch_axis: int | None = None,
 ) -> Base:
     """One :func:`embgrad.gradients` call at the inputs, reduced to the lookup ``layer``.
 
     ``layer`` is a role, name or glob (see ``gradients(layers=)``); with the default ``"word"``
-    a model whose only input lookup has another role is accepted too.
+    a model whose only input lookup has another role is accepted too. ``batch_axis``: the
+    lookup's batch axis where already known (inputs derived from an earlier pass).
     """
     probe = np.arange(batch_size_hint(inputs)) if takes_rows(loss_fn) else None
     loss = bind_rows(loss_fn, probe) if probe is not None else loss_fn
     try:
-        res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check)  # type: ignore[arg-type]
+        res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check,  # type: ignore[arg-type]
+                        batch_axis=batch_axis)  # fmt: skip
         chosen = res[res.layers[0]]
     except NoLookupError:
         if layer != "word":

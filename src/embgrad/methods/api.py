@@ -143,7 +143,7 @@ def build_items(
         where = {int(p): i for i, p in enumerate(pos)}
         ids = scores.ids[b, pos].tolist()
         cands = [c for c in (flips[b] if flips is not None else []) if c["position"] in where]
-        if hotflip_k is not None:
+        if hotflip_k is not None and not any("step" in c for c in cands):  # a search: all steps
             best: dict[int, dict[str, Any]] = {}
             for c in sorted(cands, key=rank_key(direction), reverse=True):
                 best.setdefault(c["position"], c)
@@ -158,6 +158,7 @@ def build_items(
                 "estimate": float(c["estimate"]),
                 "verified": None if c.get("verified") is None else float(c["verified"]),
                 "direction": direction,
+                **({"step": int(c["step"])} if "step" in c else {}),
             }
             for c, name in zip(cands, names, strict=True)
         ]

@@ -40,8 +40,9 @@ class HotFlip(Method):
             tokens); the lookup's ``padding_idx`` is always excluded.
         mask: (B, T) bool, positions that may be flipped (e.g. the attention mask).
         max_bytes: memory bound of one block of the (positions × V) score matrix.
-        verify: per sample, how many candidates (the best by estimate, over all positions)
-            are run through the model to measure f(x') − f(x) (default 8; 0: estimates only).
+        verify: per sample, how many candidates are run through the model to measure
+            f(x') − f(x): the best of each position first (positions by their best estimate),
+            then the second best of each, ... (default 4; 0: estimates only).
         verify_rows: flipped rows per verification forward (memory bound; default 64).
 
     ``scores`` (B, T) is the best candidate's estimate per position (0 where not flipped);
@@ -92,7 +93,7 @@ class HotFlip(Method):
         exclude_ids: Sequence[int] | None = None,
         mask: Any = None,
         max_bytes: int = 256 * 2**20,
-        verify: int = 8,
+        verify: int = 4,
         verify_rows: int = 64,
     ) -> Scores:
         choice("direction", direction, ("increase", "decrease", "abs"))
@@ -139,10 +140,11 @@ class HotFlip(Method):
         for cands in lists:
             cands.sort(key=lambda c: rank_value(c["estimate"], direction), reverse=True)
         if verify:
-            todo = [c for cands in lists for c in cands[:verify]]
-            rows = np.asarray(
-                [b for b, cands in enumerate(lists) for _ in cands[:verify]], dtype=np.int64
-            )
+            # the best candidate of each position first (positions by estimate), then the
+            # second best of each, ...: a budget spread over positions, not spent on one
+            picked = [sorted(c, key=lambda c: c["rank"])[:verify] for c in lists]
+            todo = [c for cands in picked for c in cands]
+            rows = np.asarray([b for b, cands in enumerate(picked) for _ in cands], np.int64)
             change = verify_flips(
                 self.model, inputs, loss_fn, base, rows, todo, mode=self.mode, chunk=verify_rows
             )
