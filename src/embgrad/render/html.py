@@ -37,7 +37,7 @@ table{border-collapse:collapse;font-size:.9em;margin:.4em 0} td,th{padding:.15em
 
 
 #: the hover tooltip: score and HotFlip candidates of the token under the pointer (or focused)
-_SCRIPT = """
+_SCRIPT = r"""
 (function(){
 var tip=document.getElementById('tip');
 function fmt(x){return x===null?'n/a':(x>=0?'+':'')+x.toFixed(4);}
