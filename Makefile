@@ -18,7 +18,7 @@ export MXNET_HOME := $(CURDIR)/.cache/mxnet
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: venv venv-np2 demo test test-np2 lint bench bench-quick clean
+.PHONY: venv venv-np2 chromium demo test test-np2 lint bench bench-quick clean
 
 venv: $(STAMP)
 $(STAMP): requirements/constraints.txt requirements/dev.txt pyproject.toml
@@ -30,6 +30,13 @@ $(STAMP): requirements/constraints.txt requirements/dev.txt pyproject.toml
 	$(PIP) install -c requirements/constraints.txt --no-build-isolation gluonnlp==0.10.0
 	$(PIP) install --no-deps -e .
 	rm -f $(VENV)/.stamp-* && touch $@
+
+# Debian's headless Chromium for the HTML report's browser test, installed only when missing and
+# only as root; otherwise that test is skipped (with the reason) and the rest of the suite runs.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is missing and this is not root: tests/render/test_browser.py will be skipped"; fi; }
 
 venv-np2: $(STAMP2)
 $(STAMP2): requirements/constraints.txt requirements/dev.txt pyproject.toml
@@ -48,7 +55,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
-test: venv venv-np2 lint
+test: venv venv-np2 chromium lint
 	$(PY) -m pytest -q
 	$(MAKE) test-np2
 

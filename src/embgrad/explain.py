@@ -34,7 +34,7 @@ from .methods.api import build_items
 from .methods.base import Context
 from .methods.hotflip import HotFlip
 from .methods.result import TokenAttribution
-from .models.encode import LAYOUTS, TextBatch, from_callable, tokenize
+from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, tokenize
 from .models.load import Loaded, load
 from .tasks import Task, task_for
 
@@ -62,6 +62,9 @@ class Explainer:
             every short one pay for its padding. Right for models that ignore padded positions
             through the attention mask; by default on for HuggingFace transformers and gluonnlp
             models, off for others (an RNN that reads the padding would see less of it).
+        hotflip_direction, hotflip_verify: how HotFlip candidates are ranked, and how many per
+            text are verified by running the model on the flipped text (HotFlip's ``direction``
+            and ``verify`` options; 0: first-order estimates only).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class Explainer:
         batch_size: int = 16,
         hotflip_direction: str = "abs",
         skip_padding: bool | None = None,
+        hotflip_verify: int = 2,
     ) -> None:
         if tokenizer is None and tokenize is None:
             raise InputError("an Explainer needs a tokenizer or a tokenize callable")
@@ -83,6 +87,7 @@ class Explainer:
         self.kind, self.max_length, self.name = kind, int(max_length), name
         self.batch_size = max(2, int(batch_size))
         self.hotflip_direction = hotflip_direction
+        self.hotflip_verify = int(hotflip_verify)
         self.framework = backend_for(model).framework
         if skip_padding is None:
             skip_padding = ignores_padding(model)
@@ -156,13 +161,13 @@ class Explainer:
         self._checked = self._checked or len(sentences) > 1
         ctx = self._context(batch)
         cls = get_method(method)
-        opts = {**cls.defaults(ctx), **options}
+        opts = {**cls.defaults(ctx), **(self._verify() if cls is HotFlip else {}), **options}
         scores = cls(self.model).from_base(base, batch.inputs, loss, **opts)
         flips = scores.hotflip
         if flips is None and hotflip_k > 0:
             flips = (
                 HotFlip(self.model)
-                .from_base(base, batch.inputs, loss, **HotFlip.defaults(ctx))
+                .from_base(base, batch.inputs, loss, **HotFlip.defaults(ctx) | self._verify())
                 .hotflip
             )
         items = build_items(
@@ -174,14 +179,24 @@ class Explainer:
             truncated=batch.truncated,
             flips=flips if hotflip_k > 0 else None,
             hotflip_k=hotflip_k,
-            direction=opts.get("direction", self.hotflip_direction),
+            direction=str(
+                scores.info.get("direction", opts.get("direction", self.hotflip_direction))
+            ),
         )
+        cut = [i for i, item in enumerate(items) if item.truncated]
+        if cut and self.tokenizer is not None:  # "truncated to 256 of 2,731 tokens"
+            counts = token_counts(self.tokenizer, [sentences[i] for i in cut])
+            for i, n in zip(cut, counts, strict=True):
+                items[i].n_tokens = n
         for item, toks in zip(items, batch.tokens or [], strict=False):
             if len(toks) == len(item.tokens):  # the tokenize callable's own token strings
                 item.tokens = [str(t) for t in toks]
                 for h in item.hotflip:
                     h["token"] = item.tokens[h["position"]]
         return items
+
+    def _verify(self) -> dict[str, Any]:
+        return {"verify": self.hotflip_verify}
 
     def _context(self, batch: TextBatch) -> Context:
         return Context(

@@ -21,10 +21,15 @@ class TokenAttribution:
         loss: the explained quantity f(x) (a pair's cosine similarity, or log p(target)).
         table_grad_norm: L2 norm of this text's per-sample word-table gradient.
         delta: the integrated-gradients completeness delta, else None.
-        hotflip: top substitutions ``{"position", "token", "replacement", "score"}``.
+        hotflip: top substitutions ``{"position", "token", "replacement", "estimate",
+            "verified", "direction"}``: the first-order estimate of the change of ``loss``, the
+            change measured by running the model on the flipped text (None if not run), and the
+            direction they were ranked by (``"increase"``, ``"decrease"`` or ``"abs"``).
         truncated: the text was longer than the model's limit and was truncated.
         method: the method's registry name.
         target: the explained class label, or None (pair similarity, custom loss).
+        n_tokens: the text's token count before truncation (where it was truncated and the
+            count is known), else None.
     """
 
     text: str
@@ -37,6 +42,7 @@ class TokenAttribution:
     truncated: bool
     method: str
     target: str | None
+    n_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -86,7 +86,7 @@ def explained(items: list[Any]) -> list[Any]:
     out: list[Any] = []
     for it in items:
         out += [it.tokens, np.asarray(it.scores), it.loss, it.target, it.table_grad_norm]
-        out += [(h["position"], h["replacement"], h["score"]) for h in it.hotflip]
+        out += [(h["position"], h["replacement"], h["estimate"], h["verified"]) for h in it.hotflip]
     return out
 
 

@@ -83,10 +83,12 @@ def test_explain_writes_json_html_and_png(tmp_path, capsys):
     types_ = {"text": str, "tokens": list, "scores": list, "loss": float, "table_grad_norm": float,
               "hotflip": list, "truncated": bool, "method": str}  # fmt: skip
     for item in doc["items"]:
-        assert set(item) == set(types_) | {"delta", "target"}
+        assert set(item) == set(types_) | {"delta", "target", "n_tokens"}
         assert all(isinstance(item[k], t) for k, t in types_.items())
         assert len(item["tokens"]) == len(item["scores"]) and len(item["hotflip"]) == 2
-        assert set(item["hotflip"][0]) == {"position", "token", "replacement", "score"}
+        keys = {"position", "token", "replacement", "estimate", "verified", "direction"}
+        assert set(item["hotflip"][0]) == keys
+        assert all(isinstance(h["verified"], float) for h in item["hotflip"])
     page = (tmp_path / "report.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
     png = (tmp_path / "heatmap.png").read_bytes()

@@ -70,6 +70,14 @@ def test_run_with_the_bundled_minilm_matches_the_python_api(tmp_path: Path, caps
         assert [h["replacement"] for h in row["hotflip"]] == [
             h["replacement"] for h in text.hotflip
         ]
+        for got, want in zip(row["hotflip"], text.hotflip, strict=True):  # verified, in Parquet
+            assert got["direction"] == want["direction"] == "abs"
+            assert got["estimate"] == pytest.approx(want["estimate"], rel=1e-5, abs=1e-6)
+            if want["verified"] is None:
+                assert got["verified"] is None
+            else:
+                assert got["verified"] == pytest.approx(want["verified"], rel=1e-5, abs=1e-6)
+        assert any(h["verified"] is not None for h in row["hotflip"])
         assert row["truncated"] == text.truncated
     assert [r["truncated"] for r in rows] == [False, False, True]
     assert len(rows[2]["tokens"]) == 256

@@ -73,7 +73,9 @@ def test_output_is_read_by_pandas_polars_and_duckdb_without_custom_code(
                 "position": pl.Int32,
                 "token": pl.String,
                 "replacement": pl.String,
-                "score": pl.Float32,
+                "estimate": pl.Float32,
+                "verified": pl.Float32,
+                "direction": pl.String,
             }
         )
     )

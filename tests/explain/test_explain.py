@@ -118,6 +118,7 @@ def test_long_texts_are_truncated_and_flagged(explainer):
     items = explainer.explain([long, "short"], [A[0], B[0]], hotflip_k=0)
     assert items[0].truncated and len(items[0].tokens) == explainer.max_length == 256
     assert not any(i.truncated for i in items[1:])
+    assert items[0].n_tokens == 402 and items[1].n_tokens is None  # 400 words + [CLS], [SEP]
 
 
 @pytest.mark.parametrize(
@@ -194,3 +195,11 @@ def test_a_module_factory_supplies_model_and_tokenizer(classifier_dir, tmp_path,
     items = ex.explain(["great movie"], targets=[1], method="hotflip", hotflip_k=1)
     assert items[0].target == "positive" and len(items[0].hotflip) == 1
     sys.modules.pop("my_factory_mod", None)
+
+
+def test_hotflip_search_reports_its_steps_in_order_with_measured_changes(explainer):
+    items = explainer.explain(A[:1], B[:1], method="hotflip_search", goal=0.3, budget=2)
+    for item in items:
+        steps = [h["step"] for h in item.hotflip]
+        assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2
+        assert all(h["direction"] == "decrease" and h["verified"] < 0 for h in item.hotflip)

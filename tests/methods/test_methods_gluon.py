@@ -95,7 +95,7 @@ def test_explain_with_the_gluon_framework_matches_torch():
         assert x.table_grad_norm == pytest.approx(y.table_grad_norm, rel=1e-4)
         assert [h["replacement"] for h in x.hotflip] == [h["replacement"] for h in y.hotflip]
         assert np.allclose(
-            [h["score"] for h in x.hotflip], [h["score"] for h in y.hotflip], atol=1e-5
+            [h["verified"] for h in x.hotflip], [h["verified"] for h in y.hotflip], atol=1e-5
         )
 
 

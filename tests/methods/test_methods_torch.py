@@ -129,12 +129,13 @@ def test_hotflip_scores_equal_the_naive_first_order_estimate(batch):
             t, w, w2 = c["position"], c["token_id"], c["replacement_id"]
             assert w == ids[b, t] and w2 not in special and w2 != w
             naive = float((table[w2] - table[w]) @ g[b, t])
-            assert abs(c["score"] - naive) < 1e-4 * max(1.0, abs(naive))
+            assert abs(c["estimate"] - naive) < 1e-4 * max(1.0, abs(naive))
         t = cands[0]["position"]  # the ranking at one position: brute force over the table
         full = (table - table[ids[b, t]]) @ g[b, t]
         full[[*special, ids[b, t]]] = 0.0
         best = np.argsort(-np.abs(full))[:4]
-        assert [c["replacement_id"] for c in cands if c["position"] == t] == best.tolist()
+        at_t = sorted((c for c in cands if c["position"] == t), key=lambda c: c["rank"])
+        assert [c["replacement_id"] for c in at_t] == best.tolist()
 
 
 def test_attribute_explains_a_classifier_target_with_token_strings(monkeypatch):
@@ -157,7 +158,7 @@ def test_attribute_explains_a_classifier_target_with_token_strings(monkeypatch):
     assert [len(s) for s in att.scores] == [4, 8]
     assert att.items[1].target == "pos" and att.delta is None
     assert '"method": "grad_x_input"' in att.to_json()
-    assert "&lt;" in att.to_html() and "<script>" not in att.to_html()
+    assert "&lt;" in att.to_html() and att.to_html().count("<script>") == 1  # the tooltip's
     from embgrad.methods import _passes
 
     monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # tiny passes are worth it here
@@ -220,3 +221,31 @@ def test_a_mask_skips_the_padding_and_changes_no_result(ragged, monkeypatch, met
     assert (cut.attributions[pad] == 0).all() and (cut.scores[pad] == 0).all()
     if cut.delta is not None:
         assert np.abs(cut.delta - full.delta).max() < 1e-6
+
+
+def test_hotflip_verified_change_is_the_model_run_on_the_flipped_text(batch):
+    model, tok, enc, f = batch
+    mask = enc["attention_mask"]
+    hf = get_method("hotflip")(model).attribute(
+        enc, f, k=2, direction="decrease", exclude_ids=tok.all_special_ids, mask=mask.numpy(),
+        verify=5, verify_rows=3,
+    )  # fmt: skip
+    assert hf.info["direction"] == "decrease"
+    ids = enc["input_ids"]
+    with torch.no_grad():
+        base = [float(f.one(model(input_ids=ids[b : b + 1], attention_mask=mask[b : b + 1])
+                            .last_hidden_state, b)) for b in range(ids.shape[0])]  # fmt: skip
+    for b, cands in enumerate(hf.hotflip):
+        done = [c for c in cands if c["verified"] is not None]
+        assert len(done) == 5 and cands[:5] == done  # verified first ...
+        assert [c["verified"] for c in done] == sorted(c["verified"] for c in done)  # ... best
+        # picked: each position's best estimate (lowest first), then each one's second best
+        picked = sorted(cands, key=lambda c: (c["rank"], c["estimate"]))[:5]
+        assert {id(c) for c in picked} == {id(c) for c in done}
+        for c in done:
+            flipped = ids[b : b + 1].clone()
+            flipped[0, c["position"]] = c["replacement_id"]
+            with torch.no_grad():
+                out = model(input_ids=flipped, attention_mask=mask[b : b + 1])
+            want = float(f.one(out.last_hidden_state, b)) - base[b]
+            assert abs(c["verified"] - want) < 1e-5 * max(1.0, abs(want))

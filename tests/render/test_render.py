@@ -19,7 +19,16 @@ def item(**kw) -> TokenAttribution:
         loss=0.8125,
         table_grad_norm=1.5,
         delta=0.00123,
-        hotflip=[{"position": 2, "token": "<script>", "replacement": "<b>", "score": -0.3}],
+        hotflip=[
+            {
+                "position": 2,
+                "token": "<script>",
+                "replacement": "<b>",
+                "estimate": -0.3,
+                "verified": -0.25,
+                "direction": "decrease",
+            }
+        ],
         truncated=False,
         method="integrated_gradients",
         target="pos<itive>",
@@ -32,7 +41,7 @@ def test_html_is_one_file_with_escaped_tokens_legend_and_labels():
     from embgrad.render.html import render_html
 
     page = render_html([item(), item(truncated=True, delta=None, target=None)])
-    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("<script>") == 1 and "&lt;script&gt;" in page  # only the tooltip's own
     assert "&lt;b&gt;" in page and "pos&lt;itive&gt;" in page
     assert "src=" not in page and "href=" not in page and "@import" not in page
     assert "blue negative" in page and "linear-gradient" in page  # the legend
@@ -51,7 +60,7 @@ def test_terminal_degrades_to_plain_text_when_not_a_tty():
     text = out.getvalue()
     assert "\x1b[" not in text  # no escape codes
     assert "<script>(+1)" in text and "say(-0.5)" in text
-    assert "'<script>' -> '<b>' (est. change -0.3000)" in text
+    assert "'<script>' -> '<b>' (verified -0.2500, est. -0.3000, decrease)" in text
 
 
 def test_terminal_colours_fit_in_100_columns():
@@ -63,9 +72,10 @@ def test_terminal_colours_fit_in_100_columns():
     long = item(tokens=["token"] * 60, scores=[float(i) for i in range(60)], text="word " * 60)
     render_terminal([long], console=Console(file=out, width=100, force_terminal=True))
     text = out.getvalue()
-    assert "\x1b[" in text  # coloured
     from rich.text import Text
 
+    assert "\x1b[" in text  # coloured
+    assert " token +59 " in Text.from_ansi(text).plain  # ... with the numbers
     widths = [Text.from_ansi(line).cell_len for line in text.splitlines()]
     assert max(widths) <= 100
 
@@ -104,3 +114,23 @@ def test_a_missing_extra_names_the_install_command(monkeypatch, module, renderer
             render_terminal([item()])
         else:
             write_png([item()], "unused.png")
+
+
+def test_long_texts_get_short_headings_that_say_how_much_was_kept():
+    Console = pytest.importorskip("rich.console").Console
+
+    from embgrad.render.html import render_html
+    from embgrad.render.terminal import render_terminal
+
+    words = " ".join(f"word{i}" for i in range(2000))
+    long = item(text=words, truncated=True, n_tokens=2731, tokens=["w"] * 256, scores=[0.1] * 256)
+    page = render_html([long])
+    head = page.split("<h2>")[1].split("</h2>")[0]
+    assert len(head) <= 160 and head.startswith("[1] word0 word1") and head.endswith("…")
+    assert "TRUNCATED to 256 of 2,731 tokens" in page
+    for force in (False, True):
+        out = io.StringIO()
+        render_terminal([long], console=Console(file=out, width=100, force_terminal=force))
+        text = out.getvalue()
+        assert "word1999" not in text and "word30 " not in text
+        assert "TRUNCATED to 256 of 2,731 tokens" in text

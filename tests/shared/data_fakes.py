@@ -56,7 +56,9 @@ class FakeExplainer:
                 "position": i,
                 "token": tokens[i],
                 "replacement": tokens[i][::-1],
-                "score": scores[i] / 2,
+                "estimate": scores[i] / 2,
+                "verified": scores[i] / 3,
+                "direction": "abs",
             }
             for i in order
         ]

@@ -25,7 +25,9 @@ def _hotflip(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "position": int(h["position"]),
             "token": str(h["token"]),
             "replacement": str(h["replacement"]),
-            "score": float(h["score"]),
+            "estimate": float(h["estimate"]),
+            "verified": None if h.get("verified") is None else float(h["verified"]),
+            "direction": str(h.get("direction", "increase")),
         }
         for h in items
     ]

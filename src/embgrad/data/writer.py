@@ -12,7 +12,9 @@ One output row per explained input row (all columns nullable except ``row``)::
     scores            list<float>    one score per token
     table_grad_norm   double         L2 norm of the row's per-sample word-table gradient
     delta             double         integrated gradients' completeness delta, else null
-    hotflip           list<struct<position: int32, token, replacement: string, score: float>>
+    hotflip           list<struct<position: int32, token, replacement: string, estimate,
+                      verified: float, direction: string>>  (estimated and measured change
+                      of ``loss``; verified null where not run; the ranking direction)
     truncated         bool           the text was longer than the model's limit and was cut
     pair_*            the same six fields for the pair's side (null without --pair-column)
 
@@ -43,7 +45,9 @@ def _side_fields(pa: Any, prefix: str) -> list[Any]:
             ("position", pa.int32()),
             ("token", pa.string()),
             ("replacement", pa.string()),
-            ("score", pa.float32()),
+            ("estimate", pa.float32()),
+            ("verified", pa.float32()),
+            ("direction", pa.string()),
         ]
     )
     types = {

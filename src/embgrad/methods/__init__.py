@@ -8,7 +8,14 @@ Every method runs on ``embgrad.gradients`` and so works for PyTorch and MXNet Gl
 
 from __future__ import annotations
 
-from . import grad_x_input, gradient, hotflip, integrated_gradients, smoothgrad  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    grad_x_input,
+    gradient,
+    hotflip,
+    hotflip_search,
+    integrated_gradients,
+    smoothgrad,
+)
 from .api import attribute
 from .base import Method, Scores, get_method, list_methods, register
 from .result import Attribution, TokenAttribution

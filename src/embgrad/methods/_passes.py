@@ -19,7 +19,7 @@ repeated samples.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,16 +128,19 @@ def base_pass(
     layer: str = "word",
     mode: str = "eval",
     check: str = "auto",
+    batch_axis: int | None = None,
 ) -> Base:
     """One :func:`embgrad.gradients` call at the inputs, reduced to the lookup ``layer``.
 
     ``layer`` is a role, name or glob (see ``gradients(layers=)``); with the default ``"word"``
-    a model whose only input lookup has another role is accepted too.
+    a model whose only input lookup has another role is accepted too. ``batch_axis``: the
+    lookup's batch axis where already known (inputs derived from an earlier pass).
     """
     probe = np.arange(batch_size_hint(inputs)) if takes_rows(loss_fn) else None
     loss = bind_rows(loss_fn, probe) if probe is not None else loss_fn
     try:
-        res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check)  # type: ignore[arg-type]
+        res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check,  # type: ignore[arg-type]
+                        batch_axis=batch_axis)  # fmt: skip
         chosen = res[res.layers[0]]
     except NoLookupError as err:
         if layer != "word":
@@ -173,6 +176,22 @@ def base_pass(
         ids=ids,
         batch_axis=ax,
     )
+
+
+def forward_losses(
+    model: Any, inputs: Any, loss_fn: Callable[[Any], Any], *, mode: str
+) -> np.ndarray:
+    """f at ``inputs``: one forward through the backend's session (the model's state restored
+    on exit as for :func:`embgrad.gradients`), no backward; float64 (N,)."""
+    if isinstance(inputs, Mapping):
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = dict(inputs)
+    else:
+        args, kwargs = (inputs if isinstance(inputs, tuple) else (inputs,)), {}
+    with backend_for(model).open(model, mode=mode) as session:  # type: ignore[arg-type]
+        session.check_inputs(args, kwargs)
+        fwd = session.forward(args, kwargs, loss_fn, seed=0, replace=None)
+        return session.ops.to_numpy(session.ops.work(fwd.losses)).astype(np.float64)
 
 
 def batch_size_hint(inputs: Any) -> int:

@@ -12,6 +12,7 @@ from ..errors import InputError
 from ._arrays import to_numpy
 from ._passes import LossFn, batch_size_hint, ignores_padding
 from .base import Context, Scores, get_method
+from .hotflip import flip_key
 from .result import Attribution, TokenAttribution
 
 
@@ -83,6 +84,7 @@ def attribute(
         truncated=None,
         flips=scores.hotflip,
         hotflip_k=None,
+        direction=str(scores.info.get("direction", "increase")),
     )
     return Attribution(items=items, method=cls.name, raw=scores, mask=keep)
 
@@ -106,13 +108,10 @@ def _token_namer(tokenizer: Any) -> Callable[[list[int]], list[str]]:
     return lambda ids: [str(i) for i in ids]
 
 
-def rank_key(direction: str) -> Callable[[dict[str, Any]], float]:
-    """Sort key (descending) of HotFlip candidates for ``direction``."""
-    if direction == "decrease":
-        return lambda c: -c["score"]
-    if direction == "abs":
-        return lambda c: abs(c["score"])
-    return lambda c: c["score"]
+def rank_key(direction: str) -> Callable[[dict[str, Any]], tuple[bool, float]]:
+    """Sort key (descending) of HotFlip candidates for ``direction``: verified candidates
+    first, by their measured change, then the others by their estimate."""
+    return lambda c: flip_key(c, direction)
 
 
 def build_items(
@@ -130,8 +129,10 @@ def build_items(
     """One :class:`TokenAttribution` per sample, keeping the positions where ``keep`` (B, T).
 
     HotFlip candidates get token strings and positions among the kept tokens; with
-    ``hotflip_k``, each position's best candidate (by ``direction``) is kept and the best
-    ``hotflip_k`` positions remain: the swaps that would change f most, at distinct positions.
+    ``hotflip_k``, each position's best candidate (by ``direction``: verified change first, see
+    :func:`rank_key`) is kept and the best ``hotflip_k`` positions remain: the swaps that change
+    f most, at distinct positions. Each keeps ``estimate``, ``verified`` (None where not
+    measured) and the ``direction`` it was ranked by.
     """
     norms = np.zeros(scores.losses.shape[0])
     if scores.base is not None:
@@ -142,7 +143,7 @@ def build_items(
         where = {int(p): i for i, p in enumerate(pos)}
         ids = scores.ids[b, pos].tolist()
         cands = [c for c in (flips[b] if flips is not None else []) if c["position"] in where]
-        if hotflip_k is not None:
+        if hotflip_k is not None and not any("step" in c for c in cands):  # a search: all steps
             best: dict[int, dict[str, Any]] = {}
             for c in sorted(cands, key=rank_key(direction), reverse=True):
                 best.setdefault(c["position"], c)
@@ -154,7 +155,10 @@ def build_items(
                 "position": where[c["position"]],
                 "token": current[where[c["position"]]],
                 "replacement": name,
-                "score": float(c["score"]),
+                "estimate": float(c["estimate"]),
+                "verified": None if c.get("verified") is None else float(c["verified"]),
+                "direction": direction,
+                **({"step": int(c["step"])} if "step" in c else {}),
             }
             for c, name in zip(cands, names, strict=True)
         ]

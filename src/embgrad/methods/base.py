@@ -41,7 +41,8 @@ class Scores:
         delta: (B,) completeness delta |Σ attributions − (f(x) − f(baseline))| (integrated
             gradients), else None.
         hotflip: per sample, a list of candidate swaps
-            ``{"position", "token_id", "replacement_id", "score", "rank"}`` (HotFlip), else None.
+            ``{"position", "token_id", "replacement_id", "estimate", "verified", "rank"}``
+            (HotFlip), else None.
         base: the plain gradient pass at the inputs (kept for table-gradient norms).
         info: method-specific facts (baseline, rule, steps, sigma, ...).
     """

@@ -1,21 +1,28 @@
-"""``hotflip``: first-order estimates of every single-token substitution, ranked per position.
+"""``hotflip``: single-token substitutions picked by their first-order estimate, then verified.
 
 Swapping token w at position t for w' changes f by about (e_w' − e_w) · g_t (Ebrahimi et al.
 2018), g_t = df/dx_t. For all positions and all V candidates this is one matrix product
 G (N, D) · Eᵀ (D, V) minus the current tokens' e_w · g_t — computed in row blocks of at most
 ``max_bytes`` so a long batch does not need an (N, V) array at once.
+
+The estimate is only a way to pick candidates: it is often off by tens of percent and sometimes
+has the wrong sign. So the best ``verify`` candidates of each sample are run through the model
+with the token replaced (batched: one forward, no backward, per ``verify_rows`` flipped rows)
+and ``verified`` = f(x') − f(x) is measured with the same ``loss_fn``; candidates are ranked by
+it in the requested direction (see :func:`verify_flips`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from ..backends import ops_for
 from ..errors import InputError
-from ._arrays import to_numpy
-from ._passes import Base, LossFn
+from ._arrays import map_arrays, repeat_samples, to_numpy
+from ._passes import Base, LossFn, bind_rows, forward_losses
 from .base import Context, Method, Scores, choice, register
 
 Direction = Literal["increase", "decrease", "abs"]
@@ -33,9 +40,16 @@ class HotFlip(Method):
             tokens); the lookup's ``padding_idx`` is always excluded.
         mask: (B, T) bool, positions that may be flipped (e.g. the attention mask).
         max_bytes: memory bound of one block of the (positions × V) score matrix.
+        verify: per sample, how many candidates are run through the model to measure
+            f(x') − f(x): the best of each position first (positions by their best estimate),
+            then the second best of each, ... (default 4; 0: estimates only).
+        verify_rows: flipped rows per verification forward (memory bound; default 64).
 
-    ``scores`` (B, T) is the best candidate's score per position (0 where not flipped);
-    ``hotflip[b]`` lists ``{"position", "token_id", "replacement_id", "score", "rank"}``.
+    ``scores`` (B, T) is the best candidate's estimate per position (0 where not flipped);
+    ``hotflip[b]`` lists ``{"position", "token_id", "replacement_id", "estimate", "verified",
+    "rank"}`` (``verified`` None where not measured), verified candidates first, best first by
+    ``verified`` in ``direction``, then the others by ``estimate``; ``rank`` is the candidate's
+    rank by estimate at its position.
     """
 
     name = "hotflip"
@@ -46,6 +60,8 @@ class HotFlip(Method):
         "exclude_ids": "token ids never proposed nor flipped (special tokens)",
         "mask": "(B, T) bool positions that may be flipped",
         "max_bytes": "memory bound of one block of the score matrix (default 256 MiB)",
+        "verify": "candidates per sample run through the model, f(x')-f(x) (0: estimates only)",
+        "verify_rows": "flipped rows per verification forward (memory bound)",
     }
     single_pass = True
 
@@ -62,6 +78,8 @@ class HotFlip(Method):
             out["exclude_ids"] = list(special)
         if ctx.mask is not None:
             out["mask"] = ctx.mask
+            if ctx.tokens_per_pass is not None:
+                out["verify_rows"] = max(1, ctx.tokens_per_pass // max(1, ctx.mask.shape[1]))
         return out
 
     def _attribute(
@@ -75,10 +93,15 @@ class HotFlip(Method):
         exclude_ids: Sequence[int] | None = None,
         mask: Any = None,
         max_bytes: int = 256 * 2**20,
+        verify: int = 4,
+        verify_rows: int = 64,
     ) -> Scores:
         choice("direction", direction, ("increase", "decrease", "abs"))
         if not isinstance(k, int) or k < 1:
             raise InputError(f"k must be an integer ≥ 1, got {k!r}")
+        for name, value, low in (("verify", verify, 0), ("verify_rows", verify_rows, 1)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise InputError(f"{name} must be an integer ≥ {low}, got {value!r}")
         table = base.weight()
         vocab = table.shape[0]
         excluded = np.zeros(vocab, dtype=bool)
@@ -109,17 +132,33 @@ class HotFlip(Method):
                         "position": int(t),
                         "token_id": int(base.ids[b, t]),
                         "replacement_id": int(w),
-                        "score": float(s),
+                        "estimate": float(s),
+                        "verified": None,
                         "rank": r,
                     }
                 )
+        for cands in lists:
+            cands.sort(key=lambda c: rank_value(c["estimate"], direction), reverse=True)
+        if verify:
+            # the best candidate of each position first (positions by estimate), then the
+            # second best of each, ...: a budget spread over positions, not spent on one
+            picked = [sorted(c, key=lambda c: c["rank"])[:verify] for c in lists]
+            todo = [c for cands in picked for c in cands]
+            rows = np.asarray([b for b, cands in enumerate(picked) for _ in cands], np.int64)
+            change = verify_flips(
+                self.model, inputs, loss_fn, base, rows, todo, mode=self.mode, chunk=verify_rows
+            )
+            for c, v in zip(todo, change, strict=True):
+                c["verified"] = float(v)
+            for cands in lists:
+                cands.sort(key=lambda c: flip_key(c, direction), reverse=True)
         return Scores(
             method=self.name,
             scores=best,
             losses=base.losses,
             ids=base.ids,
             hotflip=lists,
-            info={"k": k, "direction": direction},
+            info={"k": k, "direction": direction, "verify": int(verify)},
         )
 
     @staticmethod
@@ -154,3 +193,91 @@ class HotFlip(Method):
             cand[s:e] = top
             score[s:e] = np.take_along_axis(full, top, axis=1)
         return cand, score
+
+
+def rank_value(change: float, direction: str) -> float:
+    """How good a change of f is for ``direction`` (larger is better)."""
+    if direction == "decrease":
+        return -change
+    if direction == "abs":
+        return abs(change)
+    return change
+
+
+def flip_key(cand: dict[str, Any], direction: str) -> tuple[bool, float]:
+    """Sort key (descending) of a candidate: verified ones first, by their measured change,
+    then the others by their estimate."""
+    v = cand.get("verified")
+    if v is not None:
+        return True, rank_value(float(v), direction)
+    return False, rank_value(float(cand["estimate"]), direction)
+
+
+def word_ids_input(inputs: Any, base: Base) -> Any:
+    """The input array holding the word lookup's ids (the one equal to the captured ids)."""
+    want = to_numpy(base.lookup.ids)
+    found: list[Any] = []
+
+    def look(x: Any) -> Any:
+        a = to_numpy(x)
+        if a.shape == want.shape and np.array_equal(a, want):  # (gluonnlp feeds float ids)
+            found.append(x)
+        return x
+
+    map_arrays(inputs, look)
+    if len(found) != 1:
+        raise InputError(
+            f"cannot verify HotFlip candidates: {len(found)} of the inputs equal the ids of "
+            f"lookup {base.name!r} (need exactly one, to replace tokens in it); pass verify=0 "
+            "for first-order estimates only"
+        )
+    return found[0]
+
+
+def verify_flips(
+    model: Any,
+    inputs: Any,
+    loss_fn: LossFn,
+    base: Base,
+    rows: np.ndarray,
+    cands: Sequence[dict[str, Any]],
+    *,
+    mode: str,
+    chunk: int,
+) -> np.ndarray:
+    """f(x') − f(x) per candidate (float64): x' is sample ``rows[i]`` with the token at
+    ``cands[i]["position"]`` replaced by ``cands[i]["replacement_id"]``.
+
+    The flipped inputs are the samples' inputs (``repeat_samples``) with the word ids replaced;
+    one forward (no backward) per ``chunk`` rows, through ``loss_fn(outputs, rows)`` so that
+    per-sample constants (targets, partner embeddings) follow each row's sample.
+    """
+    out = np.zeros(len(cands), dtype=np.float64)
+    if not len(cands):
+        return out
+    ids_in = word_ids_input(inputs, base)
+    ax = base.batch_axis
+    pos = np.asarray([c["position"] for c in cands], dtype=np.int64)
+    new = np.asarray([c["replacement_id"] for c in cands], dtype=np.int64)
+    for s in range(0, len(cands), chunk):
+        sel = slice(s, s + chunk)
+        index = rows[sel]
+        flipped = base.ids[index].copy()
+        flipped[np.arange(flipped.shape[0]), pos[sel]] = new[sel]
+        native = ops_for(ids_in).from_numpy(np.moveaxis(flipped, 0, ax) if ax else flipped, ids_in)
+        sub = _replace_ids(inputs, repeat_samples(inputs, index, base.batch, ax), ids_in, native)
+        got = forward_losses(model, sub, bind_rows(loss_fn, index), mode=mode)
+        out[sel] = got - base.losses[index]
+    return out
+
+
+def _replace_ids(inputs: Any, sub: Any, ids_in: Any, native: Any) -> Any:
+    """``sub`` (the repeated inputs) with the entry that was ``ids_in`` among ``inputs``
+    replaced by ``native``."""
+    if isinstance(inputs, Mapping):
+        key = next(k for k, v in inputs.items() if v is ids_in)
+        return {**sub, key: native}
+    if isinstance(inputs, tuple):
+        i = next(i for i, v in enumerate(inputs) if v is ids_in)
+        return (*sub[:i], native, *sub[i + 1 :])
+    return native

@@ -15,7 +15,7 @@ from ..render import write
 __all__ = ["Attribution", "TokenAttribution", "items_to_json"]
 
 
-@dataclass
+@dataclass(repr=False)
 class Attribution:
     """What :func:`embgrad.attribute` returns for a batch.
 
@@ -61,11 +61,31 @@ class Attribution:
         return write.text(write.View(self.items, title=title), "html", path)
 
     def plot(self, path: str | Path | None = None) -> Any:
-        """A labelled heatmap (matplotlib Figure); saved as PNG when ``path`` is given."""
+        """A labelled heatmap; saved as PNG when ``path`` is given. Returns a
+        :class:`~embgrad.render.png.Heatmap`: it displays as a PNG in Jupyter (no
+        ``%matplotlib inline`` needed); ``.figure`` is the matplotlib Figure, and the figure's
+        methods (``savefig``, ...) work on it directly."""
+        from ..render.png import Heatmap
+
         view = write.View(self.items)
         if path is not None:
             write.save(view, "png", path)
-        return write.figure(view)
+        return Heatmap(write.figure(view))
+
+    def _repr_html_(self) -> str:
+        """The HTML report, shown when a notebook displays the result."""
+        return write.notebook_html(write.View(self.items))
+
+    def __repr__(self) -> str:
+        texts = ", ".join(
+            repr(i.text if len(i.text) <= 40 else i.text[:39] + "…") for i in self.items[:3]
+        )
+        more = f", … ({len(self.items) - 3} more)" if len(self.items) > 3 else ""
+        tokens = sum(len(i.tokens) for i in self.items)
+        return (
+            f"<Attribution method={self.method!r}: {len(self.items)} text(s), {tokens} tokens: "
+            f"{texts}{more}>"
+        )
 
     def show(self, console: Any = None) -> None:
         """Print the coloured heatmap to the terminal (plain text when not a TTY)."""

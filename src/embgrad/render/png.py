@@ -91,3 +91,29 @@ def write_png(items: Sequence[TokenAttribution], path: str | Path, **kwargs: Any
     with _quiet():
         fig.savefig(path, dpi=110)
     return Path(path)
+
+
+class Heatmap:
+    """A drawn heatmap that shows itself as a PNG where it is displayed (Jupyter, IPython:
+    ``_repr_png_``), with no ``%matplotlib`` setup. ``figure`` is the matplotlib ``Figure``;
+    other attributes (``savefig``, ``axes``, ...) are the figure's."""
+
+    def __init__(self, figure: Any, dpi: int = 110) -> None:
+        self.figure, self.dpi = figure, dpi
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        with _quiet():
+            self.figure.savefig(buf, format="png", dpi=self.dpi)
+        return buf.getvalue()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "figure":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.figure, name)
+
+    def __repr__(self) -> str:
+        w, h = self.figure.get_size_inches()
+        return f"<embgrad Heatmap {w * self.dpi:.0f}x{h * self.dpi:.0f} px (.figure: Figure)>"

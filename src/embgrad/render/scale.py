@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from ..items import TokenAttribution
 
@@ -50,5 +52,28 @@ def summary(item: TokenAttribution, what: str | None = None) -> str:
     if item.delta is not None:
         parts.append(f"IG delta {item.delta:.2e}")
     if item.truncated:
-        parts.append("TRUNCATED to the model's limit")
+        parts.append(truncation(item))
     return " · ".join(parts)
+
+
+#: the longest heading (title and text) a view prints; longer texts are shortened
+HEADING_CHARS = 160
+
+
+def truncation(item: TokenAttribution) -> str:
+    """``truncated to 256 of 2,731 tokens`` (the counts where known), for a truncated item."""
+    n = getattr(item, "n_tokens", None)
+    if n is not None and n > len(item.tokens):
+        return f"TRUNCATED to {len(item.tokens):,} of {n:,} tokens"
+    return f"TRUNCATED to the model's limit ({len(item.tokens):,} tokens)"
+
+
+def heading(title: str, item: TokenAttribution, limit: int = HEADING_CHARS) -> str:
+    """``title text``, the text shortened at a word boundary to at most ``limit`` characters
+    (a 2,000-word text must not print all its words as a heading)."""
+    return textwrap.shorten(f"{title} {item.text}", limit, placeholder=" …")
+
+
+def change(x: Any) -> str:
+    """A change of f for display (``+0.1504``), or ``n/a`` when not measured."""
+    return "n/a" if x is None else f"{float(x):+.4f}"

@@ -1,5 +1,6 @@
-"""Terminal heatmap with rich: tokens on coloured backgrounds, at most 100 columns wide; plain
-``token(+0.12)`` text when the output is not a colour terminal (pipes, files, CI logs)."""
+"""Terminal heatmap with rich: ``token +0.12`` on coloured backgrounds, at most 100 columns wide;
+plain ``token(+0.12)`` text when the output is not a colour terminal (pipes, files, CI logs).
+Both show the numbers; headings are shortened (``scale.heading``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from ..errors import missing_extra
 from ..items import TokenAttribution
-from .scale import LEGEND, ink, normalized, rgb, summary
+from .scale import LEGEND, change, heading, ink, normalized, rgb, summary
 
 WIDTH = 100
 
@@ -38,13 +39,13 @@ def render_terminal(
     colour = bool(con.is_terminal and con.color_system)
     for i, item in enumerate(items):
         title = titles[i] if titles is not None else f"[{i + 1}]"
-        con.print(Text(f"{title} {item.text}", style="bold" if colour else ""), overflow="fold")
+        con.print(Text(heading(title, item), style="bold" if colour else ""), overflow="fold")
         con.print(Text("    " + summary(item, quantity), style="dim" if colour else ""))
         line = Text("    ")
         for tok, s, v in zip(item.tokens, item.scores, normalized(item.scores), strict=True):
             if colour:
                 r, g, b = rgb(v)
-                line.append(f" {tok} ", style=f"{ink(v)} on rgb({r},{g},{b})")
+                line.append(f" {tok} {s:+.3g} ", style=f"{ink(v)} on rgb({r},{g},{b})")
             else:
                 line.append(f"{tok}({s:+.3g})")
             line.append(" ")
@@ -53,7 +54,8 @@ def render_terminal(
             con.print(
                 Text(
                     f"    hotflip: #{h['position']} {h['token']!r} -> {h['replacement']!r} "
-                    f"(est. change {h['score']:+.4f})"
+                    f"(verified {change(h.get('verified'))}, est. {change(h.get('estimate'))}, "
+                    f"{h.get('direction', '')})"
                 ),
                 overflow="fold",
             )

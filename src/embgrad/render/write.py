@@ -91,3 +91,17 @@ def show(view: View, *, console: Any = None) -> None:
     from .terminal import render_terminal
 
     render_terminal(view.items, console=console, titles=view.titles, quantity=view.quantity)
+
+
+def notebook_html(view: View) -> str:
+    """The HTML report for a notebook output: the same page (:func:`text`), isolated in an
+    ``<iframe srcdoc>`` so that its styles and tooltip script do not touch the notebook's."""
+    from html import escape
+
+    page = text(view, "html")
+    rows = sum(2 + len(i.tokens) // 12 + len(i.hotflip) for i in view.items)
+    height = min(900, 140 + 34 * rows)
+    return (
+        f'<iframe srcdoc="{escape(page, quote=True)}" style="width:100%;height:{height}px;'
+        'border:1px solid #ddd" sandbox="allow-scripts"></iframe>'
+    )
