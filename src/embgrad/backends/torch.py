@@ -2,8 +2,11 @@
 
 ``TorchBackend.open`` sets every submodule's ``training`` flag for the requested mode (and, in
 train mode, snapshots the buffers, which BatchNorm updates) and restores both exactly on exit.
-``TorchSession.forward`` runs the model once with a :class:`~.torch_capture.LookupRecorder`
-active, so every ``F.embedding`` / ``F.embedding_bag`` call is captured without hooks or edits;
+``TorchSession.forward`` runs the model once with every ``F.embedding`` / ``F.embedding_bag``
+call captured and no edit to the model: hooks on the stock ``nn.Embedding`` / ``nn.EmbeddingBag``
+modules (for the calling thread only, removed on exit) plus an audit of the autograd graph for a
+lookup they missed, which reruns the forward under a :class:`~.torch_capture.LookupRecorder`
+(a ``TorchFunctionMode`` that sees every torch call, thread-local; the model keeps that path);
 ``torch.compile``d modules run their original module eagerly (``set_stance("force_eager")``).
 ``backward`` is one ``torch.autograd.grad`` w.r.t. the captured lookup outputs (and detached
 copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -155,13 +159,9 @@ class TorchSession:
         replace: Replace | None,
     ) -> Forward:
         """Run ``model(*args, **kwargs)`` once with every lookup captured; ``loss_fn`` on it."""
-        from .torch_capture import LookupRecorder
-
         torch = _torch()
         args, kwargs, floats = self._float_leaves(args, kwargs)
-        recorder = LookupRecorder(self.names, replace)
-        with torch.enable_grad(), _eager(), recorder:
-            outputs = self.module(*args, **kwargs)
+        recorder, outputs = self._run(args, kwargs, replace)
         with torch.enable_grad():
             losses = loss_fn(outputs)
         if not isinstance(losses, torch.Tensor):
@@ -178,6 +178,35 @@ class TorchSession:
         return Forward(
             losses=losses.detach(), captures=recorder.captures, float_inputs=floats, state=losses
         )
+
+    def _run(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], replace: Replace | None
+    ) -> tuple[Any, Any]:
+        """(recorder, outputs) of one forward with every lookup recorded.
+
+        Fast path: hooks on the stock ``nn.Embedding`` / ``nn.EmbeddingBag`` modules, then an
+        audit of the autograd graph; a lookup the hooks missed (``F.embedding`` on a parameter,
+        a subclass's forward) reruns the forward under the :class:`LookupRecorder` mode, which
+        sees every torch call, and the model takes that path from then on.
+        """
+        from .torch_capture import LookupRecorder, ModuleHooks, stock_modules, unrecorded_lookup
+
+        torch = _torch()
+        stock = None if _needs_mode(self.module) else stock_modules(self.names)
+        if stock is not None:
+            rng = _rng_state()
+            recorder = LookupRecorder(self.names, replace)
+            with torch.enable_grad(), _eager(), ModuleHooks(recorder, stock):
+                outputs = self.module(*args, **kwargs)
+            if not unrecorded_lookup(outputs, recorder.captures):
+                return recorder, outputs
+            with contextlib.suppress(TypeError):  # a module that is not weak-referenceable
+                _NEEDS_MODE.add(self.module)
+            _set_rng_state(rng)  # the rerun draws the same dropout masks
+        recorder = LookupRecorder(self.names, replace)
+        with torch.enable_grad(), _eager(), recorder:
+            outputs = self.module(*args, **kwargs)
+        return recorder, outputs
 
     def _float_leaves(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -240,6 +269,31 @@ class TorchSession:
     def to_native(self, x: Any, like: Any) -> Any:
         """Working arrays are torch tensors already."""
         return x
+
+
+def _rng_state() -> tuple[Any, Any]:
+    """torch's CPU generator state, and the CUDA ones when CUDA is initialised."""
+    torch = _torch()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Any, Any]) -> None:
+    torch = _torch()
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+#: modules whose forward made a lookup the stock-module hooks did not see (mode path only)
+_NEEDS_MODE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _needs_mode(module: Any) -> bool:
+    try:
+        return module in _NEEDS_MODE
+    except TypeError:
+        return False
 
 
 @contextlib.contextmanager

@@ -7,13 +7,18 @@ functions).  For each call it validates the ids *before* the real lookup, runs t
 records a :class:`Capture` whose ``handle`` is the lookup output (a fresh leaf when the table is
 frozen or ``replace`` substituted it).  The model receives a clone of it, so in-place edits of
 the output inside the model cannot change what is differentiated.
+
+The mode costs a Python call for every torch function of the forward (≈ 210 for MiniLM), so the
+fast path (:class:`ModuleHooks`) records the same captures from hooks on the stock lookup modules,
+and :func:`unrecorded_lookup` audits the graph for any lookup the hooks did not see.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -159,14 +164,25 @@ class LookupRecorder(TorchFunctionMode):
     # -- F.embedding_bag / torch.embedding_bag -------------------------------------------------
     def _f_bag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         a = _BAG_SIG.bind(*args, **kwargs).arguments
+        info = self._bag_site(a)
+        if info is None:
+            return func(*args, **kwargs)  # malformed: PyTorch's own error
+        return self._bag_record(a, func(*args, **kwargs), info)
+
+    def _bag_site(self, a: dict[str, Any]) -> dict[str, Any] | None:
+        """The site of an embedding_bag call with arguments ``a`` (ids checked), or None when
+        the call is malformed (PyTorch raises its own error)."""
         ids, weight, offsets = a["input"], a["weight"], a.get("offsets")
         if not isinstance(ids, torch.Tensor) or getattr(ids, "is_nested", False):
             raise InputError("embedding_bag with nested-tensor or non-tensor ids is not supported")
         if ids.dim() not in (1, 2) or (ids.dim() == 2) == (offsets is not None):
-            return func(*args, **kwargs)  # malformed: PyTorch's own error
+            return None
         info = self._site(weight, "F.embedding_bag")
         check_ids(info["name"], ids, weight.shape[0])
-        out = func(*args, **kwargs)
+        return info
+
+    def _bag_record(self, a: dict[str, Any], out: torch.Tensor, info: dict[str, Any]) -> Any:
+        ids, weight, offsets = a["input"], a["weight"], a.get("offsets")
         flat = ids.reshape(-1)
         last = bool(a.get("include_last_offset", False)) and ids.dim() == 1
         starts: torch.Tensor = (
@@ -237,3 +253,133 @@ def _option_note(opts: dict[str, Any]) -> str:
 
 def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
+
+
+# -- the fast path: hooks on the model's stock lookup modules ------------------------------------
+#: autograd node types of F.embedding / F.embedding_bag outputs (what the audit looks for)
+_LOOKUP_NODES = ("EmbeddingBackward", "EmbeddingBagBackward")
+
+
+def stock_modules(names: TableNames) -> list[torch.nn.Module] | None:
+    """The model's ``nn.Embedding`` / ``nn.EmbeddingBag`` modules with PyTorch's own forward, or
+    None when hooks on them might not see every lookup the audit cannot see either.
+
+    The fast path hooks these modules instead of intercepting every torch call; a lookup made
+    any other way (``F.embedding`` on a parameter, a subclass's own forward) on a table that
+    requires grad leaves an ``Embedding*Backward`` node in the graph, which
+    :func:`unrecorded_lookup` finds.  One on a frozen 2-D floating tensor leaves no node, so a
+    model holding such a tensor outside a stock module is not eligible (the mode path is used).
+    """
+    stock: list[torch.nn.Module] = []
+    owned: set[int] = set()
+    frozen: list[torch.Tensor] = []
+    for m in names.submodules:
+        forward = type(m).forward
+        if forward is torch.nn.Embedding.forward or forward is torch.nn.EmbeddingBag.forward:
+            stock.append(m)
+            owned.add(id(m.weight))
+        for members in (m._parameters, m._buffers):
+            for t in members.values():
+                if t is not None and t.ndim == 2 and t.is_floating_point() and not t.requires_grad:
+                    frozen.append(t)
+    if any(id(t) not in owned for t in frozen):
+        return None
+    return stock
+
+
+class ModuleHooks:
+    """Forward pre-hooks and hooks on ``modules`` (stock lookups) that record into ``recorder``,
+    for the calling thread only; every hook is removed on exit, errors included."""
+
+    def __init__(self, recorder: LookupRecorder, modules: list[torch.nn.Module]) -> None:
+        self.recorder = recorder
+        self.modules = modules
+        self.thread = threading.get_ident()
+        self._pending: dict[int, list[tuple[dict[str, Any] | None, dict[str, Any]]]] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ModuleHooks:
+        try:
+            for m in self.modules:
+                self._handles.append(
+                    m.register_forward_pre_hook(self._pre, prepend=True, with_kwargs=True)
+                )
+                self._handles.append(
+                    m.register_forward_hook(self._post, prepend=True, with_kwargs=True)
+                )
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _pre(self, m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        rec = self.recorder
+        ids = _arg(args, kwargs, 0, "input", None)
+        if isinstance(m, torch.nn.EmbeddingBag):
+            a = {
+                "input": ids,
+                "weight": m.weight,
+                "offsets": _arg(args, kwargs, 1, "offsets", None),
+                "per_sample_weights": _arg(args, kwargs, 2, "per_sample_weights", None),
+                "mode": m.mode,
+                "include_last_offset": m.include_last_offset,
+                "padding_idx": m.padding_idx,
+                "max_norm": m.max_norm,
+                "scale_grad_by_freq": m.scale_grad_by_freq,
+            }
+            info = rec._bag_site(a)
+        else:
+            a = {"input": ids, "max_norm": m.max_norm, "scale_grad_by_freq": m.scale_grad_by_freq}
+            info = rec._site(m.weight, "F.embedding")
+            check_ids(info["name"], ids, m.weight.shape[0])
+        self._pending.setdefault(id(m), []).append((info, a))
+
+    def _post(self, m: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
+        if threading.get_ident() != self.thread:
+            return None
+        info, a = self._pending[id(m)].pop()
+        if info is None:
+            return None
+        rec = self.recorder
+        if isinstance(m, torch.nn.EmbeddingBag):
+            return rec._bag_record(a, out, info)
+        pad = norm_pad(m.padding_idx, m.weight.shape[0], negative_is_none=False)
+        info["note"] = _join(info["note"], _option_note(a))
+        return rec._record(out, m.weight, info, ids=a["input"], padding_idx=pad)
+
+
+def unrecorded_lookup(outputs: Any, captures: list[Capture]) -> bool:
+    """Whether the autograd graph of ``outputs`` holds a lookup that is not in ``captures``
+    (a lookup the hooks did not see: the forward is then rerun with the interception mode)."""
+    known = {c.handle.grad_fn for c in captures if c.handle.grad_fn is not None}
+    stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen or node in known:
+            continue
+        seen.add(node)
+        if type(node).__name__.startswith(_LOOKUP_NODES):
+            return True
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return False
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, Mapping):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
