@@ -20,6 +20,7 @@ call instead.
     python benchmarks/bench_small.py                 # all workloads, ~1 min on an idle core
     python benchmarks/bench_small.py --quick         # a smoke run (tests/benchmarks)
     python benchmarks/bench_small.py --profile minilm-B1-T8
+    python benchmarks/bench_small.py --split         # the parts of the overhead (MiniLM B=1 T=8)
 """
 
 from __future__ import annotations
@@ -150,6 +151,62 @@ def _embgrad(
     return run
 
 
+def split(quick: bool, rounds: int) -> dict[str, float]:
+    """Where a MiniLM B=1 T=8 call's overhead goes: medians (ms) of the plain forward, the
+    forward under a pass-through ``TorchFunctionMode`` (what the mode path pays per torch call),
+    the forward under embgrad's stock-module hooks, the graph audit and the module-tree walk."""
+    from torch.overrides import TorchFunctionMode
+
+    from embgrad.backends.torch_capture import (
+        LookupRecorder,
+        ModuleHooks,
+        stock_modules,
+        unrecorded_lookup,
+    )
+    from embgrad.backends.torch_tables import TableNames
+
+    class PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            return func(*args, **(kwargs or {}))
+
+    model = _minilm(quick)
+    ids = torch.randint(1000 % model.config.vocab_size, model.config.vocab_size, (1, 8))
+    names = TableNames(model)
+    stock = stock_modules(names) or []
+    box: dict[str, Any] = {}
+
+    def plain() -> None:
+        with torch.enable_grad():
+            box["out"] = model(input_ids=ids)
+
+    def mode() -> None:
+        with torch.enable_grad(), PassThrough():
+            model(input_ids=ids)
+
+    def hooks() -> None:
+        rec = LookupRecorder(names)
+        with torch.enable_grad(), ModuleHooks(rec, stock):
+            box["hooked"] = (model(input_ids=ids), rec.captures)
+
+    def audit() -> None:
+        unrecorded_lookup(*box["hooked"])
+
+    def walk() -> None:
+        stock_modules(TableNames(model))
+
+    fns = {"forward": plain, "forward+mode": mode, "forward+hooks": hooks}
+    fns |= {"audit": audit, "TableNames+stock_modules": walk}
+    hooks()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(5):
+                fn()
+            times[k].append((time.perf_counter() - t0) / 5)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
 def timing(fns: dict[str, Callable[[], Any]], rounds: int, inner: int) -> dict[str, Any]:
     names = list(fns)
     for fn in fns.values():  # warm-up (the probe of check="auto" is paid here)
@@ -178,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="*", choices=WORKLOADS, default=list(WORKLOADS))
     p.add_argument("--profile", choices=WORKLOADS, help="cProfile embgrad's call instead")
+    p.add_argument("--split", action="store_true", help="time the overhead's parts instead")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.split:
+        for k, v in split(a.quick, 3 if a.quick else a.rounds).items():
+            print(f"{k:26s} {v:8.3f} ms")
+        return 0
     cache: dict[str, Any] = {}
     if a.profile:
         fn = workload(a.profile, a.quick, cache)["embgrad"]
