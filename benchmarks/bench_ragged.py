@@ -54,6 +54,7 @@ class Counting:
             return batch
 
         inner.encode = counted
+        self.encode = encode  # uncounted: the length pass of the sort is not a model batch
 
     def explain(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner.explain(*args, **kwargs)
@@ -83,7 +84,7 @@ def one_run(
     )
     saved = local.by_length
     if order == "file":
-        local.by_length = lambda rows: list(rows)  # type: ignore[assignment]
+        local.by_length = lambda rows, explainer=None: list(rows)  # type: ignore[assignment]
     try:
         t0 = time.perf_counter()
         summary = run(config, explainer_factory=lambda spec, framework: counting, progress=False)

@@ -360,3 +360,29 @@ def test_batches_are_by_length_within_a_shard_and_rows_are_written_in_file_order
 
 #: explain calls the preflight makes before the run (one good row is enough)
 PREFLIGHT_CALLS = 1
+
+
+def test_by_length_uses_token_counts_when_the_explainer_can_encode() -> None:
+    """With ``encode`` the sort key is the mask's row sums (tokens), not characters; pairs by
+    the longer side, then the shorter; ties in file order."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from embgrad.data.badrows import InputRow
+    from embgrad.data.batch import by_length
+
+    class Encodes:
+        def encode(self, texts: list[str]) -> Any:  # a "token" per word
+            n = [len(t.split()) for t in texts]
+            return SimpleNamespace(mask=np.array([[1] * k + [0] * (max(n) - k) for k in n]))
+
+    texts = ["a b c d", "longwordwithoutspaces", "x y", "p q r s t", "m n"]
+    rows = [InputRow(i, None, t, None, None) for i, t in enumerate(texts)]
+    assert [r.row for r in by_length(rows, Encodes())] == [1, 2, 4, 0, 3]
+    assert [r.row for r in by_length(rows)] == [2, 4, 0, 3, 1]  # characters without encode
+    paired = [
+        InputRow(i, None, t, p, None)
+        for i, (t, p) in enumerate([("a", "b c d e"), ("a b c", "d e f"), ("a b c d", "e")])
+    ]
+    assert [r.row for r in by_length(paired, Encodes())] == [1, 0, 2]

@@ -48,7 +48,7 @@ def process(
         good, errors = split_rows(rows)
         bar.update(len(errors))
         records = []
-        for batch in chunks(by_length(good), config.batch_size):
+        for batch in chunks(by_length(good, explainer), config.batch_size):
             got, failed = explain_rows(explainer, batch, config)
             records += got
             errors += failed
