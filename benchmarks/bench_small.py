@@ -21,6 +21,7 @@ call instead.
     python benchmarks/bench_small.py --quick         # a smoke run (tests/benchmarks)
     python benchmarks/bench_small.py --profile minilm-B1-T8
     python benchmarks/bench_small.py --split         # the parts of the overhead (MiniLM B=1 T=8)
+    python benchmarks/bench_small.py --probe-share   # probes over 100 ragged MiniLM batches
 """
 
 from __future__ import annotations
@@ -207,6 +208,38 @@ def split(quick: bool, rounds: int) -> dict[str, float]:
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
+def probe_share(quick: bool, calls: int = 100) -> dict[str, Any]:
+    """``embgrad.gradients(check="auto")`` over ``calls`` ragged MiniLM batches (B 2–16, T 8–64,
+    padded rows masked): how many calls probed (the remembered verdict is keyed on the lookup
+    structure, not the sizes)."""
+    model = _minilm(quick)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    how: list[str] = []
+    shapes: set[tuple[int, int]] = set()
+    for _ in range(calls):
+        b = int(torch.randint(2, 17, (1,), generator=g))
+        t = int(torch.randint(8, 65, (1,), generator=g))
+        lengths = torch.randint(1, t + 1, (b,), generator=g)
+        mask = (torch.arange(t)[None] < lengths[:, None]).long()
+        ids = torch.randint(min(1000, vocab // 2), vocab, (b, t), generator=g) * mask
+
+        def loss(out: Any, mask: torch.Tensor = mask) -> torch.Tensor:
+            h = out.last_hidden_state
+            return (h * mask[..., None]).sum(1)[:, 0] / mask.sum(1)
+
+        res = embgrad.gradients(model, {"input_ids": ids, "attention_mask": mask}, loss)
+        how.append(res.check)
+        shapes.add((b, t))
+    return {
+        "calls": calls,
+        "probed": how.count("auto"),
+        "cached": how.count("probe-cached"),
+        # the key before issue 12 held the exact shapes: one probe per distinct (B, T)
+        "distinct_shapes": len(shapes),
+    }
+
+
 def timing(fns: dict[str, Callable[[], Any]], rounds: int, inner: int) -> dict[str, Any]:
     names = list(fns)
     for fn in fns.values():  # warm-up (the probe of check="auto" is paid here)
@@ -236,8 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", choices=WORKLOADS, default=list(WORKLOADS))
     p.add_argument("--profile", choices=WORKLOADS, help="cProfile embgrad's call instead")
     p.add_argument("--split", action="store_true", help="time the overhead's parts instead")
+    p.add_argument(
+        "--probe-share", action="store_true", help="count the probes over 100 ragged batches"
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.probe_share:
+        print(json.dumps(probe_share(a.quick, 10 if a.quick else 100)))
+        return 0
     if a.split:
         for k, v in split(a.quick, 3 if a.quick else a.rounds).items():
             print(f"{k:26s} {v:8.3f} ms")
