@@ -3,8 +3,9 @@
 Gluon calls are serialized by one process-wide lock (``backends.gluon.GLUON_LOCK``); PyTorch
 calls run concurrently (the interception is thread-local: hooks that act for their own thread
 only, or a TorchFunctionMode). Every thread cycles through all the models, so threads share
-models, as a service with one model per process does: without the lock the Gluon tests fail (MXNet errors, ``NoLookupError``,
-``mx.nd.Embedding`` left replaced). Results are compared bit for bit.
+models, as a service with one model per process does: without the lock the Gluon tests fail
+(MXNet errors, ``NoLookupError``, ``mx.nd.Embedding`` left replaced). Results are compared bit
+for bit.
 """
 
 from __future__ import annotations
