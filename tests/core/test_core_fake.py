@@ -444,8 +444,11 @@ def test_remembered_verdict() -> None:
     assert model.counts["backward"] == 5
     compare(model, ids, check="off")
     assert model.counts["backward"] == 6
-    # another loss function's code, another batch size, another selection: probe again
-    for loss, b, layers in ((quad_loss, 3, "auto"), (tanh_loss, 2, "auto"), (tanh_loss, 3, "word")):
+    # another batch size and length: the same structure, no probe (issue 12)
+    compare(model, make_ids(model, 2, 6), check="auto", expect="probe-cached")
+    assert model.counts["backward"] == 7
+    # another loss function's code, another selection: probe again
+    for loss, b, layers in ((quad_loss, 3, "auto"), (tanh_loss, 3, "word")):
         before = model.counts["backward"]
         res = compare(model, make_ids(model, b, 4), loss, check="auto", layers=layers)
         assert model.counts["backward"] == before + 2
@@ -752,3 +755,55 @@ def test_one_sample_one_token(layout: str, check: str) -> None:
     model = FakeModel(layout=layout, position="2d")
     res = compare(model, make_ids(model, 1, 1), check=check)
     assert res.check == "single" and res[WORD].batch_axis == 0
+
+
+# -- the remembered verdict across shapes (issue 12) --------------------------------------------
+def test_remembered_verdict_holds_across_ragged_shapes() -> None:
+    """The verdict is keyed on the lookup structure, not the sizes: 100 ragged batches, one
+    probe, and every answer equals the per-sample loop's."""
+    model = FakeModel(position="1d")
+    rng = np.random.default_rng(5)
+    for k in range(100):
+        batch, length = int(rng.integers(2, 9)), int(rng.integers(1, 14))
+        ids = make_ids(model, batch, length, seed=k)
+        compare(model, ids, check="auto", expect="auto" if k == 0 else "probe-cached")
+    assert model.counts["backward"] == 101  # 100 sums and one probe
+
+
+def test_remembered_axis_is_rederived_at_each_shape() -> None:
+    """An axis resolved at B == T is reused where it is still of the batch size."""
+    model = FakeModel(layout="TB")
+    compare(model, make_ids(model, 3, 3), check="probe")
+    res = compare(model, make_ids(model, 4, 4), check="auto", expect="probe-cached")
+    assert res[WORD].batch_axis == 1
+    res = compare(model, make_ids(model, 5, 2), check="auto", expect="probe-cached")
+    assert res[WORD].batch_axis == 1
+
+
+def test_coupled_model_is_caught_at_a_shape_it_was_not_probed_at() -> None:
+    """A failed probe is never remembered, and a single-sample call (no probe) leaves nothing
+    to remember: a coupled model raises at every new shape."""
+    model = FakeModel(couple=True)
+    embgrad.gradients(model, make_ids(model, 1, 4), tanh_loss)  # B=1: independent trivially
+    for batch, length in [(3, 4), (5, 2), (2, 7)]:
+        with pytest.raises(CouplingError):
+            embgrad.gradients(model, make_ids(model, batch, length), tanh_loss)
+
+
+def test_a_changed_lookup_structure_is_probed_again() -> None:
+    """A model that takes another branch for longer inputs (here: a position lookup, and
+    samples coupled) is another key: the new branch is probed and the coupling caught."""
+
+    class Branchy(FakeModel):
+        def __call__(self, ids: np.ndarray, x: Any = None) -> Tensor:
+            long = ids.shape[1] > 5
+            self.position = self._pos if long else None
+            self.couple = long
+            return super().__call__(ids, x)
+
+    model = Branchy(position="1d")
+    model._pos = model.position
+    compare(model, make_ids(model, 3, 4), check="auto", expect="auto")
+    compare(model, make_ids(model, 4, 3), check="auto", expect="probe-cached")
+    with pytest.raises(CouplingError):
+        embgrad.gradients(model, make_ids(model, 3, 8), tanh_loss)

@@ -328,3 +328,63 @@ def test_run_help_says_long_texts_are_truncated(capsys: Any) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "truncated to it and written with truncated=true" in text
     assert "errors.jsonl" in text and "kill -9" in text
+
+
+class _RecordingExplainer(FakeExplainer):
+    """Remembers the texts and pairs of every explain call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[list[str], list[str] | None]] = []
+
+    def explain(self, texts: list[str], pairs: list[str] | None = None, **kw: Any) -> Any:
+        self.batches.append((list(texts), None if pairs is None else list(pairs)))
+        return super().explain(texts, pairs, **kw)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_batches_are_by_length_within_a_shard_and_rows_are_written_in_file_order(
+    corpus: Path, tmp_path: Path, paired: bool
+) -> None:
+    fake = _RecordingExplainer()
+    extra = ("--pair-column", "pair") if paired else ()
+    assert main(_args(corpus, tmp_path / "out", *extra), explainer_factory=lambda s, f: fake) == 0
+    batches = [(t, p) for t, p in fake.batches[PREFLIGHT_CALLS:] if len(t) > 1]
+    assert len(batches) >= 5
+    for texts, pairs in batches:  # batches, not one-row retries
+        sides = zip(texts, pairs or [""] * len(texts), strict=True)
+        keys = [(max(len(t), len(p)), min(len(t), len(p))) for t, p in sides]
+        assert keys == sorted(keys), keys
+    for file in sorted((tmp_path / "out" / "data").glob("*.parquet")):
+        rows = pq.read_table(file).column("row").to_pylist()
+        assert rows == sorted(rows) and len(set(rows)) == len(rows)  # file order in each shard
+
+
+#: explain calls the preflight makes before the run (one good row is enough)
+PREFLIGHT_CALLS = 1
+
+
+def test_by_length_uses_token_counts_when_the_explainer_can_encode() -> None:
+    """With ``encode`` the sort key is the mask's row sums (tokens), not characters; pairs by
+    the longer side, then the shorter; ties in file order."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from embgrad.data.badrows import InputRow
+    from embgrad.data.batch import by_length
+
+    class Encodes:
+        def encode(self, texts: list[str]) -> Any:  # a "token" per word
+            n = [len(t.split()) for t in texts]
+            return SimpleNamespace(mask=np.array([[1] * k + [0] * (max(n) - k) for k in n]))
+
+    texts = ["a b c d", "longwordwithoutspaces", "x y", "p q r s t", "m n"]
+    rows = [InputRow(i, None, t, None, None) for i, t in enumerate(texts)]
+    assert [r.row for r in by_length(rows, Encodes())] == [1, 2, 4, 0, 3]
+    assert [r.row for r in by_length(rows)] == [2, 4, 0, 3, 1]  # characters without encode
+    paired = [
+        InputRow(i, None, t, p, None)
+        for i, (t, p) in enumerate([("a", "b c d e"), ("a b c", "d e f"), ("a b c d", "e")])
+    ]
+    assert [r.row for r in by_length(paired, Encodes())] == [1, 0, 2]

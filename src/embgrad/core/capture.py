@@ -76,7 +76,8 @@ def gradients(
             ``"token_type"``) / table name / block or module class, or a sequence of them
             (each selected lookup must be reached).
         check: ``"auto"`` probes for cross-sample coupling with one extra backward, once per
-            (model, mode, loss function, input shapes), and raises CouplingError if samples
+            (model, mode, loss function, lookup structure: names and ranks, not sizes; the
+            batch axes are re-derived per shape), and raises CouplingError if samples
             interact; ``"probe"`` probes on every call; ``"exact"`` runs the exact per-sample
             loop (B backwards, each forward re-seeded identically) and is correct even when
             samples interact; ``"off"`` trusts independence.
@@ -125,7 +126,7 @@ def gradients(
             return _exact(run, fwd, select, caps, axes, batch, mode, input_grads, layers)
         # 5. Decide whether to probe: a verdict remembered for this structure skips it.
         key = _probe_key(loss_fn, mode, fwd, batch, select, batch_axis)
-        remembered = _remembered(model, key) if check == "auto" else None
+        remembered = _remembered(model, key, axes) if check == "auto" else None
         do_probe = batch > 1 and check in ("auto", "probe") and remembered is None
         if remembered is not None:
             axes = [[a] if a is not None else [] for a in remembered]
@@ -415,18 +416,28 @@ def _probe_key(
     select: list[int],
     batch_axis: BatchAxis,
 ) -> Any:
-    """What a remembered probe verdict is keyed on. The selection and ``batch_axis`` are part
-    of it: remembered axes are per selected lookup, and must not override a given batch_axis."""
+    """What a remembered probe verdict is keyed on: the loss code, the mode and the lookup
+    structure (every lookup's name and rank, in call order), not the sizes, so a loop over
+    ragged batches probes once; the batch axes are re-derived at each shape (:func:`_remembered`).
+    A lookup set that changes (another branch) is another key and is probed again.  The selection
+    and ``batch_axis`` are part of it: remembered axes are per selected lookup, and must not
+    override a given batch_axis.  This assumes cross-sample coupling does not depend on the
+    sizes alone; ``check="probe"`` probes every call."""
     code = getattr(loss_fn, "__code__", None) or type(loss_fn)
-    shapes = tuple((c.name, c.out_shape) for c in fwd.captures)
-    return (code, mode, batch, shapes, tuple(select), repr(batch_axis))
+    structure = tuple((c.name, len(c.out_shape)) for c in fwd.captures)
+    return (code, mode, batch > 1, structure, tuple(select), repr(batch_axis))
 
 
-def _remembered(model: Any, key: Any) -> tuple[int | None, ...] | None:
+def _remembered(model: Any, key: Any, axes: list[list[int]]) -> tuple[int | None, ...] | None:
+    """The remembered batch axes for ``key``, if each is still a candidate at this call's shapes
+    (an axis of the batch size; None stays None), else None (the call probes)."""
     try:
-        return _PROBED.get(model, {}).get(key)
+        found = _PROBED.get(model, {}).get(key)
     except TypeError:
         return None
+    if found is None or any(a is not None and a not in c for a, c in zip(found, axes, strict=True)):
+        return None
+    return found
 
 
 def _remember(model: Any, key: Any, axes: list[int | None]) -> None:

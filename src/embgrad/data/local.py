@@ -1,5 +1,8 @@
 """The local engine: read rows in file order, explain them in batches, write one Parquet shard
-per ``rows_per_shard`` input rows, skipping the shards a previous run finished."""
+per ``rows_per_shard`` input rows, skipping the shards a previous run finished.
+
+Within a shard the rows are batched by length (``batch.by_length``), so a batch pads little; the
+shard's rows are written in file order, and a shard is still the unit of resumption."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 from .badrows import InputRow, RowError
-from .batch import explain_rows, split_rows
+from .batch import by_length, explain_rows, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
 from .prepare import Prepared, begin, prepare
 from .progress import Progress
@@ -45,11 +48,12 @@ def process(
         good, errors = split_rows(rows)
         bar.update(len(errors))
         records = []
-        for batch in chunks(good, config.batch_size):
+        for batch in chunks(by_length(good, explainer), config.batch_size):
             got, failed = explain_rows(explainer, batch, config)
             records += got
             errors += failed
             bar.update(len(batch))
+        records.sort(key=lambda r: r["row"])  # file order again (batches were by length)
         errors.sort(key=lambda e: e.row)
         prep.out.commit_shard(shard, to_table(records, schema), errors)
         summary.explained += len(records)
