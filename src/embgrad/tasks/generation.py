@@ -273,8 +273,8 @@ def decoder_rows(
 
     def pick(outputs: Any, _rows: np.ndarray) -> Any:
         logits = _logits(outputs)
-        o = ops_for(logits)
-        return o.take(logits, int(logits.shape[1]) - 1, 1)
+        last = np.full(int(logits.shape[0]), int(logits.shape[1]) - 1)
+        return ops_for(logits).pick_positions(logits, last)
 
     loss = StepLoss(pick, steps.targets[rows[:, 0], rows[:, 1]], _contrast(steps, rows))
     return Chunk(inputs, loss, rows, {lookup: cols})
@@ -310,10 +310,7 @@ def seq2seq_rows(prompt: Prompt, steps: Steps, start_id: int, k0: int, k1: int) 
 
     def pick(outputs: Any, index: np.ndarray) -> Any:
         logits = _logits(outputs)
-        o = ops_for(logits)
-        n, w, v = (int(s) for s in logits.shape)
-        flat = np.arange(n) * w + rows[index, 1]
-        return o.take_rows(o.reshape(logits, (n * w, v)), flat, 0)
+        return ops_for(logits).pick_positions(logits, rows[index, 1])
 
     loss = StepLoss(pick, steps.targets[b_idx, rows[:, 1]], _contrast(steps, rows))
     return Chunk(
@@ -345,9 +342,7 @@ def repeated_rows(
                 f"logprobs_fn returned shape {shape}; expected (N, K, V) = ({index.shape[0]}, "
                 f"{kk}, V): per row of the batch, log-probabilities aligned with targets"
             )
-        flat = np.arange(index.shape[0]) * kk + rows[index, 1]
-        o = ops_for(lp)
-        return o.take_rows(o.reshape(lp, (shape[0] * kk, shape[2])), flat, 0)
+        return ops_for(lp).pick_positions(lp, rows[index, 1])
 
     loss = StepLoss(
         pick, steps.targets[rows[:, 0], rows[:, 1]], _contrast(steps, rows), normalized=True
