@@ -100,6 +100,9 @@ def test_every_step_matches_the_one_step_oracle(lm, padding):
             assert np.all(res.scores[b, k, 5 + k :] == 0)  # at and after its own target
     assert np.all(res.step_scores["entropy"] > 0)
     assert len(res.tokens[0]) == 9 and len(res.target_tokens[1]) == 4
+    item = res.items[1]  # 3 real prompt tokens, the targets but the last
+    assert len(item.tokens) == 3 + 3 and np.array(item.scores).shape == (4, 6)
+    assert '"kind": "decoder"' in res.to_json()
 
 
 def test_contrast_explains_the_difference_of_log_probabilities(lm):

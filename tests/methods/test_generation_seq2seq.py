@@ -83,6 +83,9 @@ def test_source_and_decoder_gradients_match_the_one_step_oracle(s2s, padding):
         _close(res.target_scores, np.sqrt((dec.astype(np.float64) ** 2).sum(-1)))
         assert np.all(np.triu(np.ones((4, 4)), 1)[None] * res.target_scores == 0)
         assert len(res.tokens[0]) == 5
+        item = res.items[1]  # 3 source tokens, then the 4 decoder inputs (start, y_0 … y_2)
+        assert item.source_length == 3 and len(item.tokens) == 7 and len(item.generated) == 4
+        assert np.array(item.scores).shape == (4, 7)
 
 
 def test_generate_and_split_passes(s2s):
