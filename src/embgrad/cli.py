@@ -108,6 +108,9 @@ def _add_explain(sub: Any) -> None:
         help=f"outputs: {', '.join(FORMATS)}; repeatable or a comma list "
         f"(default {','.join(DEFAULT_FORMATS)})",
     )  # fmt: skip
+    from . import cli_generation
+
+    cli_generation.add_flags(p)
     p.set_defaults(func=_run_explain)
 
 
@@ -122,6 +125,10 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from .explain import Explainer
 
     formats = [f for group in (args.format or [list(DEFAULT_FORMATS)]) for f in group]
+    from . import cli_generation
+
+    if cli_generation.wanted(args):
+        return cli_generation.run(args, parser, formats)
     texts, pairs = args.text, args.pair
     if pairs and not texts:
         parser.error("--pair needs --text (one --text per --pair)")

@@ -418,3 +418,37 @@ def greedy(model: Any, prompt: Prompt, k: int, encoder: bool) -> tuple[np.ndarra
         if hit.size:
             active[b, hit[0] + 1 :] = False
     return targets, active
+
+
+def encode_texts(
+    model: Any, tokenizer: Any, texts: list[str], continuations: list[str] | None
+) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """An HF LM's prompts (right-padded ids and mask, native) and, given continuations, their
+    ids (B, K) and target mask, tokenized without special tokens (the continuation follows the
+    prompt as the model would generate it)."""
+    from ..backends import backend_for
+
+    if continuations is not None and len(continuations) != len(texts):
+        raise InputError(
+            f"{len(continuations)} continuation(s) for {len(texts)} text(s): give one "
+            "--continuation per --text (or one for all)"
+        )
+    tokenizer.padding_side = "right"
+    enc = tokenizer(list(texts), padding=True, return_tensors="np")
+    backend = backend_for(model)
+    inputs = {
+        k: backend.array(model, np.asarray(enc[k], dtype=np.int64))
+        for k in ("input_ids", "attention_mask")
+    }
+    if continuations is None:
+        return inputs, None, None
+    ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+    if any(len(i) == 0 for i in ids):
+        raise InputError("a continuation is empty (no tokens): give the text to explain")
+    k = max(len(i) for i in ids)
+    targets = np.zeros((len(ids), k), dtype=np.int64)
+    mask = np.zeros(targets.shape, dtype=bool)
+    for b, row in enumerate(ids):
+        targets[b, : len(row)] = row
+        mask[b, : len(row)] = True
+    return inputs, targets, mask
