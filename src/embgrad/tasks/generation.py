@@ -224,10 +224,20 @@ def _rows(steps: Steps, k0: int, k1: int) -> np.ndarray:
     return np.stack([b[order], k[order] + k0], axis=1).astype(np.int64)
 
 
+#: a chunk of steps is closed early once it holds this many tokens ...
+MIN_PASS_TOKENS = 1024
+#: ... and taking the next step would make more than this fraction of it padding
+MAX_PAD_FRACTION = 0.125
+
+
 def plan(
     steps: Steps, width: Callable[[int], int], tokens_per_pass: int | None
 ) -> list[tuple[int, int]]:
-    """Consecutive step ranges [k0, k1) whose rows × width(k1) stay under ``tokens_per_pass``."""
+    """Consecutive step ranges [k0, k1) whose rows × width(k1) stay under ``tokens_per_pass``.
+
+    ``width(k1)`` is the row width of a chunk ending before step k1 (its longest row); a chunk
+    also closes once it holds :data:`MIN_PASS_TOKENS` tokens if the next step would make more
+    than :data:`MAX_PAD_FRACTION` of it padding (rows of early steps padded to the last's)."""
     budget = TOKENS_PER_PASS if tokens_per_pass is None else int(tokens_per_pass)
     if budget < 1:
         raise InputError(f"tokens_per_pass must be a positive integer, got {tokens_per_pass!r}")
@@ -235,7 +245,15 @@ def plan(
     out, k0, kk = [], 0, steps.shape[1]
     while k0 < kk:
         k1 = k0 + 1
-        while k1 < kk and per_step[k0 : k1 + 1].sum() * width(k1 + 1) <= budget:
+        while k1 < kk:
+            rows = per_step[k0 : k1 + 1].sum()
+            tokens = rows * width(k1 + 1)
+            if tokens > budget:
+                break
+            held = per_step[k0:k1].sum() * width(k1)
+            needed = sum(int(per_step[k]) * width(k + 1) for k in range(k0, k1 + 1))
+            if held >= MIN_PASS_TOKENS and 1 - needed / max(tokens, 1) > MAX_PAD_FRACTION:
+                break
             k1 += 1
         if per_step[k0:k1].sum():
             out.append((k0, k1))
