@@ -29,7 +29,7 @@ from ..backends import is_array, ops_for
 from ..errors import InputError
 
 #: rows × positions of one chunk of steps, unless the caller says otherwise
-TOKENS_PER_PASS = 16384
+TOKENS_PER_PASS = 4096
 
 
 def to_np(x: Any) -> np.ndarray:
