@@ -241,3 +241,23 @@ def test_a_model_without_a_word_lookup_is_refused():
         )  # fmt: skip
     with pytest.raises(EmbgradError, match="not a HuggingFace LM"):
         embgrad.attribute_generation(NoLookup(), x, np.zeros((2, 4), dtype=np.int64))
+
+
+def test_grad_x_input_equals_captums_llm_gradient_attribution(lm):
+    captum = pytest.importorskip("captum.attr")
+    text = "the cat sat on the mat"
+    inputs = {
+        k: v for k, v in lm.tokenizer(text, return_tensors="pt").items() if k != "token_type_ids"
+    }
+    targets = np.array([[2003, 1037, 3899]])
+    res = embgrad.attribute_generation(lm.model, inputs, targets, method="grad_x_input")
+    llm = captum.LLMGradientAttribution(
+        captum.LayerGradientXActivation(lm.model, lm.model.get_input_embeddings()), lm.tokenizer
+    )
+    got = llm.attribute(
+        captum.TextTokenInput(text, lm.tokenizer), target=torch.as_tensor(targets[0])
+    )
+    want = got.token_attr.detach().numpy()  # (K, P): per step, over the prompt
+    p_len = inputs["input_ids"].shape[1]
+    assert want.shape == (3, p_len)
+    _close(res.scores[0, :, :p_len], want, np.abs(want).max())
