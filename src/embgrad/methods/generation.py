@@ -191,7 +191,7 @@ def _width(inputs: Any, axis: int) -> int:
     return shape[1 - axis] if len(shape) >= 2 and axis in (0, 1) else 1
 
 
-def sc_rows(chunk: gen.Chunk) -> int:
+def _n_rows(chunk: gen.Chunk) -> int:
     return int(chunk.rows.shape[0])
 
 
@@ -222,7 +222,7 @@ class _Runner:
             self.info["passes"].append((key, int(chunk.rows.shape[0]), width))
         if len(chunk.columns) == 1:
             ((key, cols),) = chunk.columns.items()
-            sc = self.method.attribute(chunk.inputs, chunk.loss, **self._options(sc_rows(chunk)))
+            sc = self.method.attribute(chunk.inputs, chunk.loss, **self._options(_n_rows(chunk)))
             self._scatter(key, chunk, cols, sc)
             return
         # an encoder–decoder: both word lookups from one plain pass, each explained on its own
@@ -237,7 +237,7 @@ class _Runner:
                     f"found no single {m.layer!r} lookup reading the {key} ids among "
                     f"{', '.join(bases)}; pass layer= (a glob matching both word lookups)"
                 )
-            sc = m.from_base(found[0], chunk.inputs, chunk.loss, **self._options(sc_rows(chunk)))
+            sc = m.from_base(found[0], chunk.inputs, chunk.loss, **self._options(_n_rows(chunk)))
             self._scatter(key, chunk, cols, sc)
 
     def _options(self, rows: int) -> dict[str, Any]:
