@@ -8,6 +8,7 @@ Public API::
     res[name].table_grad()                            # sparse per-sample table rows
 
     att = embgrad.attribute(model, inputs, target=1, method="integrated_gradients")
+    gen = embgrad.attribute_generation(lm, prompts, targets)  # (B, K, L) per generated token
     embgrad.list_methods()                            # the registered attribution methods
 """
 
@@ -26,7 +27,13 @@ from .errors import (
     NoLookupError,
     UnsupportedModelError,
 )
-from .methods import Attribution, attribute, list_methods
+from .methods import (
+    Attribution,
+    GenerationAttribution,
+    attribute,
+    attribute_generation,
+    list_methods,
+)
 
 __all__ = [
     "Attribution",
@@ -34,6 +41,7 @@ __all__ = [
     "CouplingError",
     "DenseTooLargeError",
     "EmbgradError",
+    "GenerationAttribution",
     "Gradients",
     "InputError",
     "LookupGrad",
@@ -44,6 +52,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "attribute",
+    "attribute_generation",
     "gradients",
     "list_methods",
 ]

@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_generation import add_flags as generation_flags
+from .cli_generation import run as run_generation
+from .cli_generation import wanted as wants_generation
 from .errors import EmbgradError
 from .methods import get_method, list_methods
 from .models.load import FRAMEWORKS
@@ -109,6 +112,7 @@ def _add_explain(sub: Any) -> None:
         help=f"outputs: {', '.join(FORMATS)}; repeatable or a comma list "
         f"(default {','.join(DEFAULT_FORMATS)})",
     )  # fmt: skip
+    generation_flags(p)
     p.set_defaults(func=_run_explain)
 
 
@@ -123,6 +127,8 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from .explain import Explainer
 
     formats = [f for group in (args.format or [list(DEFAULT_FORMATS)]) for f in group]
+    if wants_generation(args):
+        return run_generation(args, parser, formats)
     texts, pairs = args.text, args.pair
     if pairs and not texts:
         parser.error("--pair needs --text (one --text per --pair)")

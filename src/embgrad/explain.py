@@ -28,6 +28,7 @@ from typing import Any
 
 from .backends import backend_for
 from .errors import InputError
+from .items import StepAttribution
 from .methods import get_method
 from .methods._passes import base_pass, ignores_padding
 from .methods.api import build_items
@@ -209,6 +210,38 @@ class Explainer:
             # bound the memory of one pass: ~2.7 GB of activations for MiniLM-sized models
             tokens_per_pass=TOKENS_PER_PASS,
         )
+
+    def explain_generation(
+        self,
+        texts: list[str],
+        continuations: list[str],
+        *,
+        method: str = "gradient",
+        **options: Any,
+    ) -> list[StepAttribution]:
+        """For each text and its forced continuation (an HF causal or seq2seq LM), which input
+        tokens drove each continuation token: one :class:`StepAttribution` per text."""
+        from .methods.generation import attribute_generation
+        from .tasks.generation import encode_texts
+
+        if self.kind not in ("causal_lm", "seq2seq_lm") or self.tokenizer is None:
+            raise InputError(
+                f"model {self.name or type(self.model).__name__} is a {self.kind}, not a causal "
+                "or seq2seq LM with a tokenizer: continuations need an hf:PATH language model"
+            )
+        get_method(method).validate(options)
+        out: list[StepAttribution] = []
+        for s in range(0, len(texts), self.batch_size):
+            part = slice(s, s + self.batch_size)
+            inputs, targets, tmask = encode_texts(
+                self.model, self.tokenizer, texts[part], continuations[part]
+            )
+            res = attribute_generation(
+                self.model, inputs, targets, target_mask=tmask, method=method,
+                tokenizer=self.tokenizer, **options,
+            )  # fmt: skip
+            out += res.items
+        return out
 
     # -- tokenizing ----------------------------------------------------------------------
     def encode(self, texts: list[str]) -> TextBatch:

@@ -52,3 +52,37 @@ def items_to_json(items: list[TokenAttribution], meta: dict[str, Any] | None = N
     """``{"embgrad_version", ...meta, "items": [TokenAttribution as dict, ...]}`` as JSON text."""
     doc = {"embgrad_version": __version__, **(meta or {}), "items": [i.to_dict() for i in items]}
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
+
+
+@dataclass
+class StepAttribution:
+    """The attribution of one generation (a prompt and its continuation): a matrix of steps
+    (generated tokens) × input tokens, the record every generation view is written from.
+
+    Attributes:
+        text: the prompt (or source) as text, or its tokens joined.
+        tokens: the input tokens the columns stand for (padding excluded; for
+            encoder–decoders the source tokens, then the decoder inputs).
+        generated: the explained tokens y_k, one per row.
+        scores: (rows × columns) list of lists: step k's score for each input token (0 where
+            step k cannot read it).
+        step_scores: name → one value per row (``probability``, ``entropy`` in nats).
+        quantity: the explained value per row, log p(y_k) (− log p(y'_k) with a contrast).
+        method: the method's registry name; ``kind``: decoder, seq2seq or custom.
+        delta: the integrated-gradients completeness delta per row, else None.
+        source_length: how many of the columns are source tokens (encoder–decoder), else 0.
+    """
+
+    text: str
+    tokens: list[str]
+    generated: list[str]
+    scores: list[list[float]]
+    step_scores: dict[str, list[float]]
+    quantity: list[float]
+    method: str
+    kind: str
+    delta: list[float] | None = None
+    source_length: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -96,6 +96,13 @@ class MXNetOps(NumpyOps):
         lp = nd.log_softmax(logits.astype("float32"), axis=-1)
         return nd.pick(lp, nd.array(np.asarray(index), ctx=logits.context), axis=-1)
 
+    def pick_positions(self, x: Any, index: np.ndarray) -> Any:
+        nd = lazy_mxnet().nd
+        n, t = int(x.shape[0]), int(x.shape[1])
+        flat = np.arange(n) * t + np.asarray(index, dtype=np.int64)
+        rows = nd.take(x.reshape((n * t, *x.shape[2:])), nd.array(flat, ctx=x.context), axis=0)
+        return rows
+
     def mean_pool_normalized(self, hidden: Any, mask: Any) -> Any:
         nd = lazy_mxnet().nd
         m = mask.astype(hidden.dtype).expand_dims(-1)

@@ -128,6 +128,10 @@ class TorchOps(Ops):
         lp = torch.log_softmax(logits.float(), dim=-1)
         return lp.gather(1, idx[:, None])[:, 0]
 
+    def pick_positions(self, x: Any, index: np.ndarray) -> Any:
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long, device=x.device)
+        return x[torch.arange(idx.shape[0], device=x.device), idx]
+
     def mean_pool_normalized(self, hidden: Any, mask: Any) -> Any:
         m = mask.to(hidden.dtype).unsqueeze(-1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)

@@ -124,6 +124,10 @@ class Ops:
         """Mean of ``hidden`` (B, T, D) where ``mask`` (B, T) is 1, L2-normalised: (B, D)."""
         raise NotImplementedError
 
+    def pick_positions(self, x: Array, index: np.ndarray) -> Array:
+        """(N, ...) ``x[i, index[i]]`` of a native (N, T, ...) array: one position per row."""
+        raise NotImplementedError
+
     def row_dot(self, a: Array, b: Array) -> Array:
         """(B,) ``Σ_d a[i, d] · b[i, d]``."""
         raise NotImplementedError
@@ -224,6 +228,9 @@ class NumpyOps(Ops):
         z = z - z.max(axis=-1, keepdims=True)
         lp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
         return np.take_along_axis(lp, np.asarray(index, dtype=np.int64)[:, None], axis=1)[:, 0]
+
+    def pick_positions(self, x: Array, index: np.ndarray) -> Array:
+        return np.asarray(x)[np.arange(len(index)), np.asarray(index, dtype=np.int64)]
 
     def mean_pool_normalized(self, hidden: Array, mask: Array) -> Array:
         m = np.asarray(mask).astype(hidden.dtype)[..., None]

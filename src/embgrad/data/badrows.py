@@ -30,10 +30,11 @@ class Columns:
     pair: str | None = None
     label: str | None = None
     id: str | None = None
+    continuation: str | None = None
 
     def used(self) -> list[str]:
         """The distinct column names, text first."""
-        names = [self.text, self.pair, self.label, self.id]
+        names = [self.text, self.pair, self.label, self.id, self.continuation]
         return list(dict.fromkeys(n for n in names if n is not None))
 
 
@@ -50,6 +51,7 @@ class InputRow:
     text: str
     pair: str | None = None
     label: str | None = None
+    continuation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,11 +135,12 @@ def make_row(row: int, get: Callable[[str], Any], columns: Columns) -> InputRow 
         text = _text(get, columns.text)
         pair = _text(get, columns.pair) if columns.pair is not None else None
         label = _scalar(get, columns.label) if columns.label is not None else None
+        cont = _text(get, columns.continuation) if columns.continuation is not None else None
         if id_problem is not None:
             raise id_problem
     except _Bad as bad:
         return RowError(row, row_id, bad.kind, bad.reason)
-    return InputRow(row, row if row_id is None else row_id, text, pair, label)
+    return InputRow(row, row if row_id is None else row_id, text, pair, label, cont)
 
 
 def broken_row(row: int, kind: str, reason: str, columns: Columns) -> RowError:

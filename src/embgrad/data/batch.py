@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmbgradError
-from ..items import TokenAttribution
+from ..items import StepAttribution, TokenAttribution
 from .badrows import InputRow, RowError
 from .config import ExplainerLike, RunConfig
 
@@ -67,7 +67,38 @@ def to_record(
     }
 
 
+def to_generation_record(row: InputRow, step: StepAttribution) -> dict[str, Any]:
+    """One output row of a ``--continuation-column`` run (see ``writer.generation_fields``)."""
+    return {
+        "row": row.row,
+        "id": row.id,
+        "text": row.text,
+        "continuation": row.continuation,
+        "tokens": [str(t) for t in step.tokens],
+        "generated": [str(t) for t in step.generated],
+        "scores": [[float(v) for v in r] for r in step.scores],
+        "quantity": [float(v) for v in step.quantity],
+        "probability": [float(v) for v in step.step_scores.get("probability", [])],
+        "entropy": [float(v) for v in step.step_scores.get("entropy", [])],
+        "delta": None if step.delta is None else [float(v) for v in step.delta],
+        "source_length": int(step.source_length),
+    }
+
+
+def _generate(explainer: Any, rows: Sequence[InputRow], config: RunConfig) -> list[Any]:
+    if not hasattr(explainer, "explain_generation"):
+        raise EmbgradError("this explainer cannot explain continuations (no explain_generation)")
+    texts = [r.text for r in rows]
+    conts = [r.continuation or "" for r in rows]
+    results = list(explainer.explain_generation(texts, conts, **config.explain_kwargs()))
+    if len(results) != len(rows):
+        raise EmbgradError(f"the explainer returned {len(results)} results for {len(rows)} rows")
+    return results
+
+
 def _call(explainer: ExplainerLike, rows: Sequence[InputRow], config: RunConfig) -> list[Any]:
+    if config.continuation_column is not None:
+        return _generate(explainer, rows, config)
     texts = [r.text for r in rows]
     pairs = [r.pair or "" for r in rows] if config.pair_column is not None else None
     targets: list[str | int] | None = None
@@ -85,7 +116,11 @@ def _call(explainer: ExplainerLike, rows: Sequence[InputRow], config: RunConfig)
     return results
 
 
-def _records(rows: Sequence[InputRow], results: list[Any], paired: bool) -> list[dict[str, Any]]:
+def _records(
+    rows: Sequence[InputRow], results: list[Any], paired: bool, generation: bool = False
+) -> list[dict[str, Any]]:
+    if generation:
+        return [to_generation_record(r, s) for r, s in zip(rows, results, strict=True)]
     if not paired:
         return [to_record(r, a, None) for r, a in zip(rows, results, strict=True)]
     return [to_record(r, results[2 * i], results[2 * i + 1]) for i, r in enumerate(rows)]
@@ -99,7 +134,8 @@ def explain_rows(
         return [], []
     paired = config.pair_column is not None
     try:
-        return _records(rows, _call(explainer, rows, config), paired), []
+        generation = config.continuation_column is not None
+        return _records(rows, _call(explainer, rows, config), paired, generation), []
     except ROW_FAILURES as exc:
         if len(rows) == 1:
             row = rows[0]

@@ -69,6 +69,15 @@ def _method_names() -> list[str]:
     return list_methods()
 
 
+def _add_generation_columns(group: Any) -> None:
+    """``--continuation-column``: generation runs (HF causal / seq2seq LMs, ``--model hf:``)."""
+    group.add_argument(
+        "--continuation-column", metavar="NAME",
+        help="a forced continuation of each text (an HF causal or seq2seq LM): each row gets "
+        "the matrix of its continuation's tokens x input tokens and per-step scores",
+    )  # fmt: skip
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``run`` on an ``argparse`` subparsers object; returns its parser."""
     methods = _method_names()
@@ -103,6 +112,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="written as 'id' (as text); default: the row's index in the file",
     )
     io.add_argument("--out", required=True, metavar="DIR", help="the output folder")
+    _add_generation_columns(io)
     m = p.add_argument_group("model and method")
     m.add_argument(
         "--model",
@@ -190,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         engine=args.engine,
         ray_address=args.ray_address,
         workers=args.workers,
+        continuation_column=getattr(args, "continuation_column", None),
     )
 
 
@@ -200,6 +211,7 @@ def command_line(config: RunConfig) -> str:
         "--pair-column": config.pair_column,
         "--label-column": config.label_column,
         "--id-column": config.id_column,
+        "--continuation-column": config.continuation_column,
         "--out": str(config.out),
         "--model": config.model,
         "--framework": config.framework if config.framework != "torch" else None,

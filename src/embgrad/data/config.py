@@ -63,6 +63,8 @@ class RunConfig:
         engine: ``"local"`` (this process) or ``"ray"`` (Ray Data, an actor pool).
         ray_address: a Ray cluster to join (``engine="ray"`` only); None starts a local one.
         workers: Ray actors, each holding one model (``engine="ray"`` only).
+        continuation_column: a forced continuation of each text (an HF causal / seq2seq LM):
+            each row gets the matrix of its continuation's tokens × input tokens.
     """
 
     data: Path | str
@@ -81,6 +83,7 @@ class RunConfig:
     engine: Engine = "local"
     ray_address: str | None = None
     workers: int | None = None
+    continuation_column: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -98,6 +101,13 @@ class RunConfig:
             raise InputError(
                 "--workers and --ray-address (workers=, ray_address=) apply to --engine ray only"
             )
+        if self.continuation_column is not None and (self.pair_column or self.label_column):
+            raise InputError(
+                "--continuation-column explains an LM's continuation of each text: it does not "
+                "combine with --pair-column or --label-column"
+            )
+        if self.continuation_column is not None and self.engine == "ray":
+            raise InputError("--continuation-column runs with --engine local only (for now)")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise InputError(f"workers must be a positive integer; got {self.workers!r}")
         try:
@@ -107,6 +117,8 @@ class RunConfig:
 
     def explain_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Explainer.explain`` (besides texts, pairs, targets)."""
+        if self.continuation_column is not None:  # Explainer.explain_generation
+            return {"method": self.method, **self.options}
         return {"method": self.method, "hotflip_k": self.hotflip_k, **self.options}
 
     def described(self) -> dict[str, Any]:

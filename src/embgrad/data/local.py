@@ -58,7 +58,9 @@ def process(
         prep.out.commit_shard(shard, to_table(records, schema), errors)
         summary.explained += len(records)
         summary.errors += len(errors)
-        summary.truncated += sum(1 for r in records if r["truncated"] or r["pair_truncated"])
+        summary.truncated += sum(
+            1 for r in records if r.get("truncated") or r.get("pair_truncated")
+        )
 
 
 def run_local(

@@ -45,7 +45,13 @@ class Prepared:
 
 
 def columns_of(config: RunConfig) -> Columns:
-    return Columns(config.text_column, config.pair_column, config.label_column, config.id_column)
+    return Columns(
+        config.text_column,
+        config.pair_column,
+        config.label_column,
+        config.id_column,
+        config.continuation_column,
+    )
 
 
 def fingerprint(config: RunConfig, source: Source) -> dict[str, Any]:
@@ -56,7 +62,8 @@ def fingerprint(config: RunConfig, source: Source) -> dict[str, Any]:
     """
     fp = {
         "data": source.fingerprint(),
-        "columns": [config.text_column, config.pair_column, config.label_column, config.id_column],
+        "columns": [config.text_column, config.pair_column, config.label_column, config.id_column]
+        + ([config.continuation_column] if config.continuation_column is not None else []),
         "model": config.model,
         "framework": config.framework,
         "method": config.method,

@@ -18,6 +18,9 @@ One output row per explained input row (all columns nullable except ``row``)::
     truncated         bool           the text was longer than the model's limit and was cut
     pair_*            the same six fields for the pair's side (null without --pair-column)
 
+With ``--continuation-column`` the rows hold generation matrices instead (see
+:func:`generation_fields`).
+
 The file's key-value metadata ``embgrad`` holds JSON: embgrad's version, the model spec, the
 method and its options, the columns and the input file.
 """
@@ -75,14 +78,46 @@ def run_metadata(config: RunConfig) -> dict[str, Any]:
             "pair": config.pair_column,
             "label": config.label_column,
             "id": config.id_column,
+            "continuation": config.continuation_column,
         },
         "data": os.path.abspath(config.data),
     }
 
 
+def generation_fields(pa: Any, config: RunConfig) -> list[Any]:
+    """The columns of a ``--continuation-column`` run: per row its matrix of continuation
+    tokens (``generated``, rows) × input tokens (``tokens``, columns) and per-step scores::
+
+        row, id, text, continuation   as above (continuation: the input continuation text)
+        tokens         list<string>        the input tokens the columns stand for
+        generated      list<string>        the continuation's tokens, one per step
+        scores         list<list<float>>   steps × tokens
+        quantity, probability, entropy   list<double>   per step (log p, p, entropy in nats)
+        delta          list<double>        per-step IG completeness delta, else null
+        source_length  int32               encoder–decoders: the source columns, else 0
+    """
+    return [
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("id", pa.string() if config.id_column is not None else pa.int64()),
+        pa.field("text", pa.string()),
+        pa.field("continuation", pa.string()),
+        pa.field("tokens", pa.list_(pa.string())),
+        pa.field("generated", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.list_(pa.float32()))),
+        pa.field("quantity", pa.list_(pa.float64())),
+        pa.field("probability", pa.list_(pa.float64())),
+        pa.field("entropy", pa.list_(pa.float64())),
+        pa.field("delta", pa.list_(pa.float64())),
+        pa.field("source_length", pa.int32()),
+    ]
+
+
 def output_schema(config: RunConfig) -> Any:
     """The pyarrow schema of the data shards, with the run's metadata attached."""
     pa = require("pyarrow", "data")
+    meta = {METADATA_KEY: json.dumps(run_metadata(config), sort_keys=True).encode()}
+    if config.continuation_column is not None:
+        return pa.schema(generation_fields(pa, config), metadata=meta)
     fields = [
         pa.field("row", pa.int64(), nullable=False),
         pa.field("id", pa.string() if config.id_column is not None else pa.int64()),
@@ -93,7 +128,6 @@ def output_schema(config: RunConfig) -> Any:
         *_side_fields(pa, ""),
         *_side_fields(pa, "pair_"),
     ]
-    meta = {METADATA_KEY: json.dumps(run_metadata(config), sort_keys=True).encode()}
     return pa.schema(fields, metadata=meta)
 
 

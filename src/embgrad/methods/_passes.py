@@ -154,6 +154,27 @@ def base_pass(
                 f"({', '.join(res.layers)}); pass layer=<one of these names>"
             ) from None
         chosen = res[res.layers[0]]
+    return _base_of(res, chosen)
+
+
+def base_passes(
+    model: Any,
+    inputs: Any,
+    loss_fn: LossFn,
+    *,
+    layer: str = "word",
+    mode: str = "eval",
+    check: str = "auto",
+) -> dict[str, Base]:
+    """Like :func:`base_pass`, one :class:`Base` per lookup matching ``layer`` (e.g. an
+    encoder–decoder's two word lookups), all from one :func:`embgrad.gradients` call."""
+    probe = np.arange(batch_size_hint(inputs)) if takes_rows(loss_fn) else None
+    loss = bind_rows(loss_fn, probe) if probe is not None else loss_fn
+    res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check)  # type: ignore[arg-type]
+    return {name: _base_of(res, res[name]) for name in res.layers}
+
+
+def _base_of(res: Any, chosen: LookupGrad) -> Base:
     if chosen.batch_axis is None:
         raise InputError(
             f"lookup {chosen.name!r} has no batch axis (its ids are shared by all samples), so "

@@ -25,7 +25,8 @@ class Loaded:
         model: the model (eval mode).
         tokenizer: an HF tokenizer, or None when ``tokenize`` is given.
         tokenize: a user's ``tokenize(texts) -> dict of native arrays``, or None.
-        kind: ``"encoder"``, ``"classifier"`` or ``"auto"`` (user models).
+        kind: ``"encoder"``, ``"classifier"``, ``"causal_lm"`` / ``"seq2seq_lm"`` (generation)
+            or ``"auto"`` (user models).
         max_length: the model's token limit.
         name: how the model is named in outputs.
     """
@@ -79,7 +80,10 @@ def load(spec: str | None = None, *, framework: str = "torch") -> Loaded:
         return Loaded(model, tokenizer, None, "encoder", limit, name)
     model, tokenizer, limit = minilm.load_hf(path)
     classifier = type(model).__name__.endswith("ForSequenceClassification")
-    return Loaded(model, tokenizer, None, "classifier" if classifier else "encoder", limit, name)
+    kind = "classifier" if classifier else "encoder"
+    archs = [type(model).__name__]
+    kind = minilm.lm_kind(archs) or kind
+    return Loaded(model, tokenizer, None, kind, limit, name)
 
 
 def _from_factory(target: str) -> Loaded:

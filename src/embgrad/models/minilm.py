@@ -61,7 +61,9 @@ def load_hf(path: str | Path, *, classifier: bool | None = None) -> tuple[Any, A
     """(model in eval mode, tokenizer, max_length) from an HF folder, offline.
 
     ``classifier=None`` picks ``AutoModelForSequenceClassification`` when the config names a
-    ``...ForSequenceClassification`` architecture, else the plain ``AutoModel`` (an encoder).
+    ``...ForSequenceClassification`` architecture, ``AutoModelForCausalLM`` /
+    ``AutoModelForSeq2SeqLM`` for a ``...ForCausalLM`` / ``...LMHeadModel`` /
+    ``...ForConditionalGeneration`` one (generation), else the plain ``AutoModel`` (an encoder).
     Loaded models are kept (a few per process), so explaining again does not reload them.
     """
     folder = Path(path)
@@ -81,10 +83,25 @@ def _load_hf(folder: str, classifier: bool | None) -> tuple[Any, Any, int]:
         archs = getattr(config, "architectures", None) or []
         classifier = any(a.endswith("ForSequenceClassification") for a in archs)
     auto = tf.AutoModelForSequenceClassification if classifier else tf.AutoModel
+    if not classifier:
+        lm = lm_kind(getattr(config, "architectures", None) or [])
+        auto = {"causal_lm": tf.AutoModelForCausalLM, "seq2seq_lm": tf.AutoModelForSeq2SeqLM}.get(
+            lm or "", auto
+        )
     model = auto.from_pretrained(folder)
     model.eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(folder)
     return model, tokenizer, max_length_of(Path(folder), tokenizer, config)
+
+
+def lm_kind(architectures: list[str]) -> str | None:
+    """``"causal_lm"`` / ``"seq2seq_lm"`` for a folder saved from an LM head (its config's
+    ``architectures``), else None."""
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal_lm"
+    if any(a.endswith("ForConditionalGeneration") for a in architectures):
+        return "seq2seq_lm"
+    return None
 
 
 def load_minilm() -> tuple[Any, Any, int]:
