@@ -19,7 +19,7 @@ repeated samples.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +176,7 @@ def base_pass(
 def batch_size_hint(inputs: Any) -> int:
     """The batch size of the inputs (for ``rows`` in the base pass): the first array's axis 0."""
     first: Any = inputs
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         first = next(iter(inputs.values()))
     elif isinstance(inputs, tuple):
         first = inputs[0]
