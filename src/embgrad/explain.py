@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from ._progress import bar
 from .backends import backend_for
 from .errors import InputError
 from .methods import get_method
-from .methods._passes import base_pass, ignores_padding
+from .methods._passes import PASS_TOKENS, base_pass, ignores_padding
 from .methods.api import build_items
 from .methods.base import Context
 from .methods.hotflip import HotFlip
@@ -48,7 +49,8 @@ __all__ = ["Explainer", "TokenAttribution"]
 
 _UNUSED = re.compile(r"^\[unused\d+\]$")
 #: rows × tokens per forward/backward of integrated gradients and SmoothGrad in explain()
-TOKENS_PER_PASS = 16384
+#: (the methods' own default bound, ``methods._passes.PASS_TOKENS``)
+TOKENS_PER_PASS = PASS_TOKENS
 
 
 class Explainer:
@@ -168,8 +170,11 @@ class Explainer:
         rows = task.rows()
         step = task.batch_rows(self.batch_size)
         out: list[TokenAttribution] = []
-        for s in range(0, len(rows), step):
-            out.extend(self._chunk(task, s, rows[s : s + step], cls.name, hotflip_k, options))
+        starts = range(0, len(rows), step)
+        with bar(len(starts), f"embgrad {cls.name}", "batch") as progress:
+            for s in starts:
+                out.extend(self._chunk(task, s, rows[s : s + step], cls.name, hotflip_k, options))
+                progress.update(1)
         return out
 
     def _chunk(
@@ -222,7 +227,7 @@ class Explainer:
             direction=self.hotflip_direction,
             skip_padding=self.skip_padding,
             token_baselines=True,
-            # bound the memory of one pass: ~2.7 GB of activations for MiniLM-sized models
+            # bound the memory of one pass (see methods._passes.PASS_TOKENS)
             tokens_per_pass=TOKENS_PER_PASS,
         )
 
