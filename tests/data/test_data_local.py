@@ -326,3 +326,20 @@ def test_run_help_says_long_texts_are_truncated(capsys: Any) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "truncated to it and written with truncated=true" in text
     assert "errors.jsonl" in text and "kill -9" in text
+
+
+def test_the_inputs_own_id_column_is_kept(tmp_path: Path) -> None:
+    data = tmp_path / "with_id.jsonl"
+    rows = [{"id": f"doc-{i}", "text": f"sentence number {i}"} for i in range(5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(_args(data, out), explainer_factory=make_fake) == 0
+    got = pq.read_table(out / "data").to_pylist()
+    assert [r["id"] for r in got] == [f"doc-{i}" for i in range(5)]
+    assert json.loads((out / "manifest.json").read_text())["config"]["id_column"] == "id"
+    plain = tmp_path / "plain.jsonl"  # no id column: the row index, as before
+    plain.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    assert main(_args(plain, tmp_path / "out2"), explainer_factory=make_fake) == 0
+    assert [r["id"] for r in pq.read_table(tmp_path / "out2" / "data").to_pylist()] == list(
+        range(5)
+    )

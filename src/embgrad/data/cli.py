@@ -26,8 +26,9 @@ Parquet shards in OUT/data/, readable with no custom code:
   duckdb.sql("SELECT * FROM 'OUT/data/*.parquet'")
 
 The method, its options, the model, what "value" is (key "quantity") and embgrad's version
-are in each file's metadata (key "embgrad"). Each output row carries "row", the input row's 0-based index (blank lines
-skipped), and "id" (the row index, or --id-column's value as a string).
+are in each file's metadata (key "embgrad"). Each output row carries "row", the input row's
+0-based index (blank lines skipped), and "id": --id-column's value as a string, else the
+input's own "id" column (as a string) when it has one, else the row index.
 
 Resumable: a run that is stopped or killed (even kill -9) is finished by running the same
 command again; every input row ends up exactly once in OUT/data or in OUT/errors.jsonl. A
@@ -87,7 +88,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     io.add_argument(
         "--id-column",
         metavar="I",
-        help="written as 'id' (as text); default: the row's index in the file",
+        help="written as 'id' (as text); default: the input's own 'id' column if it has one, "
+        "else the row's index in the file",
     )
     io.add_argument("--out", required=True, metavar="DIR", help="the output folder")
     m = p.add_argument_group("model and method")
@@ -148,7 +150,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         out=args.out,
         pair_column=args.pair_column,
         label_column=args.label_column,
-        id_column=args.id_column,
+        id_column=args.id_column if args.id_column is not None else _own_id_column(args),
         model=args.model,
         framework=args.framework,
         method=args.method,
@@ -161,6 +163,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         ray_address=args.ray_address,
         workers=args.workers,
     )
+
+
+def _own_id_column(args: argparse.Namespace) -> str | None:
+    """``"id"`` when the input file has a column of that name (other than the texts): kept as
+    the output's ``id``, as Ray Data's ``map_batches`` and HF ``datasets.map`` keep columns."""
+    from .badrows import Columns
+    from .readers import Source
+
+    used = {args.text_column, args.pair_column, args.label_column}
+    if "id" in used:
+        return None
+    try:
+        have, _ = Source(args.data, Columns(args.text_column, None, None, None)).available_columns()
+    except EmbgradError:  # no such file, unknown format: the run's own checks say so
+        return None
+    return "id" if "id" in have else None
 
 
 def command_line(config: RunConfig) -> str:

@@ -4,7 +4,8 @@ Pipeline: read in Ray tasks (jsonl and csv through ``read_binary_files``; Parque
 row group), parsed by the local engine's parsers so that row indices and bad-row handling are
 identical → normalised rows with their index → only the shards not yet done → ``map_batches`` over an
 actor pool (``ActorPoolStrategy``), one explainer per actor, per-row errors emitted as data
-→ ``write_parquet`` into a staging folder → committed into ``OUT/data`` (see ``outdir``).
+→ gathered per shard by the driver and committed as the local engine commits its shards
+(``OUT/data/part-NNNNNN.parquet``, see ``outdir``), each as soon as all its rows are in.
 
 Actors get fractional CPUs (``(cluster CPUs − 1) / workers``, at least 0.25): 2 actors with one
 whole CPU each on a 2-CPU cluster deadlock (the read task waits for a CPU forever).
@@ -19,7 +20,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +30,7 @@ from .batch import explain_rows, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
 from .prepare import Prepared, begin, columns_of, load_explainer, prepare
 from .readers import parse_bytes, rows_from_table
-from .writer import output_schema
+from .writer import output_schema, to_table
 
 DEFAULT_WORKERS = 2
 _ROW = "__embgrad_row"
@@ -75,14 +75,18 @@ def ray_session(address: str | None) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def data_context(ray: Any, progress: bool) -> Iterator[Any]:
-    """Ray Data settings for one run (order kept, quiet), restored afterwards."""
+    """Ray Data settings for one run (order kept, quiet: one progress bar on a terminal, no
+    per-operator bars or stats), restored afterwards."""
     ctx = ray.data.DataContext.get_current()
-    names = ("enable_progress_bars", "print_on_execution_start", "enable_auto_log_stats")
-    saved = {n: getattr(ctx, n) for n in names}
+    names = ("enable_progress_bars", "print_on_execution_start", "enable_auto_log_stats",
+             "enable_operator_progress_bars")  # fmt: skip
+    saved = {n: getattr(ctx, n) for n in names if hasattr(ctx, n)}
     saved_order = ctx.execution_options.preserve_order
     logger = logging.getLogger("ray.data")
     saved_level = logger.level
     ctx.enable_progress_bars = progress
+    if "enable_operator_progress_bars" in saved:  # one bar for the job, not one per operator
+        ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.execution_options.preserve_order = True
@@ -253,14 +257,6 @@ def _pipeline(ray: Any, prep: Prepared, factory: ExplainerFactory, done: set[int
     )
 
 
-def _errors_of(mat: Any) -> list[RowError]:
-    from ray.data.expressions import col
-
-    bad = mat.filter(expr=col("error_kind").is_not_null())
-    rows = bad.select_columns(["row", "id", *_ERROR_COLUMNS]).take_all()
-    return [RowError(r["row"], r["id"], r["error_kind"], r["error_reason"]) for r in rows]
-
-
 def run_ray(
     config: RunConfig,
     factory: ExplainerFactory,
@@ -302,21 +298,47 @@ def _execute(
     todo: list[int],
     summary: RunSummary,
 ) -> None:
-    from ray.data.expressions import col
-
-    run = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    staging = prep.out.ray_staging(run)
+    """Run the pipeline, then commit each shard as the local engine does (``part-NNNNNN``):
+    rows are gathered per shard from the job's output and a shard is written as soon as all
+    its rows are in, so the driver holds about one shard at a time (order is preserved)."""
     try:
         mat = _pipeline(ray, prep, factory, done).materialize()
     except Exception as exc:  # RayTaskError wraps the actor's exception
         raise EmbgradError(f"the Ray job failed; nothing was committed: {exc}") from exc
-    ok = mat.filter(expr=col("error_kind").is_null()).drop_columns(list(_ERROR_COLUMNS))
-    ok.write_parquet(str(staging), schema=output_schema(prep.config))
-    errors = sorted(_errors_of(mat), key=lambda e: e.row)
-    truncated = ok.filter(
-        expr=(col("truncated") == True) | (col("pair_truncated") == True)  # noqa: E712
-    ).count()
-    prep.out.commit_ray(run, todo, errors)
-    summary.explained += ok.count()
+    schema = output_schema(prep.config)
+    size = prep.config.rows_per_shard
+    pending: dict[int, list[dict[str, Any]]] = {}
+    for batch in mat.iter_batches(batch_format="pyarrow", batch_size=None):
+        for record in batch.to_pylist():
+            shard = int(record["row"]) // size
+            rows = pending.setdefault(shard, [])
+            rows.append(record)
+            if len(rows) == prep.shard_rows(shard):
+                _commit(prep, shard, pending.pop(shard), schema, summary)
+    if pending:
+        got = {s: len(r) for s, r in sorted(pending.items())}
+        raise EmbgradError(
+            f"the Ray job returned incomplete shards (shard: rows) {got}; they were not "
+            "committed: run the same command again to redo them"
+        )
+
+
+def _commit(
+    prep: Prepared, shard: int, records: list[dict[str, Any]], schema: Any, summary: RunSummary
+) -> None:
+    """One shard's output rows and errors, committed (see ``OutDir.commit_shard``)."""
+    records.sort(key=lambda r: r["row"])
+    good = [
+        {k: v for k, v in r.items() if k not in _ERROR_COLUMNS}
+        for r in records
+        if r["error_kind"] is None
+    ]
+    errors = [
+        RowError(r["row"], r["id"], r["error_kind"], r["error_reason"])
+        for r in records
+        if r["error_kind"] is not None
+    ]
+    prep.out.commit_shard(shard, to_table(good, schema), errors)
+    summary.explained += len(good)
     summary.errors += len(errors)
-    summary.truncated += truncated
+    summary.truncated += sum(1 for r in good if r["truncated"] or r["pair_truncated"])
