@@ -123,3 +123,15 @@ def test_attribute_takes_candidate_labels_and_a_batch_encoding(explainer):
         embgrad.attribute(model, enc, candidate_labels=LABELS)
     with pytest.raises(embgrad.InputError, match="not one of the labels"):
         embgrad.attribute(model, enc, candidate_labels=LABELS, tokenizer=tok, target="x")
+
+
+def test_explain_shows_its_batches_on_a_terminal(explainer, monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    from embgrad import _progress
+
+    monkeypatch.setattr(_progress, "_tty", lambda: True)
+    monkeypatch.setattr(_progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(explainer, "batch_size", 2)
+    explainer.explain([*TEXTS, "One more."], candidate_labels=LABELS, hotflip_k=0)
+    err = capsys.readouterr().err
+    assert "embgrad gradient" in err and "2/2" in err and "batch" in err
