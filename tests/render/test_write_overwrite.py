@@ -42,7 +42,7 @@ def test_to_json_and_to_html_refuse_an_existing_file_unless_overwrite(tmp_path):
 def test_save_all_checks_every_file_before_writing_any(tmp_path):
     view = write.View(_att().items)
     (tmp_path / "report.html").write_text("mine")
-    with pytest.raises(InputError, match="report.html"):
+    with pytest.raises(InputError, match=r"report\.html"):
         write.save_all(view, ["json", "html"], tmp_path)
     assert not (tmp_path / "attributions.json").exists()  # nothing written
     paths = write.save_all(view, ["json", "html"], tmp_path, overwrite=True)
