@@ -17,8 +17,11 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -71,6 +74,64 @@ def ray_session(address: str | None) -> Iterator[Any]:
         ray.shutdown()
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+#: a C++ log line of Ray's driver: ``[2026-12-01 11:16:29,990 E 18699 18699] core_worker.cc:…``
+_RAY_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \S+\.(cc|h):\d+")
+
+
+@contextlib.contextmanager
+def drop_ray_log_lines(fd: int = 2) -> Iterator[None]:
+    """Drop Ray's C++ log lines from ``fd`` (stderr) while the block runs; everything else
+    (the progress bar, Python's own messages) passes through unchanged and in order.
+
+    Ray's driver prints, on every run with an actor pool, an error-level line from
+    core_worker.cc (the pool's constructor arguments are in the object store while
+    ``max_restarts > 0``), which alarms and means nothing here; failures reach the user as the
+    job's exception. ``RAY_BACKEND_LOG_LEVEL`` cannot silence it without printing a line of
+    its own, so the lines are filtered at the file descriptor.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError):  # no real stderr (an embedded interpreter): leave it alone
+        yield
+        return
+    read, write = os.pipe()
+    os.dup2(write, fd)
+    os.close(write)
+
+    def pump() -> None:
+        buf = b""
+        while True:
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while buf:
+                end = buf.find(b"\n")
+                if end < 0:
+                    if buf.startswith(b"["):  # may be a log line: wait for its end
+                        break
+                    os.write(saved, buf)
+                    buf = b""
+                    break
+                line, buf = buf[: end + 1], buf[end + 1 :]
+                if not _RAY_LOG_LINE.match(line):
+                    os.write(saved, line)
+        if buf:
+            os.write(saved, buf)
+
+    thread = threading.Thread(target=pump, name="embgrad-ray-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)  # closes the pipe's last write end: the pump sees EOF
+        thread.join(timeout=5)
+        os.close(read)
+        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -264,9 +325,8 @@ def run_ray(
     progress: bool | None = None,
     command: str | None = None,
 ) -> RunSummary:
-    """Run ``config`` on Ray; see ``embgrad.data.run``. Commits once, when the job ends."""
-    import sys
-
+    """Run ``config`` on Ray; see ``embgrad.data.run``. Commits each shard once all its rows
+    are in; Ray's C++ log lines are kept off stderr (:func:`drop_ray_log_lines`)."""
     import_ray()
     prep, explainer = prepare(config, factory)
     del explainer  # checked here; every actor loads its own
@@ -282,7 +342,8 @@ def run_ray(
         started = time.perf_counter()
         todo = [s for s in range(prep.n_shards) if s not in done]
         if todo:
-            with data_context(ray, show):
+            # after Ray started: its daemons must not inherit the filter's pipe
+            with data_context(ray, show), drop_ray_log_lines():
                 _execute(ray, prep, factory, done, todo, summary)
         summary.errors_total = prep.out.rebuild_errors()
     summary.work_seconds = time.perf_counter() - started
