@@ -8,17 +8,19 @@ on stderr, no traceback), 2 a usage error.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from ._cliargs import add_label_args, add_method_args, check_method_args, labels_of
+from ._version import __version__
 from .cli_generation import add_flags as generation_flags
 from .cli_generation import run as run_generation
 from .cli_generation import wanted as wants_generation
-from .errors import EmbgradError
+from .errors import EmbgradError, InputError
 from .methods import get_method, list_methods
 from .models.load import FRAMEWORKS
 from .render import write
@@ -37,17 +39,6 @@ def _formats(value: str) -> list[str]:
     return chosen
 
 
-def _option(value: str) -> tuple[str, Any]:
-    key, eq, raw = value.partition("=")
-    if not eq or not key.strip():
-        raise argparse.ArgumentTypeError(f"method options look like KEY=VALUE, got {value!r}")
-    try:
-        parsed: Any = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        parsed = raw
-    return key.strip(), parsed
-
-
 def _methods_help() -> str:
     return "; ".join(f"{n}: {get_method(n).summary}" for n in list_methods())
 
@@ -58,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="embgrad",
         description="Exact per-sample gradients w.r.t. word embeddings, and token attributions.",
     )
+    parser.add_argument("--version", action="version", version=f"embgrad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_explain(sub)
@@ -98,12 +90,8 @@ def _add_explain(sub: Any) -> None:
         help="class label or index to explain (classifiers; one for all texts or one per text); "
         "default: the predicted class",
     )  # fmt: skip
-    p.add_argument("--method", choices=list_methods(), default="gradient",
-                   help="attribution method (default gradient); see `embgrad methods`")  # fmt: skip
-    p.add_argument("-O", "--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="a method option, e.g. -O n_steps=32 (repeatable)")  # fmt: skip
-    p.add_argument("--hotflip-k", type=int, default=3, metavar="K",
-                   help="HotFlip substitutions shown per text (0: none; default 3)")  # fmt: skip
+    add_label_args(p)
+    add_method_args(p)
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward (default 16)")
     p.add_argument("--out", default="embgrad-out", metavar="DIR",
                    help="folder for the html/json/png outputs (default ./embgrad-out)")  # fmt: skip
@@ -113,6 +101,8 @@ def _add_explain(sub: Any) -> None:
         f"(default {','.join(DEFAULT_FORMATS)})",
     )  # fmt: skip
     generation_flags(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist in --out (default: refuse)")  # fmt: skip
     p.set_defaults(func=_run_explain)
 
 
@@ -125,6 +115,8 @@ def _bundled_pairs() -> tuple[list[str], list[str]]:
 
 def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .explain import Explainer
+    from .models.load import check_spec
+    from .tasks import check_request, task_for
 
     formats = [f for group in (args.format or [list(DEFAULT_FORMATS)]) for f in group]
     if wants_generation(args):
@@ -132,50 +124,76 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     texts, pairs = args.text, args.pair
     if pairs and not texts:
         parser.error("--pair needs --text (one --text per --pair)")
-    if texts is None and args.model is None:
+    labels = labels_of(args)
+    if texts is None and args.model is None and labels is None:
         texts, pairs = _bundled_pairs()
     elif texts is None:
-        parser.error("--text is required with --model")
+        parser.error("--text is required with --model or --labels")
+    # every check that can fail for every text, before the model loads
+    options = dict(args.option)
+    check_method_args(args.method, options, args.hotflip_k)
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    check_spec(args.model, args.framework)
+    if args.model is None:  # the bundled encoder: the task is known before loading it
+        task_for("encoder", texts, pairs, args.target, candidate_labels=labels)
+    else:
+        check_request(texts, pairs, args.target, labels)
+    write.check_folder(formats, args.out, args.overwrite)
+
     explainer = Explainer.from_spec(args.model, framework=args.framework)
     explainer.batch_size = max(2, args.batch_size)
-    options = dict(args.option)
-    items = explainer.explain(
-        texts, pairs, args.target, method=args.method, hotflip_k=args.hotflip_k, **options
-    )
+    task = explainer.task(texts, pairs, args.target, labels)
+    if task.note:
+        print(f"embgrad: {task.note}", file=sys.stderr)
+    items = explainer.explain(texts, pairs, args.target, candidate_labels=labels,
+                              method=args.method, hotflip_k=args.hotflip_k, **options)  # fmt: skip
     titles = (
         [f"pair {i // 2 + 1}{'AB'[i % 2]}" for i in range(len(items))]
         if pairs
         else [f"[{i + 1}]" for i in range(len(items))]
     )
-    what = "cosine similarity" if pairs else None
-    meta = {
+    meta: dict[str, Any] = {
         "model": explainer.name,
         "framework": explainer.framework,
         "method": args.method,
         "options": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
                     for k, v in options.items()},
-        "quantity": what or "log p(target)",
+        "quantity": task.quantity or "log p(target)",
     }  # fmt: skip
+    labels_used = getattr(task, "candidate_labels", None)
+    if labels_used is not None:
+        meta["labels"] = list(labels_used)
+    if task.note:
+        meta["note"] = task.note
+    subtitle = f"model {explainer.name} ({explainer.framework})"
     view = write.View(
         items,
         titles=titles,
-        quantity=what,
-        subtitle=f"model {explainer.name} ({explainer.framework})",
+        quantity=task.quantity,
+        subtitle=subtitle + (f"; {task.note}" if task.note else ""),
         meta=meta,
     )
     if "terminal" in formats:
         write.show(view)
-    for path in write.save_all(view, formats, Path(args.out)):
+    for path in write.save_all(view, formats, Path(args.out), overwrite=args.overwrite):
         print(f"embgrad: wrote {path}")
     return 0
+
+
+#: "(default 3)", "(default: all)", ", default" in an option's help: the listing says it once
+_DEFAULT_IN_HELP = re.compile(r"\s*\(default[^)]*\)|,\s*default(?=\))")
 
 
 def _run_methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for name in list_methods():
         cls = get_method(name)
         print(f"{name}: {cls.summary}")
-        for opt, default in cls.options().items():
-            print(f"    {opt} (default {default!r}): {cls.option_help.get(opt, '')}")
+        for opt, default in cls.cli_options().items():
+            text = cls.option_help.get(opt, "")
+            if default is not None:  # else the help's "(default: ...)" says what None means
+                text = _DEFAULT_IN_HELP.sub("", text)
+            print(f"    -O {opt}=... (default {default!r}): {text}")
     return 0
 
 
@@ -191,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"embgrad: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("embgrad: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,9 @@ What is explained (``TokenAttribution.loss``):
   Both sentences of every pair go into one batch and sentence j's quantity is
   cos(e_j, stopgrad(e_partner(j))): its gradient w.r.t. j's tokens is that of the similarity,
   and samples stay independent, so one backward is exact. Two results per pair: text, then pair.
+* single texts on an encoder: log p(label | text), zero-shot among ``candidate_labels`` by the
+  similarity of the text's embedding to the labels' (``embgrad.tasks.zeroshot``; default labels
+  ``positive`` / ``negative``, said in the outputs), for the target or the predicted label.
 * without pairs (sequence classifiers): log p(target | text), the target being the given label
   or, by default, the predicted class.
 
@@ -26,11 +29,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from ._progress import bar
 from .backends import backend_for
 from .errors import InputError
 from .items import StepAttribution
 from .methods import get_method
-from .methods._passes import base_pass, ignores_padding
+from .methods._passes import PASS_TOKENS, base_pass, ignores_padding
 from .methods.api import build_items
 from .methods.base import Context
 from .methods.hotflip import HotFlip
@@ -38,12 +44,14 @@ from .methods.result import TokenAttribution
 from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, tokenize
 from .models.load import Loaded, load
 from .tasks import Task, task_for
+from .tasks.zeroshot import embed
 
 __all__ = ["Explainer", "TokenAttribution"]
 
 _UNUSED = re.compile(r"^\[unused\d+\]$")
 #: rows × tokens per forward/backward of integrated gradients and SmoothGrad in explain()
-TOKENS_PER_PASS = 16384
+#: (the methods' own default bound, ``methods._passes.PASS_TOKENS``)
+TOKENS_PER_PASS = PASS_TOKENS
 
 
 class Explainer:
@@ -94,6 +102,7 @@ class Explainer:
             skip_padding = ignores_padding(model)
         self.skip_padding = bool(skip_padding)
         self._checked = False  # samples proved independent once: later batches skip the probe
+        self._embedded: dict[tuple[str, ...], np.ndarray] = {}
         config = getattr(model, "config", None)
         self.labels: dict[int, str] = {
             int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()
@@ -120,9 +129,28 @@ class Explainer:
         )
 
     # -- explaining ----------------------------------------------------------------------
-    def task(self, texts: Any, pairs: Any = None, targets: Any = None) -> Task:
+    def task(
+        self, texts: Any, pairs: Any = None, targets: Any = None, candidate_labels: Any = None
+    ) -> Task:
         """The task for these texts on this model (every check before any model work)."""
-        return task_for(self.kind, texts, pairs, targets, labels=self.labels, model_name=self.name)
+        return task_for(
+            self.kind,
+            texts,
+            pairs,
+            targets,
+            labels=self.labels,
+            candidate_labels=candidate_labels,
+            model_name=self.name,
+        )
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(n, D) float64 sentence embeddings (mean-pooled, L2-normalised), cached per texts
+        (the zero-shot labels' embeddings are computed once per Explainer)."""
+        key = tuple(texts)
+        if key not in self._embedded:
+            batch = self.encode(list(texts))
+            self._embedded[key] = embed(self.model, batch.inputs, batch.mask_native)
+        return self._embedded[key]
 
     def explain(
         self,
@@ -130,21 +158,29 @@ class Explainer:
         pairs: list[str] | None = None,
         targets: list[str | int] | None = None,
         *,
+        candidate_labels: list[str] | None = None,
         method: str = "gradient",
         hotflip_k: int = 3,
         **options: Any,
     ) -> list[TokenAttribution]:
-        """Per-token attributions for ``texts`` (2 results per pair with ``pairs``)."""
+        """Per-token attributions for ``texts`` (2 results per pair with ``pairs``).
+
+        ``candidate_labels``: classify single texts zero-shot among these label descriptions
+        (encoders; see ``embgrad.tasks.zeroshot``); ``targets`` then name labels."""
         cls = get_method(method)
         cls.validate(options)
-        task = self.task(texts, pairs, targets)
+        task = self.task(texts, pairs, targets, candidate_labels)
         if not isinstance(hotflip_k, int) or hotflip_k < 0:
             raise InputError(f"hotflip_k must be an integer ≥ 0, got {hotflip_k!r}")
+        task.prepare(self.embed)
         rows = task.rows()
         step = task.batch_rows(self.batch_size)
         out: list[TokenAttribution] = []
-        for s in range(0, len(rows), step):
-            out.extend(self._chunk(task, s, rows[s : s + step], cls.name, hotflip_k, options))
+        starts = range(0, len(rows), step)
+        with bar(len(starts), f"embgrad {cls.name}", "batch") as progress:
+            for s in starts:
+                out.extend(self._chunk(task, s, rows[s : s + step], cls.name, hotflip_k, options))
+                progress.update(1)
         return out
 
     def _chunk(
@@ -207,7 +243,7 @@ class Explainer:
             direction=self.hotflip_direction,
             skip_padding=self.skip_padding,
             token_baselines=True,
-            # bound the memory of one pass: ~2.7 GB of activations for MiniLM-sized models
+            # bound the memory of one pass (see methods._passes.PASS_TOKENS)
             tokens_per_pass=TOKENS_PER_PASS,
         )
 

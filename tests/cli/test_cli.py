@@ -22,7 +22,11 @@ def test_methods_command_and_help_come_from_the_registry(capsys):
     helptext = capsys.readouterr().out
     for name in list_methods():
         assert f"{name}:" in listed and name in helptext
-    assert "n_steps (default 50)" in listed and "truncated" in helptext
+    assert "-O n_steps=... (default 50): number of quadrature points\n" in listed
+    assert "truncated" in helptext
+    for line in listed.splitlines():
+        assert line.count("default") <= 1 or "(default:" in line, line  # said once
+    assert "mask=" not in listed and "exclude_ids" not in listed  # arrays: not from the CLI
 
 
 def test_a_data_cli_module_adds_its_subcommand(monkeypatch):
@@ -38,7 +42,9 @@ def test_a_data_cli_module_adds_its_subcommand(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["explain", "--method", "lime", "--text", "x"], "invalid choice: 'lime'"),
+        (["explain", "--method", "lime", "--text", "x"], "unknown method 'lime'; choose one of"),
+        (["explain", "--method", "ig", "--text", "x"], "did you mean 'integrated_gradients'"),
+        (["explain", "--method", "integrated_gradient"], "did you mean 'integrated_gradients'"),
         (["explain", "--format", "pdf"], "unknown format(s) pdf"),
         (["explain", "--pair", "x"], "--pair needs --text"),
         (["explain", "-O", "n_steps"], "KEY=VALUE"),
@@ -48,6 +54,54 @@ def test_a_data_cli_module_adds_its_subcommand(monkeypatch):
 def test_usage_errors_exit_2(capsys, argv, message):
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_version_and_python_dash_m(capsys):
+    from embgrad._version import __version__
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"embgrad {__version__}"
+    done = subprocess.run([sys.executable, "-m", "embgrad", "--version"], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == f"embgrad {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--text", "hi", "--labels", "a"], "--labels: give at least two labels"),
+        (["--text", "hi", "--labels", "a,b", "--target", "c"], "target 'c' is not one of"),
+        (["--text", "hi", "--target", "neutral"], "not one of the labels: 'positive'"),
+        (["--text", "hi", "--pair", "x", "--labels", "a,b"], "one or the other"),
+        (["--text", "hi", "--labels", "a,b", "--labels-file", "f"], "not both"),
+        (["--text", "hi", "--method", "smoothgrad", "-O", "n_samples=1.5"], "is not an int"),
+        (["--text", "hi", "--method", "hotflip", "-O", "exclude_ids=[1]"], "set by embgrad"),
+        (["--text", "hi", "--hotflip-k", "-1"], "--hotflip-k must be"),
+        (["--text", "hi", "--model", "nowhere"], "give hf:PATH"),
+    ],
+)
+def test_explain_checks_fail_fast_before_the_model_loads(monkeypatch, capsys, argv, message):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the checks")
+
+    monkeypatch.setattr("embgrad.explain.load", never)
+    assert cli.main(["explain", *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_existing_outputs_are_refused_before_the_work_unless_overwrite(tmp_path, monkeypatch,
+                                                                       capsys):  # fmt: skip
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the checks")
+
+    monkeypatch.setattr("embgrad.explain.load", never)
+    (tmp_path / "attributions.json").write_text("{}")
+    assert cli.main(["explain", "--text", "hi", "--out", str(tmp_path), "--format", "json"]) == 1
+    assert "exist(s); pass --overwrite" in capsys.readouterr().err
+    a_file = tmp_path / "attributions.json"
+    assert cli.main(["explain", "--text", "hi", "--out", str(a_file), "--format", "json"]) == 1
+    assert "is an existing file" in capsys.readouterr().err
+    assert a_file.read_text() == "{}"
 
 
 def test_a_missing_model_exits_1_with_one_line_and_no_traceback(tmp_path):
@@ -121,6 +175,27 @@ def test_explain_without_arguments_explains_the_bundled_pairs(tmp_path, monkeypa
     assert "cosine similarity" in out
     assert (tmp_path / "embgrad-out" / "report.html").stat().st_size > 1000
     assert (tmp_path / "embgrad-out" / "heatmap.png").stat().st_size > 5000
+
+
+@pytest.mark.hf
+@OUTPUTS
+def test_explain_a_single_text_with_the_bundled_model(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    argv = ["explain", "--text", "I loved this movie", "--out", str(tmp_path), "--format",
+            "terminal,json", "--hotflip-k", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "no labels given: explaining zero-shot sentiment" in captured.err
+    assert "zero-shot" in captured.out and "target positive" in captured.out
+    doc = json.loads((tmp_path / "attributions.json").read_text())
+    assert doc["labels"] == ["positive", "negative"] and "zero-shot" in doc["quantity"]
+    assert doc["items"][0]["target"] == "positive" and doc["items"][0]["loss"] < 0
+    argv = ["explain", "--text", "I loved this movie", "--labels", "cinema,sport,cooking",
+            "--out", str(tmp_path), "--format", "json", "--overwrite"]  # fmt: skip
+    assert cli.main(argv) == 0
+    doc = json.loads((tmp_path / "attributions.json").read_text())
+    assert doc["labels"] == ["cinema", "sport", "cooking"] and "note" not in doc
+    assert doc["items"][0]["target"] == "cinema"
 
 
 def test_importing_embgrad_its_cli_and_explainer_imports_no_framework():

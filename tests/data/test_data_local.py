@@ -388,3 +388,20 @@ def test_by_length_uses_token_counts_when_the_explainer_can_encode() -> None:
         for i, (t, p) in enumerate([("a", "b c d e"), ("a b c", "d e f"), ("a b c d", "e")])
     ]
     assert [r.row for r in by_length(paired, Encodes())] == [1, 0, 2]
+
+
+def test_the_inputs_own_id_column_is_kept(tmp_path: Path) -> None:
+    data = tmp_path / "with_id.jsonl"
+    rows = [{"id": f"doc-{i}", "text": f"sentence number {i}"} for i in range(5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(_args(data, out), explainer_factory=make_fake) == 0
+    got = pq.read_table(out / "data").to_pylist()
+    assert [r["id"] for r in got] == [f"doc-{i}" for i in range(5)]
+    assert json.loads((out / "manifest.json").read_text())["config"]["id_column"] == "id"
+    plain = tmp_path / "plain.jsonl"  # no id column: the row index, as before
+    plain.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    assert main(_args(plain, tmp_path / "out2"), explainer_factory=make_fake) == 0
+    assert [r["id"] for r in pq.read_table(tmp_path / "out2" / "data").to_pylist()] == list(
+        range(5)
+    )

@@ -79,12 +79,13 @@ def test_ray_engine_writes_the_local_engines_rows_row_for_row(
         local.errors,
         local.truncated,
     )
-    ray_files = sorted((tmp_path / "ray" / "data").glob("part-ray-*.parquet"))
-    meta = [pq.read_schema(f).metadata[b"embgrad"] for f in ray_files]
-    assert (
-        meta[0]
-        == pq.read_schema(tmp_path / "local" / "data" / "part-000000.parquet").metadata[b"embgrad"]
-    )
+    names = sorted(p.name for p in (tmp_path / "ray" / "data").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "local" / "data").iterdir())
+    assert names == [f"part-{s:06d}.parquet" for s in range(4)]  # one naming for both engines
+    for name in names:
+        assert pq.read_schema(tmp_path / "ray" / "data" / name).metadata == (
+            pq.read_schema(tmp_path / "local" / "data" / name).metadata
+        )
     again = run(
         replace(config, out=tmp_path / "ray", engine="ray", workers=2), explainer_factory=make_fake
     )
@@ -128,6 +129,23 @@ def test_ray_engine_finishes_a_partial_local_run_of_a_parquet_file(
     assert errors == (tmp_path / "local" / "errors.jsonl").read_text() and '"row": 7' in errors
 
 
+@pytest.mark.ray
+def test_a_ray_worker_killed_mid_run_is_retried_and_every_row_is_written_once(
+    local_ray: Any, tmp_path: Path
+) -> None:
+    data = write_corpus(tmp_path / "corpus.jsonl", N)
+    marker = tmp_path / "killed"
+    config = RunConfig(data=data, text_column="text", out=tmp_path / "ray", rows_per_shard=16,
+                       batch_size=4, engine="ray", workers=2)  # fmt: skip
+    summary = run(config, explainer_factory=data_fakes.kill_once_factory(str(marker)))
+    assert marker.read_text().isdigit()  # an actor process was SIGKILLed, once
+    rows = pq.read_table(tmp_path / "ray" / "data").column("row").to_pylist()
+    lines = (tmp_path / "ray" / "errors.jsonl").read_text().splitlines()
+    errors = [json.loads(x)["row"] for x in lines]
+    assert sorted(rows + errors) == list(range(N)) and len(set(rows)) == len(rows)
+    assert summary.explained == N - len(BAD_ROWS) and summary.errors == len(BAD_ROWS)
+
+
 def test_ray_skips_committed_shards_and_shares_cpus_without_deadlock() -> None:
     batch = pa.table({"__embgrad_row": list(range(10))})
     kept = _keep_pending(batch, done=[0, 2], rows_per_shard=3)
@@ -143,3 +161,16 @@ def test_ray_skips_committed_shards_and_shares_cpus_without_deadlock() -> None:
     assert _cpus_per_actor(Cluster(2), 2) == 0.5  # 2 × 1 CPU on 2 CPUs would deadlock
     assert _cpus_per_actor(Cluster(2), 8) == 0.25
     assert _cpus_per_actor(Cluster(16), 4) == 3.75
+
+
+def test_ray_log_lines_are_dropped_from_stderr_and_the_rest_passes(capfd: Any) -> None:
+    import os
+
+    from embgrad.data.ray_engine import drop_ray_log_lines
+
+    with drop_ray_log_lines():
+        os.write(2, b"[2026-12-01 11:16:29,990 E 18699 18699] core_worker.cc:2465: Actor wi")
+        os.write(2, b"th class name ... max_restarts > 0.\nkeep this line\n")
+        os.write(2, b"\rrows 1/2")  # a progress bar's partial line (sys.stderr is fd 2)
+        os.write(2, b"[not a ray line] stays\n")
+    assert capfd.readouterr().err == "keep this line\n\rrows 1/2[not a ray line] stays\n"

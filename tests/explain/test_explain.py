@@ -129,7 +129,11 @@ def test_long_texts_are_truncated_and_flagged(explainer):
         (lambda e: e.explain([], []), "no texts given"),
         (lambda e: e.explain(["ok"], ["a", "b"]), "1 texts but 2 pairs"),
         (lambda e: e.explain(["ok"], ["a"], method="lime"), "unknown method 'lime'.*gradient"),
-        (lambda e: e.explain(["ok"]), "plain encoder: give pairs"),
+        (lambda e: e.explain(["ok"], ["a"], candidate_labels=["x", "y"]), "one or the other"),
+        (lambda e: e.explain(["ok"], candidate_labels=["x"]), "at least two labels"),
+        (lambda e: e.explain(["ok"], candidate_labels=["x", "x"]), "labels repeated: 'x'"),
+        (lambda e: e.explain(["ok"], None, ["z"], candidate_labels=["x", "y"]), "not one of"),
+        (lambda e: e.explain(["ok"], None, ["neutral"]), "not one of the labels: 'positive'"),
         (lambda e: e.explain(["ok"], ["a"], method="smoothgrad", steps=3), "no option.*steps"),
     ],
 )

@@ -242,3 +242,40 @@ def test_a_word_lookup_cut_off_the_graph_is_named_not_replaced_by_another():
     ids = torch.randint(0, 20, (3, 5))
     with pytest.raises(embgrad.NoLookupError, match=r"'word' \(word\).*autograd graph"):
         _passes.base_pass(Frozen(), ids, lambda o: o)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_the_default_pass_size_is_bounded_whatever_the_steps(monkeypatch, method):
+    from embgrad.methods import get_method
+
+    monkeypatch.setattr(_passes, "PASS_TOKENS", 12)  # 6 positions: 2 rows a pass
+    model, inputs = _pool("none"), _ragged()
+    m = get_method(method)(model)
+    many = {"n_steps": 15} if method == "integrated_gradients" else {"n_samples": 15}
+    got = m.attribute(inputs, lambda out: out, **many)
+    assert all(rows * length <= 12 for rows, length in got.info["passes"])
+    assert sum(rows for rows, _ in got.info["passes"]) >= 4 * 15
+    one = m.attribute(inputs, lambda out: out, internal_batch_size=10**6, **many)
+    assert len(one.info["passes"]) == 1  # an explicit size still wins
+    top = np.abs(one.attributions).max()
+    assert np.abs(got.attributions - one.attributions).max() <= 1e-5 * top
+    assert _passes.default_pass_rows(10**6) == 1  # a text longer than the bound: one row
+
+
+def test_progress_bars_show_passes_on_a_terminal_only(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    from embgrad import _progress
+    from embgrad.methods import get_method
+
+    model, inputs = _pool("none"), _ragged()
+    ig = get_method("integrated_gradients")(model)
+    ig.attribute(inputs, lambda out: out, n_steps=4, internal_batch_size=3)
+    assert capsys.readouterr().err == ""  # not a terminal: silent
+    monkeypatch.setattr(_progress, "_tty", lambda: True)
+    monkeypatch.setattr(_progress, "DELAY_S", 0.0)
+    ig.attribute(inputs, lambda out: out, n_steps=4, internal_batch_size=3)
+    err = capsys.readouterr().err
+    assert "integrated gradients" in err and "/7 " in err and "pass/s" in err  # 20 rows / 3
+    with _progress.quiet():  # `embgrad run` shows its own bar instead
+        ig.attribute(inputs, lambda out: out, n_steps=4, internal_batch_size=3)
+    assert capsys.readouterr().err == ""

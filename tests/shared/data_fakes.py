@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -107,6 +109,29 @@ def make_fake(spec: str | None, framework: str = "torch") -> FakeExplainer:
     if spec is not None and spec.startswith("fake:delay="):
         delay = float(spec.removeprefix("fake:delay="))
     return FakeExplainer(delay)
+
+
+class KillOnce(FakeExplainer):
+    """A stand-in that SIGKILLs its own process the first time it explains ``sentence 30``
+    outside the process that made the factory (so in a Ray actor, never in the driver)."""
+
+    def __init__(self, marker: str, driver: int) -> None:
+        super().__init__()
+        self.marker, self.driver = marker, driver
+
+    def explain(self, texts: list[str], *args: Any, **kwargs: Any) -> list[FakeAttribution]:
+        hit = any(t.startswith("sentence 30 ") for t in texts)
+        if hit and os.getpid() != self.driver and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().explain(texts, *args, **kwargs)
+
+
+def kill_once_factory(marker: str) -> Any:
+    """A factory of :class:`KillOnce` explainers (picklable: the driver's pid is captured)."""
+    driver = os.getpid()
+    return lambda spec, framework="torch": KillOnce(marker, driver)
 
 
 #: row index → the kind of error the corpus plants there

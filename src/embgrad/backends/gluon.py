@@ -112,6 +112,9 @@ class MXNetOps(NumpyOps):
     def row_dot(self, a: Any, b: Any) -> Any:
         return lazy_mxnet().nd.sum(a * b, axis=-1)
 
+    def row_dots(self, a: Any, b: Any) -> Any:
+        return lazy_mxnet().nd.dot(a, b, transpose_b=True)
+
     def sparse_native(self, rows: Any) -> Any:
         """An MXNet ``row_sparse`` (B·V, D) on the CPU, row key ``b*V + token``."""
         mx = lazy_mxnet()

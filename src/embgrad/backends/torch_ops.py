@@ -140,6 +140,9 @@ class TorchOps(Ops):
     def row_dot(self, a: Any, b: Any) -> Any:
         return (a * b).sum(-1)
 
+    def row_dots(self, a: Any, b: Any) -> Any:
+        return a @ b.T
+
     def sparse_native(self, rows: Any) -> Any:
         """A coalesced sparse COO (B, V, D) on the rows' device, D a dense dimension."""
         indices = torch.stack([rows.sample, rows.row])

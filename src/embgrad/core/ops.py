@@ -132,6 +132,10 @@ class Ops:
         """(B,) ``Σ_d a[i, d] · b[i, d]``."""
         raise NotImplementedError
 
+    def row_dots(self, a: Array, b: Array) -> Array:
+        """(B, K) ``Σ_d a[i, d] · b[k, d]`` of (B, D) ``a`` and (K, D) ``b``: ``a @ b.T``."""
+        raise NotImplementedError
+
 
 class NumpyOps(Ops):
     name = "numpy"
@@ -239,3 +243,6 @@ class NumpyOps(Ops):
 
     def row_dot(self, a: Array, b: Array) -> Array:
         return (a * b).sum(-1)
+
+    def row_dots(self, a: Array, b: Array) -> Array:
+        return np.asarray(a) @ np.asarray(b).T

@@ -61,7 +61,7 @@ def to_record(
         "text": row.text,
         "pair": row.pair,
         "target": att.target if att.target is not None else row.label,
-        "loss": float(att.loss),
+        "value": float(att.loss),
         **_side(att, ""),
         **_side(pair, "pair_"),
     }

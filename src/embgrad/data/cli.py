@@ -7,27 +7,29 @@ runs it alone. Importing this module imports neither pyarrow nor Ray.
 from __future__ import annotations
 
 import argparse
-import ast
 import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .._cliargs import add_label_args, add_method_args, check_method_args, labels_of
 from ..errors import EmbgradError
 from ..models.load import FRAMEWORKS
 from .config import ENGINES, ExplainerFactory, RunConfig
 
 DESCRIPTION = """\
 Explain every row of a data file (.jsonl, .csv, .tsv or .parquet) and write the per-token
-scores, the per-sample word-table gradient norm, the loss and the top HotFlip substitutions to
+scores, the per-sample word-table gradient norm, the explained value and the top HotFlip
+substitutions to
 Parquet shards in OUT/data/, readable with no custom code:
 
   pandas.read_parquet("OUT/data")    polars.read_parquet("OUT/data/*.parquet")
   duckdb.sql("SELECT * FROM 'OUT/data/*.parquet'")
 
-The method, its options, the model and embgrad's version are in each file's metadata
-(key "embgrad"). Each output row carries "row", the input row's 0-based index (blank lines
-skipped), and "id" (the row index, or --id-column's value as a string).
+The method, its options, the model, what "value" is (key "quantity") and embgrad's version
+are in each file's metadata (key "embgrad"). Each output row carries "row", the input row's
+0-based index (blank lines skipped), and "id": --id-column's value as a string, else the
+input's own "id" column (as a string) when it has one, else the row index.
 
 Resumable: a run that is stopped or killed (even kill -9) is finished by running the same
 command again; every input row ends up exactly once in OUT/data or in OUT/errors.jsonl. A
@@ -35,22 +37,16 @@ different command into the same OUT is refused (the engine and batch size may ch
 started locally can be finished with --engine ray). With --engine ray the output is committed
 when the Ray job ends; an interrupted Ray job is redone from its start.
 
+What is explained: with --pair-column, each pair's cosine similarity; on a sentence encoder
+(the bundled model) without one, log p(label | text) zero-shot among --labels (default
+positive,negative), for --label-column's label or the predicted one; on a classifier, log p of
+--label-column's class or the predicted one.
+
 Bad rows do not stop the run: an empty text, a missing value, bytes that are not UTF-8 or a row
 the explainer rejects is written to OUT/errors.jsonl with its row, id and reason. Texts longer
 than the model's limit are truncated to it and written with truncated=true. A missing column,
 a wrong --model or an unknown method stops the run before anything is written (exit code 1).
 """
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
 
 
 def _positive(text: str) -> int:
@@ -61,12 +57,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def _method_names() -> list[str]:
-    from ..methods import list_methods
-
-    return list_methods()
 
 
 def _add_generation_columns(group: Any) -> None:
@@ -80,7 +70,6 @@ def _add_generation_columns(group: Any) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``run`` on an ``argparse`` subparsers object; returns its parser."""
-    methods = _method_names()
     p = subparsers.add_parser(
         "run",
         help="explain every row of a jsonl/csv/parquet file into Parquet shards (resumable)",
@@ -109,7 +98,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     io.add_argument(
         "--id-column",
         metavar="I",
-        help="written as 'id' (as text); default: the row's index in the file",
+        help="written as 'id' (as text); default: the input's own 'id' column if it has one, "
+        "else the row's index in the file",
     )
     io.add_argument("--out", required=True, metavar="DIR", help="the output folder")
     _add_generation_columns(io)
@@ -121,29 +111,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="hf:PATH or module:pkg.mod:factory (default: the bundled all-MiniLM-L6-v2)",
     )
     m.add_argument("--framework", choices=FRAMEWORKS, default="torch")
-    m.add_argument(
-        "--method",
-        choices=methods,
-        default="gradient",
-        metavar="M",
-        help=f"attribution method: {', '.join(methods)} (default: gradient)",
-    )
-    m.add_argument(
-        "--option",
-        type=_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a method option, repeatable; VALUE is a Python literal when it parses "
-        "as one, else text (see 'embgrad methods')",
-    )
-    m.add_argument(
-        "--hotflip-k",
-        type=int,
-        default=3,
-        metavar="K",
-        help="HotFlip substitutions kept per text (default: 3; 0: none)",
-    )
+    add_method_args(m)
+    add_label_args(m)
     r = p.add_argument_group("execution")
     r.add_argument(
         "--batch-size",
@@ -182,19 +151,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The :class:`RunConfig` of parsed ``run`` arguments."""
+    """The :class:`RunConfig` of parsed ``run`` arguments (InputError for bad labels or
+    options: checked here, before any data is read or model loaded)."""
+    labels = labels_of(args)
+    check_method_args(args.method, dict(args.option), args.hotflip_k)
     return RunConfig(
         data=args.data,
         text_column=args.text_column,
         out=args.out,
         pair_column=args.pair_column,
         label_column=args.label_column,
-        id_column=args.id_column,
+        id_column=args.id_column if args.id_column is not None else _own_id_column(args),
         model=args.model,
         framework=args.framework,
         method=args.method,
         hotflip_k=args.hotflip_k,
         options=dict(args.option),
+        candidate_labels=None if labels is None else tuple(labels),
         batch_size=args.batch_size,
         rows_per_shard=args.rows_per_shard,
         engine=args.engine,
@@ -202,6 +175,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         workers=args.workers,
         continuation_column=getattr(args, "continuation_column", None),
     )
+
+
+def _own_id_column(args: argparse.Namespace) -> str | None:
+    """``"id"`` when the input file has a column of that name (other than the texts): kept as
+    the output's ``id``, as Ray Data's ``map_batches`` and HF ``datasets.map`` keep columns."""
+    from .badrows import Columns
+    from .readers import Source
+
+    used = {args.text_column, args.pair_column, args.label_column}
+    if "id" in used:
+        return None
+    try:
+        have, _ = Source(args.data, Columns(args.text_column, None, None, None)).available_columns()
+    except EmbgradError:  # no such file, unknown format: the run's own checks say so
+        return None
+    return "id" if "id" in have else None
 
 
 def command_line(config: RunConfig) -> str:
@@ -219,12 +208,18 @@ def command_line(config: RunConfig) -> str:
         "--hotflip-k": str(config.hotflip_k),
         "--rows-per-shard": str(config.rows_per_shard),
         "--engine": config.engine,
+        "--labels-file": None,
     }
     for flag, value in flags.items():
         if value is not None:
             words += [flag, value]
+    if config.candidate_labels is not None:
+        if any("," in x for x in config.candidate_labels):
+            words += ["--labels-file", "LABELS.txt"]  # one label a line (labels with commas)
+        else:
+            words += ["--labels", ",".join(config.candidate_labels)]
     for key, value in config.options.items():
-        words += ["--option", f"{key}={value!r}"]
+        words += ["-O", f"{key}={value!r}"]
     return shlex.join(words)
 
 

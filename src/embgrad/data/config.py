@@ -65,6 +65,8 @@ class RunConfig:
         workers: Ray actors, each holding one model (``engine="ray"`` only).
         continuation_column: a forced continuation of each text (an HF causal / seq2seq LM):
             each row gets the matrix of its continuation's tokens × input tokens.
+        candidate_labels: zero-shot labels for single texts on an encoder (``--labels``; see
+            ``embgrad.tasks.zeroshot``); the label column then names one of them.
     """
 
     data: Path | str
@@ -84,6 +86,7 @@ class RunConfig:
     ray_address: str | None = None
     workers: int | None = None
     continuation_column: str | None = None
+    candidate_labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -110,6 +113,16 @@ class RunConfig:
             raise InputError("--continuation-column runs with --engine local only (for now)")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise InputError(f"workers must be a positive integer; got {self.workers!r}")
+        if self.candidate_labels is not None:
+            from ..tasks.zeroshot import check_labels
+
+            labels = tuple(check_labels(list(self.candidate_labels), "candidate_labels"))
+            object.__setattr__(self, "candidate_labels", labels)
+            if self.pair_column is not None:
+                raise InputError(
+                    "--labels classify single texts; with --pair-column the pair's similarity "
+                    "is explained: give one or the other"
+                )
         try:
             json.dumps(self.options)
         except (TypeError, ValueError) as exc:
@@ -119,12 +132,29 @@ class RunConfig:
         """Keyword arguments for ``Explainer.explain`` (besides texts, pairs, targets)."""
         if self.continuation_column is not None:  # Explainer.explain_generation
             return {"method": self.method, **self.options}
-        return {"method": self.method, "hotflip_k": self.hotflip_k, **self.options}
+        out = {"method": self.method, "hotflip_k": self.hotflip_k, **self.options}
+        if self.candidate_labels is not None:
+            out["candidate_labels"] = list(self.candidate_labels)
+        return out
+
+    def quantity(self) -> str:
+        """What the output column ``value`` holds, in words (written in the metadata)."""
+        from ..tasks.zeroshot import QUANTITY
+
+        if self.continuation_column is not None:
+            return "log p(y_k | x, y_<k) per generated step"
+        if self.pair_column is not None:
+            return "cosine similarity"
+        if self.candidate_labels is not None or self.model is None:
+            return QUANTITY
+        return "log p(target | text) (a classifier) or log p(label | text), zero-shot (an encoder)"
 
     def described(self) -> dict[str, Any]:
         """JSON-ready description (for the manifest and the Parquet metadata)."""
         d = asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
+        if self.candidate_labels is not None:
+            d["candidate_labels"] = list(self.candidate_labels)
         return d
 
 

@@ -3,8 +3,8 @@
 ::
 
     OUT/manifest.json                the command's fingerprint; a different command is refused
-    OUT/data/part-000042.parquet     local engine: input rows [42·S, 43·S), S = rows_per_shard
-    OUT/data/part-ray-<run>-NNNNN.parquet   Ray engine: the files of one committed Ray run
+    OUT/data/part-000042.parquet     input rows [42·S, 43·S), S = rows_per_shard (both engines)
+    OUT/data/part-ray-<run>-NNNNN.parquet   older Ray runs: the files of one committed Ray run
     OUT/errors.jsonl                 every bad row so far: {"row", "id", "kind", "reason"}
     OUT/.state/errors/…jsonl         per-shard (per Ray run) error pieces
     OUT/.state/ray/commit-<run>.json a committed Ray run: its shards and file renames

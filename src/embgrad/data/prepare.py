@@ -71,6 +71,8 @@ def fingerprint(config: RunConfig, source: Source) -> dict[str, Any]:
         "hotflip_k": config.hotflip_k,
         "rows_per_shard": config.rows_per_shard,
     }
+    if config.candidate_labels is not None:
+        fp["labels"] = list(config.candidate_labels)
     normalised: dict[str, Any] = json.loads(json.dumps(fp))
     return normalised
 

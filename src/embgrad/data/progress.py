@@ -6,6 +6,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
+from .._progress import quiet
 from ._deps import require
 
 
@@ -16,6 +17,7 @@ class Progress:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self._bar: Any = None
+        self._quiet = quiet()  # the explainer's own bars stay silent under this one
         if enabled:
             tqdm = require("tqdm", "data").tqdm
             self._bar = tqdm(
@@ -33,6 +35,8 @@ class Progress:
             self._bar.update(rows)
 
     def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._quiet.__enter__()
         return self
 
     def __exit__(
@@ -43,3 +47,4 @@ class Progress:
     ) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._quiet.__exit__(exc_type, exc, tb)

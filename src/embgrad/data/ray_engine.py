@@ -4,7 +4,8 @@ Pipeline: read in Ray tasks (jsonl and csv through ``read_binary_files``; Parque
 row group), parsed by the local engine's parsers so that row indices and bad-row handling are
 identical → normalised rows with their index → only the shards not yet done → ``map_batches`` over an
 actor pool (``ActorPoolStrategy``), one explainer per actor, per-row errors emitted as data
-→ ``write_parquet`` into a staging folder → committed into ``OUT/data`` (see ``outdir``).
+→ gathered per shard by the driver and committed as the local engine commits its shards
+(``OUT/data/part-NNNNNN.parquet``, see ``outdir``), each as soon as all its rows are in.
 
 Actors get fractional CPUs (``(cluster CPUs − 1) / workers``, at least 0.25): 2 actors with one
 whole CPU each on a 2-CPU cluster deadlock (the read task waits for a CPU forever).
@@ -16,10 +17,12 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
+import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +33,7 @@ from .batch import explain_rows, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
 from .prepare import Prepared, begin, columns_of, load_explainer, prepare
 from .readers import parse_bytes, rows_from_table
-from .writer import output_schema
+from .writer import output_schema, to_table
 
 DEFAULT_WORKERS = 2
 _ROW = "__embgrad_row"
@@ -73,16 +76,78 @@ def ray_session(address: str | None) -> Iterator[Any]:
             shutil.rmtree(temp, ignore_errors=True)
 
 
+#: a C++ log line of Ray's driver: ``[2026-12-01 11:16:29,990 E 18699 18699] core_worker.cc:…``
+_RAY_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \S+\.(cc|h):\d+")
+
+
+@contextlib.contextmanager
+def drop_ray_log_lines(fd: int = 2) -> Iterator[None]:
+    """Drop Ray's C++ log lines from ``fd`` (stderr) while the block runs; everything else
+    (the progress bar, Python's own messages) passes through unchanged and in order.
+
+    Ray's driver prints, on every run with an actor pool, an error-level line from
+    core_worker.cc (the pool's constructor arguments are in the object store while
+    ``max_restarts > 0``), which alarms and means nothing here; failures reach the user as the
+    job's exception. ``RAY_BACKEND_LOG_LEVEL`` cannot silence it without printing a line of
+    its own, so the lines are filtered at the file descriptor.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError):  # no real stderr (an embedded interpreter): leave it alone
+        yield
+        return
+    read, write = os.pipe()
+    os.dup2(write, fd)
+    os.close(write)
+
+    def pump() -> None:
+        buf = b""
+        while True:
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while buf:
+                end = buf.find(b"\n")
+                if end < 0:
+                    if buf.startswith(b"["):  # may be a log line: wait for its end
+                        break
+                    os.write(saved, buf)
+                    buf = b""
+                    break
+                line, buf = buf[: end + 1], buf[end + 1 :]
+                if not _RAY_LOG_LINE.match(line):
+                    os.write(saved, line)
+        if buf:
+            os.write(saved, buf)
+
+    thread = threading.Thread(target=pump, name="embgrad-ray-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)  # closes the pipe's last write end: the pump sees EOF
+        thread.join(timeout=5)
+        os.close(read)
+        os.close(saved)
+
+
 @contextlib.contextmanager
 def data_context(ray: Any, progress: bool) -> Iterator[Any]:
-    """Ray Data settings for one run (order kept, quiet), restored afterwards."""
+    """Ray Data settings for one run (order kept, quiet: one progress bar on a terminal, no
+    per-operator bars or stats), restored afterwards."""
     ctx = ray.data.DataContext.get_current()
-    names = ("enable_progress_bars", "print_on_execution_start", "enable_auto_log_stats")
-    saved = {n: getattr(ctx, n) for n in names}
+    names = ("enable_progress_bars", "print_on_execution_start", "enable_auto_log_stats",
+             "enable_operator_progress_bars")  # fmt: skip
+    saved = {n: getattr(ctx, n) for n in names if hasattr(ctx, n)}
     saved_order = ctx.execution_options.preserve_order
     logger = logging.getLogger("ray.data")
     saved_level = logger.level
     ctx.enable_progress_bars = progress
+    if "enable_operator_progress_bars" in saved:  # one bar for the job, not one per operator
+        ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.execution_options.preserve_order = True
@@ -253,14 +318,6 @@ def _pipeline(ray: Any, prep: Prepared, factory: ExplainerFactory, done: set[int
     )
 
 
-def _errors_of(mat: Any) -> list[RowError]:
-    from ray.data.expressions import col
-
-    bad = mat.filter(expr=col("error_kind").is_not_null())
-    rows = bad.select_columns(["row", "id", *_ERROR_COLUMNS]).take_all()
-    return [RowError(r["row"], r["id"], r["error_kind"], r["error_reason"]) for r in rows]
-
-
 def run_ray(
     config: RunConfig,
     factory: ExplainerFactory,
@@ -268,9 +325,8 @@ def run_ray(
     progress: bool | None = None,
     command: str | None = None,
 ) -> RunSummary:
-    """Run ``config`` on Ray; see ``embgrad.data.run``. Commits once, when the job ends."""
-    import sys
-
+    """Run ``config`` on Ray; see ``embgrad.data.run``. Commits each shard once all its rows
+    are in; Ray's C++ log lines are kept off stderr (:func:`drop_ray_log_lines`)."""
     import_ray()
     prep, explainer = prepare(config, factory)
     del explainer  # checked here; every actor loads its own
@@ -286,7 +342,8 @@ def run_ray(
         started = time.perf_counter()
         todo = [s for s in range(prep.n_shards) if s not in done]
         if todo:
-            with data_context(ray, show):
+            # after Ray started: its daemons must not inherit the filter's pipe
+            with data_context(ray, show), drop_ray_log_lines():
                 _execute(ray, prep, factory, done, todo, summary)
         summary.errors_total = prep.out.rebuild_errors()
     summary.work_seconds = time.perf_counter() - started
@@ -302,21 +359,47 @@ def _execute(
     todo: list[int],
     summary: RunSummary,
 ) -> None:
-    from ray.data.expressions import col
-
-    run = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    staging = prep.out.ray_staging(run)
+    """Run the pipeline, then commit each shard as the local engine does (``part-NNNNNN``):
+    rows are gathered per shard from the job's output and a shard is written as soon as all
+    its rows are in, so the driver holds about one shard at a time (order is preserved)."""
     try:
         mat = _pipeline(ray, prep, factory, done).materialize()
     except Exception as exc:  # RayTaskError wraps the actor's exception
         raise EmbgradError(f"the Ray job failed; nothing was committed: {exc}") from exc
-    ok = mat.filter(expr=col("error_kind").is_null()).drop_columns(list(_ERROR_COLUMNS))
-    ok.write_parquet(str(staging), schema=output_schema(prep.config))
-    errors = sorted(_errors_of(mat), key=lambda e: e.row)
-    truncated = ok.filter(
-        expr=(col("truncated") == True) | (col("pair_truncated") == True)  # noqa: E712
-    ).count()
-    prep.out.commit_ray(run, todo, errors)
-    summary.explained += ok.count()
+    schema = output_schema(prep.config)
+    size = prep.config.rows_per_shard
+    pending: dict[int, list[dict[str, Any]]] = {}
+    for batch in mat.iter_batches(batch_format="pyarrow", batch_size=None):
+        for record in batch.to_pylist():
+            shard = int(record["row"]) // size
+            rows = pending.setdefault(shard, [])
+            rows.append(record)
+            if len(rows) == prep.shard_rows(shard):
+                _commit(prep, shard, pending.pop(shard), schema, summary)
+    if pending:
+        got = {s: len(r) for s, r in sorted(pending.items())}
+        raise EmbgradError(
+            f"the Ray job returned incomplete shards (shard: rows) {got}; they were not "
+            "committed: run the same command again to redo them"
+        )
+
+
+def _commit(
+    prep: Prepared, shard: int, records: list[dict[str, Any]], schema: Any, summary: RunSummary
+) -> None:
+    """One shard's output rows and errors, committed (see ``OutDir.commit_shard``)."""
+    records.sort(key=lambda r: r["row"])
+    good = [
+        {k: v for k, v in r.items() if k not in _ERROR_COLUMNS}
+        for r in records
+        if r["error_kind"] is None
+    ]
+    errors = [
+        RowError(r["row"], r["id"], r["error_kind"], r["error_reason"])
+        for r in records
+        if r["error_kind"] is not None
+    ]
+    prep.out.commit_shard(shard, to_table(good, schema), errors)
+    summary.explained += len(good)
     summary.errors += len(errors)
-    summary.truncated += truncated
+    summary.truncated += sum(1 for r in good if r["truncated"] or r["pair_truncated"])

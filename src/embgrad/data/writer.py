@@ -6,8 +6,9 @@ One output row per explained input row (all columns nullable except ``row``)::
     id                int64|string   the row index, or the --id-column value as a string
     text, pair        string         the input text (and its pair, null without --pair-column)
     target            string         the explained target (--label-column), else null
-    loss              double         the explained quantity (pair cosine similarity, or the
-                                     target's loss)
+    value             double         the explained quantity f(x): a pair's cosine
+                                     similarity, or log p(target) (what: "quantity" in the
+                                     metadata)
     tokens            list<string>   the text's tokens (after truncation)
     scores            list<float>    one score per token
     table_grad_norm   double         L2 norm of the row's per-sample word-table gradient
@@ -22,7 +23,8 @@ With ``--continuation-column`` the rows hold generation matrices instead (see
 :func:`generation_fields`).
 
 The file's key-value metadata ``embgrad`` holds JSON: embgrad's version, the model spec, the
-method and its options, the columns and the input file.
+method and its options, what ``value`` is (``quantity``), the zero-shot ``labels`` (or null),
+the columns and the input file.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def run_metadata(config: RunConfig) -> dict[str, Any]:
         "method": config.method,
         "options": dict(config.options),
         "hotflip_k": config.hotflip_k,
+        "quantity": config.quantity(),
+        "labels": None if config.candidate_labels is None else list(config.candidate_labels),
         "columns": {
             "text": config.text_column,
             "pair": config.pair_column,
@@ -124,7 +128,7 @@ def output_schema(config: RunConfig) -> Any:
         pa.field("text", pa.string()),
         pa.field("pair", pa.string()),
         pa.field("target", pa.string()),
-        pa.field("loss", pa.float64()),
+        pa.field("value", pa.float64()),
         *_side_fields(pa, ""),
         *_side_fields(pa, "pair_"),
     ]

@@ -22,6 +22,7 @@ def attribute(
     loss_fn: LossFn | None = None,
     *,
     target: Any = None,
+    candidate_labels: Sequence[str] | None = None,
     method: str = "gradient",
     tokenizer: Any = None,
     layer: str = "word",
@@ -33,12 +34,18 @@ def attribute(
 
     Args:
         model: a ``torch.nn.Module`` or ``mxnet.gluon.Block`` with an embedding lookup.
-        inputs: as for :func:`embgrad.gradients` (an array, a tuple, or a dict such as a
-            tokenizer's output); batch first. A dict's ``attention_mask`` marks the tokens kept.
+        inputs: as for :func:`embgrad.gradients` (an array, a tuple, or a dict or other
+            ``Mapping`` such as a tokenizer's ``BatchEncoding``); batch first. A dict's ``attention_mask`` marks the tokens kept.
         loss_fn: ``loss_fn(outputs)`` or ``loss_fn(outputs, rows)`` → the explained quantity per
             sample, (B,). Or leave it None and give ``target``.
         target: a class index, a label name (``model.config.label2id``) or one per sample: the
             explained quantity is then log p(target | x) from the model's (B, classes) logits.
+            With ``candidate_labels``: one of those labels (default: the predicted one).
+        candidate_labels: zero-shot labels for a sentence encoder (an HF ``AutoModel``): the
+            explained quantity is log p(label | text) under a softmax over the cosine
+            similarities of the texts' and the labels' mean-pooled embeddings / 0.05 (see
+            ``embgrad.tasks.zeroshot``); needs ``tokenizer`` (to embed the labels) and an
+            ``attention_mask`` among the inputs.
         method: one of :func:`embgrad.list_methods`.
         tokenizer: optional, to display tokens (``convert_ids_to_tokens``) and to exclude its
             special tokens from HotFlip.
@@ -52,10 +59,22 @@ def attribute(
         ``.to_json()``, ``.plot()``, ``.show()``.
     """
     cls = get_method(method)
+    if isinstance(inputs, Mapping) and not isinstance(inputs, dict):
+        inputs = dict(inputs)  # a tokenizer's BatchEncoding, or any other Mapping
     label: Any = None
-    if loss_fn is None:
+    names: list[str] | None = None
+    if candidate_labels is not None:
+        if loss_fn is not None:
+            raise InputError("pass either loss_fn or candidate_labels, not both")
+        from ..tasks.zeroshot import zero_shot_loss
+
+        loss_fn, names = zero_shot_loss(model, inputs, tokenizer, candidate_labels, target, mode)
+    elif loss_fn is None:
         if target is None:
-            raise InputError("give loss_fn (outputs -> (B,) quantity) or target= (a class)")
+            raise InputError(
+                "give loss_fn (outputs -> (B,) quantity), target= (a class) or "
+                "candidate_labels= (zero-shot labels, for a sentence encoder)"
+            )
         from ..tasks.heads import ClassLogProb, resolve_targets
 
         config = getattr(model, "config", None)
@@ -68,12 +87,16 @@ def attribute(
         raise InputError("pass either loss_fn or target, not both")
     mask = _attention_mask(inputs)
     ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
-    auto = label is not None and mask is not None and mask.shape == getattr(ids, "shape", None)
+    known = label is not None or names is not None
+    auto = known and mask is not None and mask.shape == getattr(ids, "shape", None)
     # log p(target) does not care where the passes stop: padding may be skipped
     ctx = Context(mask=mask, tokenizer=tokenizer, skip_padding=auto and ignores_padding(model))
     for key, value in cls.defaults(ctx).items():
         options.setdefault(key, value)
     scores = cls(model, layer=layer, mode=mode, check=check).attribute(inputs, loss_fn, **options)
+    if names is not None:  # the zero-shot labels explained (given, or predicted by the loss)
+        chosen = getattr(loss_fn, "targets", None)
+        label = [names[int(t)] for t in (chosen if chosen is not None else [])]
     keep = _keep(scores, mask)
     items = build_items(
         scores,

@@ -12,10 +12,13 @@ messages are built from the registry, never written by hand.
 
 from __future__ import annotations
 
+import difflib
 import inspect
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import numpy as np
 
@@ -100,6 +103,9 @@ class Method:
     option_help: ClassVar[dict[str, str]] = {}
     #: the method needs only the plain gradient at the inputs (no extra passes)
     single_pass: ClassVar[bool] = False
+    #: options that take arrays or id lists made from the batch (the Explainer sets them):
+    #: settable from Python, not from the command line, and not listed there
+    array_options: ClassVar[tuple[str, ...]] = ("mask", "exclude_ids")
 
     def __init__(
         self, model: Any, *, layer: str = "word", mode: str = "eval", check: str = "auto"
@@ -143,15 +149,85 @@ class Method:
         return {p.name: p.default for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY}
 
     @classmethod
+    def cli_options(cls) -> dict[str, Any]:
+        """The options settable from the command line (all but :attr:`array_options`)."""
+        return {k: v for k, v in cls.options().items() if k not in cls.array_options}
+
+    @classmethod
     def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` if every name is an option of this method and every value has the
+        option's type (from ``_attribute``'s annotations); InputError naming the first bad
+        one otherwise — cheap, so callers run it before loading a model."""
         known = cls.options()
         bad = sorted(set(options) - set(known))
         if bad:
+            close = [m for b in bad for m in difflib.get_close_matches(b, known, n=2)]
             raise InputError(
-                f"method {cls.name!r} has no option(s) {', '.join(bad)}; its options are: "
+                f"method {cls.name!r} has no option(s) {', '.join(bad)}"
+                + (f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else "")
+                + "; its options are: "
                 + (", ".join(f"{k} (default {v!r})" for k, v in known.items()) or "none")
             )
+        try:
+            hints = typing.get_type_hints(cls._attribute)
+        except Exception:  # an annotation that does not resolve: names checked only
+            hints = {}
+        for key, value in options.items():
+            if key in hints and not _has_type(value, hints[key]):
+                raise InputError(
+                    f"method {cls.name!r}: option {key}={value!r} is not "
+                    f"{_type_words(hints[key])} (see `embgrad methods`)"
+                )
         return options
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits ``hint`` (int, float, str, bool, Literal, Sequence[X], X | None;
+    anything else is accepted)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, bool
+        )
+    if hint is str:
+        return isinstance(value, str)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
+        if isinstance(value, np.ndarray):
+            return True
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(
+            _has_type(v, args[0]) if args else True for v in value
+        )
+    return True
+
+
+def _type_words(hint: Any) -> str:
+    """``hint`` for people: ``one of 'a', 'b'``, ``an int or None``, ..."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_words(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    names = {int: "an int", float: "a number", str: "a string", bool: "True or False"}
+    if hint in names:
+        return names[hint]
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Sequence):
+        return "a list"
+    return str(hint)
 
 
 def register(cls: M) -> M:
@@ -172,9 +248,24 @@ def get_method(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
     except KeyError:
+        close = suggest(name, list_methods())
         raise InputError(
-            f"unknown method {name!r}; choose one of: {', '.join(list_methods())}"
+            f"unknown method {name!r}"
+            + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
+            + f"; choose one of: {', '.join(list_methods())}"
         ) from None
+
+
+def suggest(name: Any, known: Sequence[str]) -> list[str]:
+    """The names of ``known`` close to a misspelt ``name``: by spelling (difflib), by prefix,
+    or by initials (``ig`` → ``integrated_gradients``)."""
+    if not isinstance(name, str) or not name:
+        return []
+    low = name.lower().replace("-", "_")
+    out = difflib.get_close_matches(low, known, n=3, cutoff=0.6)
+    out += [k for k in known if k.startswith(low) or low.startswith(k)]
+    out += [k for k in known if "_" in k and "".join(w[0] for w in k.split("_")) == low]
+    return list(dict.fromkeys(out))
 
 
 def pass_defaults(ctx: Context) -> dict[str, Any]:

@@ -59,7 +59,8 @@ class IntegratedGradients(Method):
         baseline: ``"zeros"`` (default), ``"pad"`` / ``"mask"`` (that token's embedding at every
             position; ids from ``pad_id`` / ``mask_id`` or the lookup's ``padding_idx``), an
             int token id, or an array (D,), (T, D) or (B, T, D) (numpy or native).
-        internal_batch_size: rows (sample × step) per forward/backward; None: all at once.
+        internal_batch_size: rows (sample × step) per forward/backward; None: as many as fit
+            in ``_passes.PASS_TOKENS`` (4096) rows × tokens, so memory stays bounded.
         mask: (B, T), 1 at real tokens (the attention mask): passes run only up to their
             samples' last real token, skipping the padding, and those positions get 0. Right
             for models that ignore the positions after it (attention-masked transformers); a
@@ -80,7 +81,7 @@ class IntegratedGradients(Method):
         "baseline": "'zeros', 'pad', 'mask', a token id, or an array (D,)/(T,D)/(B,T,D)",
         "pad_id": "token id for baseline='pad' (default: the lookup's padding_idx)",
         "mask_id": "token id for baseline='mask'",
-        "internal_batch_size": "rows (sample x step) per forward+backward (default: all)",
+        "internal_batch_size": "rows (sample x step) per forward+backward (default: at most 4096 rows x tokens)",
         "mask": MASK_HELP,
     }
 
@@ -140,6 +141,7 @@ class IntegratedGradients(Method):
         for sel, grad, losses in expanded_passes(
             self.model, inputs, loss_fn, base, rows, transform, internal_batch_size=
             internal_batch_size, mode=self.mode, check=self.expanded_check, mask=mask, info=info,
+            desc="integrated gradients",
         ):  # fmt: skip
             flat = grad.reshape(sel.shape[0], -1).astype(np.float64)
             acc += (m[:, sel] @ flat).reshape(acc.shape)

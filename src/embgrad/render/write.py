@@ -38,8 +38,43 @@ class View:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def text(view: View, fmt: str, path: str | Path | None = None) -> str:
-    """The ``"html"`` or ``"json"`` view as text; also written to ``path`` when given."""
+def check_path(path: str | Path, overwrite: bool) -> Path:
+    """``path`` as a Path if a file may be written there: InputError when it is a folder, or an
+    existing file and not ``overwrite`` (checked before any work)."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{str(p)!r} is a folder; give a file path to write")
+    if p.exists() and not overwrite:
+        raise InputError(
+            f"{str(p)!r} exists; pass overwrite=True (--overwrite) to replace it, or choose "
+            "another path"
+        )
+    return p
+
+
+def check_folder(formats: Sequence[str], folder: str | Path, overwrite: bool) -> list[Path]:
+    """The files :func:`save_all` would write into ``folder``; InputError when ``folder`` is a
+    file, or one of them exists and not ``overwrite`` (run it before the work)."""
+    out = Path(folder)
+    files = [out / FILES[f] for f in formats if f in FILES]
+    if files and out.exists() and not out.is_dir():
+        raise InputError(
+            f"--out {str(out)!r} is an existing file; --out names a folder for the outputs"
+        )
+    existing = [str(f) for f in files if f.exists()]
+    if existing and not overwrite:
+        raise InputError(
+            f"{', '.join(map(repr, existing))} exist(s); pass --overwrite (overwrite=True) to "
+            "replace, or choose another --out folder"
+        )
+    return files
+
+
+def text(view: View, fmt: str, path: str | Path | None = None, *, overwrite: bool = False) -> str:
+    """The ``"html"`` or ``"json"`` view as text; also written to ``path`` when given (an
+    existing file only with ``overwrite=True``)."""
+    if path is not None:
+        check_path(path, overwrite)
     if fmt == "html":
         from .html import render_html
 
@@ -66,24 +101,29 @@ def figure(view: View) -> Any:
     return heatmap_figure(view.items, titles=view.titles, quantity=view.quantity)
 
 
-def save(view: View, fmt: str, path: str | Path) -> Path:
-    """Write the ``"html"``, ``"json"`` or ``"png"`` view to ``path``."""
+def save(view: View, fmt: str, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the ``"html"``, ``"json"`` or ``"png"`` view to ``path`` (an existing file only
+    with ``overwrite=True``)."""
+    check_path(path, overwrite)
     if fmt == "png":
         from .png import write_png
 
         return write_png(view.items, path, titles=view.titles, quantity=view.quantity)
-    text(view, fmt, path)
+    text(view, fmt, path, overwrite=overwrite)
     return Path(path)
 
 
-def save_all(view: View, formats: Sequence[str], folder: str | Path) -> list[Path]:
-    """Every file format among ``formats`` into ``folder`` (names from :data:`FILES`)."""
-    files = [f for f in formats if f in FILES]
+def save_all(
+    view: View, formats: Sequence[str], folder: str | Path, *, overwrite: bool = False
+) -> list[Path]:
+    """Every file format among ``formats`` into ``folder`` (names from :data:`FILES`); nothing
+    is written if one of them exists and not ``overwrite`` (see :func:`check_folder`)."""
+    files = check_folder(formats, folder, overwrite)
     if not files:
         return []
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    return [save(view, f, out / FILES[f]) for f in files]
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    chosen = [f for f in formats if f in FILES]
+    return [save(view, f, p, overwrite=overwrite) for f, p in zip(chosen, files, strict=True)]
 
 
 def show(view: View, *, console: Any = None) -> None:

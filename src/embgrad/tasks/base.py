@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
+
+import numpy as np
 
 from ..errors import InputError
 
@@ -34,6 +36,15 @@ class Task(abc.ABC):
 
     def labels(self, loss: Any) -> list[str | None] | None:
         """The explained label of each row of a batch after ``loss`` ran, or None."""
+        return None
+
+    def prepare(self, embed_texts: Callable[[list[str]], np.ndarray]) -> None:  # noqa: B027
+        """Compute the task's constants before the first batch, given ``embed_texts(texts) ->
+        (n, D)`` sentence embeddings by the model (the zero-shot labels'); nothing by default."""
+
+    @property
+    def note(self) -> str | None:
+        """A line the outputs show about what was chosen for the user (a default), or None."""
         return None
 
     def batch_rows(self, batch_size: int) -> int:

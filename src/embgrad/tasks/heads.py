@@ -36,6 +36,20 @@ def mean_pool_normalized(hidden: Any, mask: Any) -> Any:
     return ops_for(hidden).mean_pool_normalized(hidden, mask)
 
 
+def pass_mask(hidden: Any, mask: Any, what: str) -> Any:
+    """The attention mask (B, T') of a pass cut to the hidden state's T positions (a pass run
+    only to its samples' last real token cuts nothing but padding)."""
+    n = int(hidden.shape[1])
+    if mask.shape[1] > n:
+        if ops_for(mask).to_numpy(mask[:, n:]).any():
+            raise InputError(
+                f"the model's last hidden state has {n} positions but the attention mask "
+                f"{int(mask.shape[1])}: {what} similarity needs one hidden state per token"
+            )
+        mask = mask[:, :n]
+    return mask
+
+
 class ClassLogProb:
     """f_i = log p(target_i | x_i) from (B, classes) logits; one target per caller sample.
 
@@ -87,16 +101,7 @@ class PairSimilarity:
     def __call__(self, outputs: Any, rows: np.ndarray) -> Any:
         hidden = first_array(outputs, "last_hidden_state")
         ops = ops_for(hidden)
-        mask = self.mask(rows)
-        n = int(hidden.shape[1])
-        if mask.shape[1] > n:  # a pass cut to its samples' length (mask=): only padding is cut
-            if ops.to_numpy(mask[:, n:]).any():
-                raise InputError(
-                    f"the model's last hidden state has {n} positions but the attention mask "
-                    f"{int(mask.shape[1])}: a pair similarity needs one hidden state per token"
-                )
-            mask = mask[:, :n]
-        emb = ops.mean_pool_normalized(hidden, mask)
+        emb = ops.mean_pool_normalized(hidden, pass_mask(hidden, self.mask(rows), "a pair"))
         if self.embeddings is None:
             if not np.array_equal(rows, np.arange(self.partner.shape[0])):
                 raise InputError("the first pass of a pair similarity must hold every sentence")
@@ -105,6 +110,50 @@ class PairSimilarity:
         else:
             other = ops.from_numpy(self.embeddings[self.partner[rows]], emb)
         return ops.row_dot(emb, other)
+
+
+class LabelSimilarity:
+    """f_i = log softmax_k(cos(e_i, l_k) / temperature)[target_i]: zero-shot classification
+    of a text by the similarity of its embedding e_i (mean-pooled, L2-normalised last hidden
+    state, as :class:`PairSimilarity`) to the label descriptions' embeddings l_k (constants).
+
+    With ``targets=None`` the first call (rows = the caller's batch) explains each text's
+    predicted label (the most similar) and keeps it in ``targets`` for later calls.
+
+    Args:
+        label_embeddings: (K, D) float, L2-normalised embeddings of the label descriptions.
+        targets: (B,) int label indices, or None (predicted).
+        mask: callable rows → the attention mask (B', T) of those rows, native.
+        temperature: the softmax temperature over cosine similarities.
+    """
+
+    def __init__(
+        self,
+        label_embeddings: np.ndarray,
+        targets: np.ndarray | None,
+        mask: Callable[[np.ndarray], Any],
+        temperature: float,
+    ) -> None:
+        self.label_embeddings = np.asarray(label_embeddings, dtype=np.float64)
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.mask, self.temperature = mask, float(temperature)
+
+    def logits(self, outputs: Any, rows: np.ndarray) -> Any:
+        """(B', K) cos(e_i, l_k) / temperature, native."""
+        hidden = first_array(outputs, "last_hidden_state")
+        ops = ops_for(hidden)
+        emb = ops.mean_pool_normalized(hidden, pass_mask(hidden, self.mask(rows), "a label"))
+        sims = ops.row_dots(emb, ops.from_numpy(self.label_embeddings, emb))
+        return sims * (1.0 / self.temperature)
+
+    def __call__(self, outputs: Any, rows: np.ndarray) -> Any:
+        logits = self.logits(outputs, rows)
+        ops = ops_for(logits)
+        if self.targets is None:
+            if not np.array_equal(rows, np.arange(rows.shape[0])) or rows.shape[0] == 0:
+                raise InputError("the first pass of a zero-shot label must hold every text")
+            self.targets = ops.to_numpy(logits).argmax(-1).astype(np.int64)
+        return ops.log_softmax_pick(logits, self.targets[rows])
 
 
 def resolve_targets(target: Any, batch: int, labels: dict[str, int] | None) -> np.ndarray:
