@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 PAIRS = ROOT / "src/embgrad/models/data/pairs.json"
-#: the ``hotflip_verify`` budgets compared (4 is the default)
+#: the ``hotflip_verify`` budgets compared (explain's default: hotflip_k, 3 here)
 VERIFY = (2, 3, 4, 8)
 
 

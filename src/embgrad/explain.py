@@ -73,7 +73,8 @@ class Explainer:
             models, off for others (an RNN that reads the padding would see less of it).
         hotflip_direction, hotflip_verify: how HotFlip candidates are ranked, and how many per
             text are verified by running the model on the flipped text (HotFlip's ``direction``
-            and ``verify`` options; 0: first-order estimates only).
+            and ``verify`` options; default None: as many as are shown, ``hotflip_k``, so every
+            suggestion shown carries its measured change; 0: first-order estimates only).
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class Explainer:
         batch_size: int = 16,
         hotflip_direction: str = "abs",
         skip_padding: bool | None = None,
-        hotflip_verify: int = 2,
+        hotflip_verify: int | None = None,
     ) -> None:
         if tokenizer is None and tokenize is None:
             raise InputError("an Explainer needs a tokenizer or a tokenize callable")
@@ -96,7 +97,7 @@ class Explainer:
         self.kind, self.max_length, self.name = kind, int(max_length), name
         self.batch_size = max(2, int(batch_size))
         self.hotflip_direction = hotflip_direction
-        self.hotflip_verify = int(hotflip_verify)
+        self.hotflip_verify = None if hotflip_verify is None else int(hotflip_verify)
         self.framework = backend_for(model).framework
         if skip_padding is None:
             skip_padding = ignores_padding(model)
@@ -196,15 +197,15 @@ class Explainer:
         loss = task.loss(start, batch)
         base = base_pass(self.model, batch.inputs, loss, check="off" if self._checked else "auto")
         self._checked = self._checked or len(sentences) > 1
-        ctx = self._context(batch)
+        ctx = self._context(batch, hotflip_k)
         cls = get_method(method)
-        opts = {**cls.defaults(ctx), **(self._verify() if cls is HotFlip else {}), **options}
+        opts = {**cls.defaults(ctx), **options}
         scores = cls(self.model).from_base(base, batch.inputs, loss, **opts)
         flips = scores.hotflip
         if flips is None and hotflip_k > 0:
             flips = (
                 HotFlip(self.model)
-                .from_base(base, batch.inputs, loss, **HotFlip.defaults(ctx) | self._verify())
+                .from_base(base, batch.inputs, loss, **HotFlip.defaults(ctx))
                 .hotflip
             )
         items = build_items(
@@ -232,11 +233,10 @@ class Explainer:
                     h["token"] = item.tokens[h["position"]]
         return items
 
-    def _verify(self) -> dict[str, Any]:
-        return {"verify": self.hotflip_verify}
-
-    def _context(self, batch: TextBatch) -> Context:
+    def _context(self, batch: TextBatch, hotflip_k: int) -> Context:
+        shown = self.hotflip_verify if self.hotflip_verify is not None else hotflip_k
         return Context(
+            flips_shown=shown,
             mask=batch.mask,
             tokenizer=self.tokenizer,
             special_ids=tuple(self.special_ids),

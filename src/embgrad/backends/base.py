@@ -91,6 +91,13 @@ class Session(Protocol):
         is given and returns non-None (same shape and dtype required); ``seed`` seeds the
         framework's random generators where the mode draws (dropout)."""
 
+    def evaluate(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], loss_fn: Callable[[Any], Any]
+    ) -> Any:
+        """``loss_fn(model(*args, **kwargs))`` only: no lookup captured and no autograd graph
+        recorded (a plain forward in the session's mode, e.g. to measure f at flipped inputs).
+        Returns the native losses."""
+
     def backward(
         self,
         fwd: Forward,

@@ -369,6 +369,23 @@ class BlockSession(GluonSession):
                 unreached = self.tracer.settle(losses)
         return self.finish(losses, captures, floats, unreached)
 
+    def evaluate(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], loss_fn: Callable[[Any], Any]
+    ) -> Any:
+        """One unrecorded forward and ``loss_fn`` in the session's mode, nothing captured (the
+        tracer passes lookups through outside ``capturing``)."""
+        autograd = lazy_mxnet().autograd
+        self._warm_up(args, kwargs)
+        scope = autograd.train_mode() if self.train else autograd.predict_mode()
+        with scope:
+            losses = loss_fn(self.model(*args, **kwargs))
+        if not isinstance(losses, lazy_mxnet().nd.NDArray):
+            raise LossError(
+                f"loss_fn returned {type(losses).__name__}; it must return an mxnet NDArray of "
+                "per-sample losses, shape (B,)"
+            )
+        return losses
+
     def _warm_up(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Finish deferred initialization (unrecorded, predict mode) before any seeding."""
         if self._warm:

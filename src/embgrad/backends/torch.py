@@ -182,6 +182,20 @@ class TorchSession:
             losses=losses.detach(), captures=recorder.captures, float_inputs=floats, state=losses
         )
 
+    def evaluate(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], loss_fn: Callable[[Any], Any]
+    ) -> Any:
+        """One forward and ``loss_fn`` under ``torch.no_grad()``, nothing intercepted."""
+        torch = _torch()
+        with torch.no_grad(), _eager():
+            losses = loss_fn(self.module(*args, **kwargs))
+        if not isinstance(losses, torch.Tensor):
+            raise LossError(
+                f"loss_fn returned {type(losses).__name__}; with a torch model it must return a "
+                "torch.Tensor of per-sample losses, shape (B,)"
+            )
+        return losses
+
     def _float_leaves(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str | int, Any]]:

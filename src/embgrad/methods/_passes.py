@@ -203,8 +203,9 @@ def _base_of(res: Any, chosen: LookupGrad) -> Base:
 def forward_losses(
     model: Any, inputs: Any, loss_fn: Callable[[Any], Any], *, mode: str
 ) -> np.ndarray:
-    """f at ``inputs``: one forward through the backend's session (the model's state restored
-    on exit as for :func:`embgrad.gradients`), no backward; float64 (N,)."""
+    """f at ``inputs``: one plain forward in the backend's session (``Session.evaluate``: the
+    model's mode and state as for :func:`embgrad.gradients`, nothing captured, no autograd
+    graph), float64 (N,)."""
     if isinstance(inputs, Mapping):
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = dict(inputs)
@@ -212,8 +213,8 @@ def forward_losses(
         args, kwargs = (inputs if isinstance(inputs, tuple) else (inputs,)), {}
     with backend_for(model).open(model, mode=mode) as session:  # type: ignore[arg-type]
         session.check_inputs(args, kwargs)
-        fwd = session.forward(args, kwargs, loss_fn, seed=0, replace=None)
-        return session.ops.to_numpy(session.ops.work(fwd.losses)).astype(np.float64)
+        losses = session.evaluate(args, kwargs, loss_fn)
+        return session.ops.to_numpy(session.ops.work(losses)).astype(np.float64)
 
 
 def batch_size_hint(inputs: Any) -> int:

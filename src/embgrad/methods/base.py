@@ -75,6 +75,8 @@ class Context:
             padding through the attention mask).
         token_baselines: baselines made of the tokenizer's pad / mask tokens are wanted.
         tokens_per_pass: a bound on rows × tokens of one forward/backward, or None.
+        flips_shown: how many substitutions per text the caller shows, or None: a method that
+            measures its suggestions measures at least that many.
     """
 
     mask: np.ndarray | None = None
@@ -84,6 +86,7 @@ class Context:
     skip_padding: bool = False
     token_baselines: bool = False
     tokens_per_pass: int | None = None
+    flips_shown: int | None = None
 
 
 class Method:

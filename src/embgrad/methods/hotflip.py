@@ -80,6 +80,8 @@ class HotFlip(Method):
             out["mask"] = ctx.mask
             if ctx.tokens_per_pass is not None:
                 out["verify_rows"] = max(1, ctx.tokens_per_pass // max(1, ctx.mask.shape[1]))
+        if ctx.flips_shown is not None:
+            out["verify"] = ctx.flips_shown  # every suggestion shown is measured
         return out
 
     def _attribute(

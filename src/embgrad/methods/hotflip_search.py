@@ -75,6 +75,7 @@ class HotFlipSearch(Method):
         """As for ``hotflip`` (special tokens and padding never flipped), but its own direction."""
         out = HotFlip.defaults(ctx)
         out.pop("direction", None)
+        out.pop("verify", None)  # its own budget of measured candidates per step
         return out
 
     def _attribute(

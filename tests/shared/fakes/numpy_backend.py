@@ -368,6 +368,12 @@ class FakeSession:
             if x is not None and not isinstance(x, np.ndarray):
                 raise InputError(f"input {key!r} is a {type(x).__name__}, not a numpy array")
 
+    def evaluate(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], loss_fn: Callable[[Any], Any]
+    ) -> Any:
+        """The losses of one forward (the fake records no graph apart from capturing)."""
+        return self.forward(args, kwargs, loss_fn, seed=0, replace=None).losses
+
     def forward(
         self,
         args: tuple[Any, ...],
