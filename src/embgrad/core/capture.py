@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -423,7 +424,8 @@ def _probe_key(
     and ``batch_axis`` are part of it: remembered axes are per selected lookup, and must not
     override a given batch_axis.  This assumes cross-sample coupling does not depend on the
     sizes alone; ``check="probe"`` probes every call."""
-    code = getattr(loss_fn, "__code__", None) or type(loss_fn)
+    user_fn = inspect.unwrap(loss_fn)  # through wrappers such as the methods' row binding
+    code = getattr(user_fn, "__code__", None) or type(user_fn)
     structure = tuple((c.name, len(c.out_shape)) for c in fwd.captures)
     return (code, mode, batch > 1, structure, tuple(select), repr(batch_axis))
 

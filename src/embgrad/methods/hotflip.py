@@ -104,6 +104,8 @@ class HotFlip(Method):
         for name, value, low in (("verify", verify, 0), ("verify_rows", verify_rows, 1)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise InputError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        if verify and self.mode == "train":
+            raise InputError(_TRAIN_VERIFY)
         table = base.weight()
         vocab = table.shape[0]
         excluded = np.zeros(vocab, dtype=bool)
@@ -121,8 +123,14 @@ class HotFlip(Method):
                 raise InputError(f"mask has shape {m.shape}, expected (B, T) {keep.shape}")
             keep &= m.astype(bool)
         where = np.argwhere(keep)
+        # a kept position's own id is never excluded: it and the excluded ids are not proposed
+        allowed = vocab - 1 - int(excluded.sum())
+        if allowed < 1 and where.size:
+            raise InputError(
+                f"exclude_ids leave no replacement token in a table of {vocab} rows; exclude fewer"
+            )
         cand, score = self._top(
-            base, table, where, excluded, min(k, vocab - 1), direction, max_bytes
+            base, table, where, excluded, max(1, min(k, allowed)), direction, max_bytes
         )
         best = np.zeros(base.ids.shape)
         lists: list[list[dict[str, Any]]] = [[] for _ in range(base.batch)]
@@ -195,6 +203,13 @@ class HotFlip(Method):
             cand[s:e] = top
             score[s:e] = np.take_along_axis(full, top, axis=1)
         return cand, score
+
+
+_TRAIN_VERIFY = (
+    "HotFlip verification measures f(x') - f(x) with separate forwards; in mode='train' their "
+    "dropout draws differ, so the measured changes would be noise: use mode='eval', or verify=0 "
+    "for first-order estimates only"
+)
 
 
 def rank_value(change: float, direction: str) -> float:

@@ -24,10 +24,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from ..errors import InputError
-from ._arrays import repeat_samples
+from ._arrays import repeat_samples, to_numpy
 from ._passes import Base, LossFn, base_pass, takes_rows
 from .base import Context, Method, Scores, choice, register
-from .hotflip import HotFlip, _replace_ids, rank_value, word_ids_input
+from .hotflip import _TRAIN_VERIFY, HotFlip, _replace_ids, rank_value, word_ids_input
 
 Direction = Literal["increase", "decrease"]
 
@@ -101,6 +101,12 @@ class HotFlipSearch(Method):
         for name, value in (("budget", budget), ("beam", beam), ("k", k), ("verify", verify)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be an integer ≥ 1, got {value!r}")
+        if self.mode == "train":
+            raise InputError(_TRAIN_VERIFY)
+        if mask is not None:
+            mask = to_numpy(mask).astype(bool)
+            if mask.shape != tuple(base.ids.shape):
+                raise InputError(f"mask has shape {mask.shape}, expected (B, T) {base.ids.shape}")
         flip = HotFlip(self.model, layer=self.layer, mode=self.mode, check=self.check)
         opts = {"k": k, "direction": direction, "exclude_ids": exclude_ids, "mask": mask,
                 "max_bytes": max_bytes, "verify": verify, "verify_rows": verify_rows}  # fmt: skip
@@ -122,7 +128,7 @@ class HotFlipSearch(Method):
             taken = np.zeros(sbase.ids.shape, dtype=bool)
             for i, (_, _, steps) in enumerate(states):
                 taken[i, [c["position"] for c in steps]] = True
-            m = ~taken if mask is None else (~taken & np.asarray(mask)[rows].astype(bool))
+            m = ~taken if mask is None else (~taken & mask[rows])
             cands = flip.from_base(sbase, sub, sub_loss, **{**opts, "mask": m}).hotflip or []
             grown: dict[int, list[tuple[float, tuple[int, ...], np.ndarray, list[Any]]]] = {}
             for i, (sample, ids, steps) in enumerate(states):
