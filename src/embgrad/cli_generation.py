@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list
     """Explain the continuations (or greedy generations) of ``args.text`` and write the views."""
     from .methods.generation import attribute_generation
     from .models.load import check_spec, load
-    from .render import matrix
+    from .render import matrix, write
     from .tasks.generation import encode_texts
 
     if args.continuation and args.generate is not None:
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list
     if args.framework != "torch":
         raise InputError("generation from the command line needs --framework torch (HF LMs)")
     check_spec(args.model, args.framework)
+    write.check_folder(formats, args.out, args.overwrite)  # before the model loads
     conts = args.continuation
     if conts is not None and len(conts) == 1 and len(args.text) > 1:
         conts = conts * len(args.text)

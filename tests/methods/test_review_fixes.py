@@ -67,3 +67,33 @@ def test_hotflip_refuses_verification_in_train_mode():
         _ids(), lambda out: out[:, 0], verify=0
     )
     assert res.hotflip is not None
+
+
+def test_zero_shot_targets_take_arrays_of_any_kind():
+    from embgrad.tasks.zeroshot import label_targets
+
+    labels = ["positive", "negative"]
+    for t in (np.array(1), torch.tensor(1), np.int64(1), 1, "negative", [1, 1]):
+        assert label_targets(t, 2, labels).tolist() == [1, 1]
+    assert label_targets(torch.tensor([0, 1]), 2, labels).tolist() == [0, 1]
+
+
+def test_generation_prompts_pad_without_a_pad_token_and_leave_the_tokenizer_alone():
+    """GPT-2-style tokenizers have no pad token: the prompts are padded by hand (the mask leaves
+    the padding out), and the user's tokenizer keeps its padding side."""
+    transformers = pytest.importorskip("transformers")
+    from embgrad.models import minilm
+    from embgrad.tasks.generation import encode_texts
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm.model_path())
+    tok.pad_token = None
+    tok.padding_side = "left"
+    model = torch.nn.Embedding(4, 2)
+    inputs, _targets, tmask = encode_texts(model, tok, ["a b c d", "a"], ["x y", "z"])
+    assert tok.padding_side == "left" and tok.pad_token is None
+    ids, att = inputs["input_ids"].numpy(), inputs["attention_mask"].numpy()
+    want = [tok("a b c d")["input_ids"], tok("a")["input_ids"]]
+    for b, row in enumerate(want):
+        assert ids[b, : len(row)].tolist() == row
+        assert att[b].tolist() == [1] * len(row) + [0] * (ids.shape[1] - len(row))
+    assert tmask.tolist() == [[True, True], [True, False]]

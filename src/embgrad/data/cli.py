@@ -183,7 +183,7 @@ def _own_id_column(args: argparse.Namespace) -> str | None:
     from .badrows import Columns
     from .readers import Source
 
-    used = {args.text_column, args.pair_column, args.label_column}
+    used = {args.text_column, args.pair_column, args.label_column, args.continuation_column}
     if "id" in used:
         return None
     try:

@@ -8,7 +8,6 @@ backend (``backend_for(model).array``), so nothing here tests for a framework.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,9 @@ import numpy as np
 
 from ..backends import backend_for, is_array, ops_for
 from ..errors import InputError
+from ..tasks.base import TOKENIZER_LOCK
 
-#: HF tokenizers set padding/truncation on the shared tokenizer object before each call (not
-#: atomic): concurrent explain() calls would tokenize with each other's settings.
-_TOKENIZER_LOCK = threading.Lock()
+_TOKENIZER_LOCK = TOKENIZER_LOCK  # see tasks.base
 
 
 @dataclass

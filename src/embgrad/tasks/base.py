@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import InputError
+
+#: HF tokenizers set padding/truncation on the shared tokenizer object before each call (not
+#: atomic): every tokenizer call embgrad makes holds this lock, so concurrent explain() calls do
+#: not tokenize with each other's settings.
+TOKENIZER_LOCK = threading.Lock()
 
 
 class Task(abc.ABC):

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..backends import is_array, ops_for
 from ..errors import InputError
+from .base import TOKENIZER_LOCK
 
 #: rows × positions of one chunk of steps, unless the caller says otherwise
 TOKENS_PER_PASS = 4096
@@ -417,15 +418,18 @@ def greedy(model: Any, prompt: Prompt, k: int, encoder: bool) -> tuple[np.ndarra
             real = prompt.real(b)
             ids[b, width - real.shape[0] :] = prompt.ids[b, real]
             mask[b, width - real.shape[0] :] = 1
+    from ..backends import backend_for
+
     ops = ops_for(prompt.like)
-    out = model.generate(
-        input_ids=ops.from_numpy(ids, prompt.like),
-        attention_mask=ops.from_numpy(mask, prompt.like),
-        max_new_tokens=k,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=pad,
-    )
+    with backend_for(model).open(model, mode="eval"):  # no dropout; the model's flags restored
+        out = model.generate(
+            input_ids=ops.from_numpy(ids, prompt.like),
+            attention_mask=ops.from_numpy(mask, prompt.like),
+            max_new_tokens=k,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+        )
     got = to_np(out).astype(np.int64)[:, 1 if encoder else width :]
     targets = np.full((ids.shape[0], k), pad, dtype=np.int64)
     targets[:, : got.shape[1]] = got[:, :k]
@@ -451,16 +455,23 @@ def encode_texts(
             f"{len(continuations)} continuation(s) for {len(texts)} text(s): give one "
             "--continuation per --text (or one for all)"
         )
-    tokenizer.padding_side = "right"
-    enc = tokenizer(list(texts), padding=True, return_tensors="np")
+    with TOKENIZER_LOCK:  # padded by hand: the user's tokenizer is left as it is
+        rows = tokenizer(list(texts))["input_ids"]
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:  # GPT-2-style tokenizers have none; the mask leaves these positions out
+        pad = getattr(tokenizer, "eos_token_id", None) or 0
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), int(pad), dtype=np.int64)
+    att = np.zeros((len(rows), width), dtype=np.int64)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = row
+        att[b, : len(row)] = 1
     backend = backend_for(model)
-    inputs = {
-        k: backend.array(model, np.asarray(enc[k], dtype=np.int64))
-        for k in ("input_ids", "attention_mask")
-    }
+    inputs = {"input_ids": backend.array(model, ids), "attention_mask": backend.array(model, att)}
     if continuations is None:
         return inputs, None, None
-    ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+    with TOKENIZER_LOCK:
+        ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
     if any(len(i) == 0 for i in ids):
         raise InputError("a continuation is empty (no tokens): give the text to explain")
     k = max(len(i) for i in ids)

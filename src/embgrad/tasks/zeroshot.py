@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..backends import ops_for
+from ..backends import is_array, ops_for
 from ..core.capture import gradients
 from ..errors import InputError
 from .base import Task
@@ -77,7 +77,11 @@ def label_targets(targets: Any, n: int, labels: Sequence[str]) -> np.ndarray | N
     """Targets (a label name or index; one for all texts or one per text) → (n,) indices."""
     if targets is None:
         return None
-    items = list(targets) if isinstance(targets, (list, tuple, np.ndarray)) else [targets]
+    if is_array(targets):  # a torch / MXNet / numpy array of indices, 0-d included
+        targets = ops_for(targets).to_numpy(targets)
+    if isinstance(targets, np.ndarray):
+        targets = targets.reshape(-1).tolist()
+    items = list(targets) if isinstance(targets, (list, tuple)) else [targets]
     if len(items) == 1:
         items = items * n
     if len(items) != n:
