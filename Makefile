@@ -48,7 +48,7 @@ $(STAMP2): requirements/constraints.txt requirements/dev.txt pyproject.toml
 	rm -f $(VENV2)/.stamp-* && touch $@
 
 demo: venv
-	$(VENV)/bin/embgrad explain
+	$(VENV)/bin/embgrad explain --overwrite
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks examples
