@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import is_array, ops_for
+from ..backends import backend_for, is_array, ops_for
 from ..errors import InputError
 from .base import TOKENIZER_LOCK
 
@@ -418,8 +418,6 @@ def greedy(model: Any, prompt: Prompt, k: int, encoder: bool) -> tuple[np.ndarra
             real = prompt.real(b)
             ids[b, width - real.shape[0] :] = prompt.ids[b, real]
             mask[b, width - real.shape[0] :] = 1
-    from ..backends import backend_for
-
     ops = ops_for(prompt.like)
     with backend_for(model).open(model, mode="eval"):  # no dropout; the model's flags restored
         out = model.generate(
@@ -448,8 +446,6 @@ def encode_texts(
     """An HF LM's prompts (right-padded ids and mask, native) and, given continuations, their
     ids (B, K) and target mask, tokenized without special tokens (the continuation follows the
     prompt as the model would generate it)."""
-    from ..backends import backend_for
-
     if continuations is not None and len(continuations) != len(texts):
         raise InputError(
             f"{len(continuations)} continuation(s) for {len(texts)} text(s): give one "
