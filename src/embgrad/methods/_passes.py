@@ -122,6 +122,13 @@ def _batch_first(x: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(x, axis, 0) if axis else x
 
 
+def _bound_at_inputs(loss_fn: LossFn, inputs: Any) -> Callable[[Any], Any]:
+    """``loss_fn`` for a pass at the inputs themselves: row i is sample i."""
+    if not takes_rows(loss_fn):
+        return loss_fn  # type: ignore[return-value]
+    return bind_rows(loss_fn, np.arange(batch_size_hint(inputs)))
+
+
 def base_pass(
     model: Any,
     inputs: Any,
@@ -138,8 +145,7 @@ def base_pass(
     a model whose only input lookup has another role is accepted too. ``batch_axis``: the
     lookup's batch axis where already known (inputs derived from an earlier pass).
     """
-    probe = np.arange(batch_size_hint(inputs)) if takes_rows(loss_fn) else None
-    loss = bind_rows(loss_fn, probe) if probe is not None else loss_fn
+    loss = _bound_at_inputs(loss_fn, inputs)
     try:
         res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check,  # type: ignore[arg-type]
                         batch_axis=batch_axis)  # fmt: skip
@@ -170,8 +176,7 @@ def base_passes(
 ) -> dict[str, Base]:
     """Like :func:`base_pass`, one :class:`Base` per lookup matching ``layer`` (e.g. an
     encoder–decoder's two word lookups), all from one :func:`embgrad.gradients` call."""
-    probe = np.arange(batch_size_hint(inputs)) if takes_rows(loss_fn) else None
-    loss = bind_rows(loss_fn, probe) if probe is not None else loss_fn
+    loss = _bound_at_inputs(loss_fn, inputs)
     res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check)  # type: ignore[arg-type]
     return {name: _base_of(res, res[name]) for name in res.layers}
 

@@ -18,8 +18,6 @@ from ..backends import backend_for, is_array, ops_for
 from ..errors import InputError
 from ..tasks.base import TOKENIZER_LOCK
 
-_TOKENIZER_LOCK = TOKENIZER_LOCK  # see tasks.base
-
 
 @dataclass
 class TextBatch:
@@ -52,7 +50,7 @@ def tokenize(
 ) -> tuple[dict[str, Any], list[bool]]:
     """An HF tokenizer's right-padded numpy encoding of ``texts`` (cut to ``max_length``
     tokens) and, per text, whether it was longer."""
-    with _TOKENIZER_LOCK:  # a fast tokenizer keeps its padding/truncation settings in itself
+    with TOKENIZER_LOCK:  # a fast tokenizer keeps its padding/truncation settings in itself
         longer = tokenizer(texts, truncation=True, max_length=max_length + 1)["input_ids"]
         tokenizer.padding_side = "right"
         enc = tokenizer(
@@ -65,7 +63,7 @@ def tokenize(
 def token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
     """The number of tokens (special tokens included) of each text, untruncated: what a
     truncated text's heading reports (``truncated to 256 of 2,731 tokens``)."""
-    with _TOKENIZER_LOCK:
+    with TOKENIZER_LOCK:
         ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
     return [len(x) for x in ids]
 
