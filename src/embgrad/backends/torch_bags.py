@@ -4,46 +4,88 @@
 the per-id gradient that reaches the table is the bag's output gradient scaled by the id's
 per_sample_weight (sum), divided by the bag's non-padding size (mean), or masked to the
 dimensions where the id was the argmax (max).
+
+The bag layout (which bag each id belongs to) is only needed for table gradients, so it is
+worked out on the first call, not during the forward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass(eq=False)
+class BagLayout:
+    """Which ids reach the table, and from which bag: ``bag`` and ``ids`` (M,), with ids outside
+    any bag or equal to padding_idx dropped; ``weights`` (M,) the per_sample_weights (sum mode),
+    ``count`` (n_bags,) the non-padding bag sizes (mean mode)."""
+
+    bag: torch.Tensor
+    ids: torch.Tensor
+    weights: torch.Tensor | None
+    count: torch.Tensor | None
 
 
 @dataclass(eq=False)
 class BagRows:
     """Maps an embedding bag's output gradient (n_bags, D) to per-id table-row gradients.
 
-    ``bag`` and ``ids`` (M,) list the ids that reach the table (outside any bag or equal to
-    padding_idx dropped); ``weights`` (M,) are the per_sample_weights (sum mode), ``count``
-    (n_bags,) the non-padding bag sizes (mean mode), ``argmax`` (n_bags, D) the row chosen per
-    dimension (max mode).
+    Holds the lookup's flat ids (N,) and PyTorch's ``starts`` (offsets); ``argmax`` (n_bags, D)
+    is the row chosen per dimension (max mode), taken during the forward.
     """
 
     mode: str
-    bag: torch.Tensor
-    ids: torch.Tensor
+    flat: torch.Tensor
+    starts: torch.Tensor
     vocab: int
-    weights: torch.Tensor | None = None
-    count: torch.Tensor | None = None
+    include_last: bool = False
+    padding_idx: int | None = None
+    per_sample_weights: torch.Tensor | None = None
     argmax: torch.Tensor | None = None
+    _layout: BagLayout | None = field(default=None, repr=False)
+
+    def layout(self) -> BagLayout:
+        """The bag layout (computed once)."""
+        if self._layout is None:
+            self._layout = _layout(self)
+        return self._layout
 
     def __call__(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(bag index (M,), ids (M,), gradient rows (M, D)) for the output gradient ``grad``."""
+        lay = self.layout()
         if self.mode == "max" and self.argmax is not None:
-            keys = torch.unique(self.bag * self.vocab + self.ids)
+            keys = torch.unique(lay.bag * self.vocab + lay.ids)
             bag, ids = keys // self.vocab, keys % self.vocab
             hit = self.argmax[bag] == ids[:, None]
             return bag, ids, grad[bag] * hit.to(grad.dtype)
-        rows = grad[self.bag]
-        if self.weights is not None:
-            rows = rows * self.weights[:, None].to(rows.dtype)
-        if self.count is not None:
-            rows = rows / self.count[self.bag][:, None].to(rows.dtype)
-        return self.bag, self.ids, rows
+        rows = grad[lay.bag]
+        if lay.weights is not None:
+            rows = rows * lay.weights[:, None].to(rows.dtype)
+        if lay.count is not None:
+            rows = rows / lay.count[lay.bag][:, None].to(rows.dtype)
+        return lay.bag, lay.ids, rows
+
+
+def _layout(r: BagRows) -> BagLayout:
+    """The bag layout of a flat id list (N,) cut at ``starts`` (PyTorch's offsets)."""
+    flat, starts = r.flat, r.starts
+    n_bags = int(starts.numel()) - (1 if r.include_last else 0)
+    pos = torch.arange(flat.numel(), device=flat.device)
+    bag = torch.bucketize(pos, starts[:n_bags].to(torch.int64), right=True) - 1
+    keep = bag >= 0
+    if r.include_last and starts.numel():
+        keep &= pos < starts[-1]
+    if r.padding_idx is not None:
+        keep &= flat != r.padding_idx
+    bag, ids = bag[keep], flat[keep].to(torch.int64)
+    w = r.per_sample_weights
+    weights = w.detach().reshape(-1)[keep] if w is not None else None
+    count = None
+    if r.mode == "mean":
+        count = torch.bincount(bag, minlength=max(n_bags, 0)).clamp(min=1)
+    return BagLayout(bag, ids, weights, count)
 
 
 def bag_rows(
@@ -57,18 +99,18 @@ def bag_rows(
     argmax: torch.Tensor | None,
     vocab: int,
 ) -> BagRows:
-    """The bag layout of a flat id list (N,) cut at ``starts`` (PyTorch's offsets)."""
-    n_bags = int(starts.numel()) - (1 if include_last else 0)
-    pos = torch.arange(flat.numel(), device=flat.device)
-    bag = torch.bucketize(pos, starts[:n_bags].to(torch.int64), right=True) - 1
-    keep = bag >= 0
-    if include_last and starts.numel():
-        keep &= pos < starts[-1]
-    if padding_idx is not None:
-        keep &= flat != padding_idx
-    bag, ids = bag[keep], flat[keep].to(torch.int64)
-    w = weights.detach().reshape(-1)[keep] if weights is not None else None
-    count = None
-    if mode == "mean":
-        count = torch.bincount(bag, minlength=max(n_bags, 0)).clamp(min=1)
-    return BagRows(mode, bag, ids, vocab, weights=w, count=count, argmax=argmax)
+    """The row map of a flat id list (N,) cut at ``starts``; its layout is computed on first use.
+
+    ``flat``, ``starts`` and ``weights`` are detached here so that holding them keeps no graph
+    alive; the caller must not hand in tensors it will edit in place before the rows are read.
+    """
+    return BagRows(
+        mode,
+        flat.detach(),
+        starts.detach(),
+        vocab,
+        include_last=include_last,
+        padding_idx=padding_idx,
+        per_sample_weights=None if weights is None else weights.detach(),
+        argmax=argmax,
+    )

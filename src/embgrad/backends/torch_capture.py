@@ -24,15 +24,9 @@ from ..core.site import CallSite
 from ..errors import InputError
 from .base import Capture, Replace
 from .torch_bags import bag_rows
-from .torch_tables import TableNames, check_ids, norm_pad
+from .torch_tables import TableNames, check_dtype, check_ids, norm_pad
 
-_EMB_SIG = inspect.signature(F.embedding)
-_BAG_SIG = inspect.signature(F.embedding_bag)
 _BAG_MODES = ("sum", "mean", "max")
-
-
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str, default: Any) -> Any:
-    return args[i] if len(args) > i else kwargs.get(name, default)
 
 
 class LookupRecorder(TorchFunctionMode):
@@ -126,47 +120,51 @@ class LookupRecorder(TorchFunctionMode):
 
     # -- F.embedding / torch.embedding ---------------------------------------------------------
     def _f_embedding(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        a = _EMB_SIG.bind(*args, **kwargs).arguments
-        ids, weight = a["input"], a["weight"]
+        a = _bind(_EMB_ARGS, args, kwargs)
+        ids: Any = a.get("input")
+        weight = a.get("weight")
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            return func(*args, **kwargs)  # malformed: PyTorch's own error
         pad = norm_pad(a.get("padding_idx"), weight.shape[0], negative_is_none=False)
         return self._embedding(func, args, kwargs, ids, weight, pad, "F.embedding", a)
 
     def _t_embedding(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        weight = _arg(args, kwargs, 0, "weight", None)
-        ids = _arg(args, kwargs, 1, "indices", None)
-        pad_arg = _arg(args, kwargs, 2, "padding_idx", -1)
-        pad = norm_pad(pad_arg, weight.shape[0], negative_is_none=True)
-        extra = {"scale_grad_by_freq": _arg(args, kwargs, 3, "scale_grad_by_freq", False)}
-        return self._embedding(func, args, kwargs, ids, weight, pad, "torch.embedding", extra)
+        a = _bind(_T_EMB_ARGS, args, kwargs)
+        ids: Any = a.get("indices")
+        weight = a.get("weight")
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            return func(*args, **kwargs)
+        pad = norm_pad(a.get("padding_idx", -1), weight.shape[0], negative_is_none=True)
+        return self._embedding(func, args, kwargs, ids, weight, pad, "torch.embedding", a)
 
     def _embedding(
         self,
         func: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        ids: torch.Tensor,
+        ids: Any,
         weight: torch.Tensor,
         pad: int | None,
         kind: str,
         opts: dict[str, Any],
     ) -> Any:
         info = self._site(weight, kind)
-        check_ids(info["name"], ids, weight.shape[0])
-        out = func(*args, **kwargs)
+        out = _checked_call(info["name"], ids, weight, opts, func, args, kwargs)
         info["note"] = _join(info["note"], _option_note(opts))
         return self._record(out, weight, info, ids=ids, padding_idx=pad)
 
     # -- F.embedding_bag / torch.embedding_bag -------------------------------------------------
     def _f_bag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        a = _BAG_SIG.bind(*args, **kwargs).arguments
-        ids, weight, offsets = a["input"], a["weight"], a.get("offsets")
+        a = _bind(_BAG_ARGS, args, kwargs)
+        ids, weight, offsets = a.get("input"), a.get("weight"), a.get("offsets")
         if not isinstance(ids, torch.Tensor) or getattr(ids, "is_nested", False):
             raise InputError("embedding_bag with nested-tensor or non-tensor ids is not supported")
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            return func(*args, **kwargs)
         if ids.dim() not in (1, 2) or (ids.dim() == 2) == (offsets is not None):
             return func(*args, **kwargs)  # malformed: PyTorch's own error
         info = self._site(weight, "F.embedding_bag")
-        check_ids(info["name"], ids, weight.shape[0])
-        out = func(*args, **kwargs)
+        out = _checked_call(info["name"], ids, weight, a, func, args, kwargs)
         flat = ids.reshape(-1)
         last = bool(a.get("include_last_offset", False)) and ids.dim() == 1
         starts: torch.Tensor = (
@@ -196,32 +194,83 @@ class LookupRecorder(TorchFunctionMode):
         return self._record(out, weight, info, ids=ids, padding_idx=pad, rows=rows)
 
     def _t_bag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        weight = _arg(args, kwargs, 0, "weight", None)
-        ids = _arg(args, kwargs, 1, "indices", None)
-        offsets = _arg(args, kwargs, 2, "offsets", None)
-        mode = _BAG_MODES[int(_arg(args, kwargs, 4, "mode", 0))]
-        weights = _arg(args, kwargs, 6, "per_sample_weights", None)
-        last = bool(_arg(args, kwargs, 7, "include_last_offset", False))
-        pad = norm_pad(
-            _arg(args, kwargs, 8, "padding_idx", None), weight.shape[0], negative_is_none=False
-        )
+        a = _bind(_T_BAG_ARGS, args, kwargs)
+        ids: Any = a.get("indices")
+        offsets: Any = a.get("offsets")  # required by torch.embedding_bag
+        weight = a.get("weight")
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            return func(*args, **kwargs)
+        mode = _BAG_MODES[int(a.get("mode", 0))]
+        last = bool(a.get("include_last_offset", False))
+        pad = norm_pad(a.get("padding_idx"), weight.shape[0], negative_is_none=False)
         info = self._site(weight, "torch.embedding_bag")
-        check_ids(info["name"], ids, weight.shape[0])
-        out, *rest = func(*args, **kwargs)
+        out, *rest = _checked_call(info["name"], ids, weight, a, func, args, kwargs)
         rows = bag_rows(
             ids.reshape(-1),
             offsets,
             mode=mode,
             include_last=last,
             padding_idx=pad,
-            weights=weights,
+            weights=a.get("per_sample_weights"),
             argmax=rest[2] if mode == "max" else None,
             vocab=weight.shape[0],
         )
-        opts = {"scale_grad_by_freq": _arg(args, kwargs, 3, "scale_grad_by_freq", False)}
-        info["note"] = _join(info["note"], _option_note(opts))
+        info["note"] = _join(info["note"], _option_note(a))
         new = self._record(out, weight, info, ids=ids, padding_idx=pad, rows=rows)
         return (new, *rest)
+
+
+#: parameter names, in order, of the intercepted functions (torch 2.x signatures)
+_EMB_ARGS = tuple(inspect.signature(F.embedding).parameters)
+_BAG_ARGS = tuple(inspect.signature(F.embedding_bag).parameters)
+_T_EMB_ARGS = ("weight", "indices", "padding_idx", "scale_grad_by_freq", "sparse")
+_T_BAG_ARGS = (
+    "weight",
+    "indices",
+    "offsets",
+    "scale_grad_by_freq",
+    "mode",
+    "sparse",
+    "per_sample_weights",
+    "include_last_offset",
+    "padding_idx",
+)
+
+
+def _bind(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """{parameter: value} of a call (what ``inspect.Signature.bind`` gives, without its cost;
+    a malformed call is left to the function itself to refuse)."""
+    a = dict(zip(names, args, strict=False))  # fewer arguments than parameters
+    if kwargs:
+        a.update(kwargs)
+    return a
+
+
+def _checked_call(
+    site: str,
+    ids: Any,
+    weight: torch.Tensor,
+    opts: dict[str, Any],
+    func: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``func(*args, **kwargs)`` with ids outside the table refused as InputError.
+
+    On the CPU PyTorch refuses such ids itself (before writing anything), so the ids are only
+    examined when it does — no host read per lookup. Elsewhere (a CUDA kernel would fail with
+    a device-side assert) and with ``max_norm`` (which renormalises the table in place first)
+    they are checked before the call.
+    """
+    check_dtype(site, ids)
+    if ids.device.type != "cpu" or weight.device.type != "cpu" or opts.get("max_norm") is not None:
+        check_ids(site, ids, weight.shape[0])
+        return func(*args, **kwargs)
+    try:
+        return func(*args, **kwargs)
+    except (IndexError, RuntimeError):
+        check_ids(site, ids, weight.shape[0])
+        raise
 
 
 def _option_note(opts: dict[str, Any]) -> str:

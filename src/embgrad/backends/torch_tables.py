@@ -35,15 +35,28 @@ class TableNames:
         self.names: dict[int, list[str]] = {}
         self.modules: dict[int, list[str]] = {}
         self.submodules: list[torch.nn.Module] = []
-        for path, mod in module.named_modules(remove_duplicate=False):
-            if id(mod) not in self.modules:
+        # named_modules(remove_duplicate=False)'s pre-order, without its generators (this runs
+        # on every call, so it is kept to plain dict and list work)
+        stack: list[tuple[str, torch.nn.Module]] = [("", module)]
+        while stack:
+            path, mod = stack.pop()
+            paths = self.modules.get(id(mod))
+            if paths is None:
                 self.submodules.append(mod)
-            self.modules.setdefault(id(mod), []).append(path)
+                self.modules[id(mod)] = [path]
+            else:
+                paths.append(path)
+            prefix = path + "." if path else ""
             for members in (mod._parameters, mod._buffers):
                 for key, t in members.items():
                     if t is not None:
-                        name = f"{path}.{key}" if path else key
-                        self.names.setdefault(id(t), []).append(name)
+                        got = self.names.get(id(t))
+                        if got is None:
+                            self.names[id(t)] = [prefix + key]
+                        else:
+                            got.append(prefix + key)
+            children = [(prefix + k, m) for k, m in mod._modules.items() if m is not None]
+            stack.extend(reversed(children))
 
     def _caller_first(self, names: list[str], weight: torch.Tensor) -> list[str]:
         """``names`` with the name under which the calling module holds ``weight`` first.
@@ -119,8 +132,8 @@ def _plain(name: str) -> str:
     return ".".join(p for p in name.split(".") if p != "_orig_mod")
 
 
-def check_ids(site: str, ids: torch.Tensor, vocab: int) -> None:
-    """Raise InputError unless ``ids`` is an int32/int64 tensor with values in [0, vocab)."""
+def check_dtype(site: str, ids: Any) -> None:
+    """Raise InputError unless ``ids`` is an int32/int64 tensor."""
     if not isinstance(ids, torch.Tensor) or ids.dtype not in _ID_DTYPES:
         dtype = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise InputError(
@@ -128,6 +141,11 @@ def check_ids(site: str, ids: torch.Tensor, vocab: int) -> None:
             "(torch.int64 or torch.int32). Convert them with ids.long() — float ids are not "
             "rounded implicitly."
         )
+
+
+def check_ids(site: str, ids: torch.Tensor, vocab: int) -> None:
+    """Raise InputError unless ``ids`` is an int32/int64 tensor with values in [0, vocab)."""
+    check_dtype(site, ids)
     if ids.numel() == 0:
         return
     lo, hi = (int(v) for v in torch.aminmax(ids))

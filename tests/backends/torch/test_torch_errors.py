@@ -58,6 +58,51 @@ def test_embedding_bag_id_out_of_range_is_refused():
     _fails(model, ids, _loss(), embgrad.InputError, r"'bag' got id 99.*30 rows")
 
 
+class _Direct(torch.nn.Module):
+    """Lookups through each intercepted function, ``max_norm`` (an in-place renorm) included."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.first = 0  # the first offset: PyTorch refuses anything but 0
+        self.table = torch.nn.Parameter(torch.randn(30, 4) * 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.table
+        if self.how == "torch.embedding":
+            out = torch.embedding(w, ids)
+        elif self.how == "torch.embedding_bag":
+            flat = ids.reshape(-1)
+            starts = torch.arange(self.first, flat.numel(), ids.shape[1])
+            out = torch.embedding_bag(w, flat, starts, False, 0)[0][:, None]
+        elif self.how == "max_norm":
+            out = torch.nn.functional.embedding(ids, w, max_norm=1.0)
+        else:
+            out = torch.nn.functional.embedding_bag(ids, w, mode="max")[:, None]
+        return out.sum(1)[:, :3]
+
+
+@pytest.mark.parametrize("how", ["torch.embedding", "torch.embedding_bag", "max_norm", "bag-max"])
+@pytest.mark.parametrize("bad", [30, -1])
+def test_ids_outside_the_table_are_refused_through_every_lookup_function(how, bad):
+    """On the CPU embgrad lets PyTorch find bad ids (no host read per lookup) and then names
+    them; with max_norm, which renormalises the table in place, they are refused before the
+    lookup, so the table is not touched."""
+    model = _Direct(how)
+    ids = torch.randint(0, 30, (3, 4))
+    ids[2, 1] = bad
+    table = model.table.detach().clone()
+    _fails(model, ids, _loss(), embgrad.InputError, rf"'table' got id {bad} at position")
+    assert torch.equal(model.table.detach(), table)
+
+
+def test_pytorch_errors_that_are_not_about_ids_pass_through_unchanged():
+    model = _Direct("torch.embedding_bag")
+    model.first = 1
+    with pytest.raises(RuntimeError, match="offsets"):
+        embgrad.gradients(model, torch.randint(0, 30, (3, 4)), _loss(), check="off")
+
+
 def test_empty_batch_is_refused_before_the_forward(model):
     ids = torch.zeros((0, 5), dtype=torch.long)
     _fails(model, ids, _loss(0), embgrad.InputError, "empty")
