@@ -551,6 +551,36 @@ def test_loss_validation(
     assert model.events == ["open:eval", "close"] and model.training is False
 
 
+@pytest.mark.parametrize("check", ["off", "auto", "probe"])
+def test_loss_values_are_read_only_after_the_backward(
+    monkeypatch: pytest.MonkeyPatch, check: str
+) -> None:
+    """Reading the losses on the host (the finite check) before the backward would make a GPU
+    wait for the forward before any backward kernel is queued: the core reads them after."""
+    from embgrad.core.ops import NumpyOps
+    from fakes.numpy_backend import FakeSession
+
+    model = FakeModel()
+    losses: list[np.ndarray] = []
+    reads: list[int] = []  # backwards run so far, at each read of the losses' values
+    forward, to_numpy = FakeSession.forward, NumpyOps.to_numpy
+
+    def spy_forward(self: Any, *a: Any, **k: Any) -> Any:
+        fwd = forward(self, *a, **k)
+        losses.append(fwd.losses)
+        return fwd
+
+    def spy_to_numpy(self: Any, x: Any) -> np.ndarray:
+        if any(x is arr for arr in losses):
+            reads.append(model.counts["backward"])
+        return to_numpy(self, x)
+
+    monkeypatch.setattr(FakeSession, "forward", spy_forward)
+    monkeypatch.setattr(NumpyOps, "to_numpy", spy_to_numpy)
+    embgrad.gradients(model, make_ids(model, 3, 4), tanh_loss, check=check)  # type: ignore[arg-type]
+    assert reads and min(reads) >= 1
+
+
 @pytest.mark.parametrize(
     ("kw", "error", "match"),
     [

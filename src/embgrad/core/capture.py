@@ -117,13 +117,14 @@ def gradients(
         run = _Run(session, args, kwargs, loss_fn, run_seed, replace)
         # 3. One forward: per-sample losses and every lookup it performed.
         fwd = run.forward()
-        batch = int(_check_losses(session, fwd.losses).shape[0])
+        batch = _loss_count(session, fwd.losses)
         select = _select(fwd.captures, layers)
         caps = [fwd.captures[i] for i in select]
         # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given).
         axes = _candidates(caps, batch, batch_axis)
         _require_batch_axis(session, fwd, caps, axes, batch, batch_axis)
         if check == "exact" and batch > 1:
+            _check_finite(session, fwd.losses)
             return _exact(run, fwd, select, caps, axes, batch, mode, input_grads, layers)
         # 5. Decide whether to probe: a verdict remembered for this structure skips it.
         key = _probe_key(loss_fn, mode, fwd, batch, select, batch_axis)
@@ -140,6 +141,9 @@ def gradients(
             inputs=input_grads and bool(fwd.float_inputs),
             retain=do_probe and session.retained_backward_is_exact,
         )
+        # The losses' values are read only now: a host read before the backward would make a
+        # GPU wait for the forward before the backward's kernels are queued.
+        _check_finite(session, fwd.losses)
         # 7. Lookups the losses do not reach through the graph: left out (auto) or an error.
         kept, unreached = _reached(caps, grads, layers)
         n_selected = len(select)
@@ -243,20 +247,30 @@ def _split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (inputs,), {}
 
 
-def _check_losses(session: Session, losses: Any) -> np.ndarray:
-    arr = session.ops.to_numpy(session.ops.work(losses))
-    if arr.ndim == 0:
+def _loss_count(session: Session, losses: Any) -> int:
+    """B, from the losses' shape (no read of their values): LossError unless it is (B,)."""
+    shape = getattr(losses, "shape", None)
+    if shape is None:
+        shape = session.ops.to_numpy(session.ops.work(losses)).shape
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 0:
         raise LossError(
             "loss_fn returned a scalar; it must return per-sample losses of shape (B,). Do not "
             "reduce over the batch (torch: reduction='none'; Gluon losses already return (B,))."
         )
-    if arr.ndim != 1:
+    if len(shape) != 1:
         raise LossError(
-            f"loss_fn returned shape {tuple(arr.shape)}; it must return per-sample losses of "
+            f"loss_fn returned shape {shape}; it must return per-sample losses of "
             "shape (B,) — one number per sample (squeeze or sum the other axes inside loss_fn)."
         )
-    if arr.shape[0] == 0:
+    if shape[0] == 0:
         raise InputError("the batch is empty: loss_fn returned 0 losses; pass at least 1 sample")
+    return shape[0]
+
+
+def _check_finite(session: Session, losses: Any) -> None:
+    """LossError naming the samples whose loss is NaN or infinite."""
+    arr = session.ops.to_numpy(session.ops.work(losses))
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         raise LossError(
@@ -264,7 +278,6 @@ def _check_losses(session: Session, losses: Any) -> np.ndarray:
             f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''}; gradients would be "
             "meaningless. Check the inputs of those samples or the loss."
         )
-    return arr
 
 
 def _matches(c: Capture, spec: LayerSpec) -> bool:
