@@ -69,7 +69,7 @@ def _subset(src: Path, n: int, dest: Path) -> Path:
 def one_run(
     explainer: Any, data: Path, out: Path, method: str, paired: bool, order: str
 ) -> dict[str, float]:
-    import embgrad.data.local as local
+    import embgrad.data.batch as batching
     from embgrad.data import RunConfig, run
 
     shutil.rmtree(out, ignore_errors=True)
@@ -82,14 +82,14 @@ def one_run(
         method=method,
         batch_size=16,
     )
-    saved = local.by_length
+    saved = batching.by_length
     if order == "file":
-        local.by_length = lambda rows, explainer=None: list(rows)  # type: ignore[assignment]
+        batching.by_length = lambda rows, explainer=None: list(rows)  # type: ignore[assignment]
     try:
         t0 = time.perf_counter()
         summary = run(config, explainer_factory=lambda spec, framework: counting, progress=False)
     finally:
-        local.by_length = saved
+        batching.by_length = saved
         del explainer.encode  # the class's method again
     return {
         "rows_per_s": summary.explained / summary.work_seconds,
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--single", action="store_true", help="also single texts")
+    p.add_argument("--no-pairs", action="store_true", help="single texts only (with --single)")
     a = p.parse_args(argv)
     import torch
 
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model load {time.perf_counter() - t0:.1f} s", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="ragged-"))
     results: dict[str, Any] = {}
-    inputs = [True, False] if a.single else [True]
+    inputs = ([] if a.no_pairs else [True]) + ([False] if a.single else [])
+    if not inputs:
+        p.error("--no-pairs leaves nothing to measure without --single")
     for method, n in (("gradient", a.rows), ("integrated_gradients", a.ig_rows)):
         data = _subset(a.data, n, tmp / f"{n}.jsonl")
         for paired in inputs:

@@ -17,9 +17,15 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import data_fakes  # noqa: E402
-from data_fakes import BAD_ROWS, make_fake, write_corpus  # noqa: E402
+from data_fakes import BAD_ROWS, FakeExplainer, make_fake, write_corpus  # noqa: E402
 from embgrad.data import RunConfig, run  # noqa: E402
-from embgrad.data.ray_engine import _cpus_per_actor, _keep_pending  # noqa: E402
+from embgrad.data.ray_engine import (  # noqa: E402
+    _cpus_per_actor,
+    _ExplainWorker,
+    _keep_pending,
+    _parse_file,
+    sort_window,
+)
 
 N = 60
 
@@ -174,3 +180,43 @@ def test_ray_log_lines_are_dropped_from_stderr_and_the_rest_passes(capfd: Any) -
         os.write(2, b"\rrows 1/2")  # a progress bar's partial line (sys.stderr is fd 2)
         os.write(2, b"[not a ray line] stays\n")
     assert capfd.readouterr().err == "keep this line\n\rrows 1/2[not a ray line] stays\n"
+
+
+class _Recording(FakeExplainer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def explain(self, texts: list[str], *args: Any, **kw: Any) -> Any:
+        self.batches.append(list(texts))
+        return super().explain(texts, *args, **kw)
+
+
+def test_a_ray_actor_call_batches_its_rows_by_length_and_returns_them_in_row_order(
+    tmp_path: Path,
+) -> None:
+    """What one actor does with its rows (in this process, no Ray): sorted by length into
+    batches of --batch-size, every row explained once, records back in row order."""
+    data = write_corpus(tmp_path / "corpus.jsonl", N)
+    config = RunConfig(data=data, text_column="text", out=tmp_path / "out", batch_size=4)
+    from embgrad.data.prepare import columns_of
+
+    raw = pa.table({"bytes": [data.read_bytes()]})
+    batch = _parse_file(raw, config=config, fmt="jsonl", columns=columns_of(config))
+    fake = _Recording()
+    table = _ExplainWorker(config, lambda spec, framework: fake)(batch)
+    rows = table.column("row").to_pylist()
+    assert rows == sorted(rows) and len(set(rows)) == len(rows) == batch.num_rows
+    batches = [b for b in fake.batches if len(b) > 1]  # not the one-row retries of bad rows
+    assert len(batches) >= 10 and all(len(b) <= 4 for b in fake.batches)
+    lengths = [len(t) for b in batches for t in b]
+    assert lengths == sorted(lengths)  # one ordering across the call's batches
+    in_file = [len(t) for t in batch.column("text").to_pylist() if t]
+    assert in_file != sorted(in_file)  # the file is not sorted already
+
+
+def test_the_sort_window_is_32_batches_at_most_a_shard() -> None:
+    config = RunConfig(data=Path("x.jsonl"), text_column="text", out=Path("o"), batch_size=16)
+    assert sort_window(config) == 512
+    assert sort_window(replace(config, rows_per_shard=100)) == 100
+    assert sort_window(replace(config, rows_per_shard=8)) == 16  # never below one batch

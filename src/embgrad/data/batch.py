@@ -8,7 +8,7 @@ resource problem, and the run can be resumed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,30 @@ def explain_rows(
         r, e = explain_rows(explainer, [row], config)
         records += r
         errors += e
+    return records, errors
+
+
+def explain_by_length(
+    explainer: ExplainerLike,
+    rows: Sequence[InputRow],
+    config: RunConfig,
+    done: Callable[[int], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[RowError]]:
+    """:func:`explain_rows` over ``rows`` in batches of ``config.batch_size`` formed by length
+    (:func:`by_length`); records and errors come back in file order. ``done(n)`` is called
+    after each batch of n rows (progress)."""
+    records: list[dict[str, Any]] = []
+    errors: list[RowError] = []
+    ordered = by_length(rows, explainer)
+    for start in range(0, len(ordered), config.batch_size):
+        batch = ordered[start : start + config.batch_size]
+        got, failed = explain_rows(explainer, batch, config)
+        records += got
+        errors += failed
+        if done is not None:
+            done(len(batch))
+    records.sort(key=lambda r: r["row"])  # file order again (batches were by length)
+    errors.sort(key=lambda e: e.row)
     return records, errors
 
 

@@ -1,31 +1,21 @@
 """The local engine: read rows in file order, explain them in batches, write one Parquet shard
 per ``rows_per_shard`` input rows, skipping the shards a previous run finished.
 
-Within a shard the rows are batched by length (``batch.by_length``), so a batch pads little; the
+Within a shard the rows are batched by length (``batch.explain_by_length``), so a batch pads little; the
 shard's rows are written in file order, and a shard is still the unit of resumption."""
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator
 
 from .badrows import InputRow, RowError
-from .batch import by_length, explain_rows, split_rows
+from .batch import explain_by_length, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
 from .prepare import Prepared, begin, prepare
 from .progress import Progress
 from .writer import output_schema, to_table
-
-T = TypeVar("T")
-
-
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """Consecutive slices of at most ``size`` items."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
 
 def _shards(prep: Prepared, skip: set[int]) -> Iterator[tuple[int, list[InputRow | RowError]]]:
     size = prep.config.rows_per_shard
@@ -45,16 +35,10 @@ def process(
     config = prep.config
     schema = output_schema(config)
     for shard, rows in _shards(prep, done):
-        good, errors = split_rows(rows)
-        bar.update(len(errors))
-        records = []
-        for batch in chunks(by_length(good, explainer), config.batch_size):
-            got, failed = explain_rows(explainer, batch, config)
-            records += got
-            errors += failed
-            bar.update(len(batch))
-        records.sort(key=lambda r: r["row"])  # file order again (batches were by length)
-        errors.sort(key=lambda e: e.row)
+        good, bad = split_rows(rows)
+        bar.update(len(bad))
+        records, failed = explain_by_length(explainer, good, config, bar.update)
+        errors = sorted(bad + failed, key=lambda e: e.row)
         prep.out.commit_shard(shard, to_table(records, schema), errors)
         summary.explained += len(records)
         summary.errors += len(errors)
