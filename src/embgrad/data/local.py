@@ -17,6 +17,7 @@ from .prepare import Prepared, begin, prepare
 from .progress import Progress
 from .writer import output_schema, to_table
 
+
 def _shards(prep: Prepared, skip: set[int]) -> Iterator[tuple[int, list[InputRow | RowError]]]:
     size = prep.config.rows_per_shard
     for shard, rows in itertools.groupby(prep.source.rows(), key=lambda r: r.row // size):
