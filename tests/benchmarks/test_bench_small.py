@@ -30,5 +30,5 @@ def test_bench_small_quick_reports_every_path(capsys: pytest.CaptureFixture[str]
 
     assert bench_small.main(["--quick", "--only", "minilm-B1-T8", "bag-V1M-B32"]) == 0
     out = capsys.readouterr().out
-    for key in ("embgrad_ratio", "floor_ms", "bag-V1M-B32"):
+    for key in ("embgrad_ratio", "floor+mode_ratio", "floor_ms", "bag-V1M-B32"):
         assert key in out

@@ -148,7 +148,7 @@ def check_ids(site: str, ids: torch.Tensor, vocab: int) -> None:
     check_dtype(site, ids)
     if ids.numel() == 0:
         return
-    lo, hi = (int(v) for v in torch.aminmax(ids))
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one read from the device, not two
     if lo >= 0 and hi < vocab:
         return
     bad = ((ids < 0) | (ids >= vocab)).nonzero()[0]
