@@ -5,7 +5,8 @@ lookups, a padded sample) and of EmbeddingBag models (sum with per_sample_weight
 1-D ids with offsets), compares ``embgrad.gradients`` on the device against a per-sample loop
 (batch of 1, one backward each, float32, same device, forward hooks on a copy of the model):
 output gradients, sparse table rows and their norms.  Also checks that results stay on the
-device, in the lookup's dtype, with float32 norms, and that the probe passes (no false alarm).
+device, in the lookup's dtype, with float32 norms, and that the probe passes (no false alarm);
+that ids outside the table are refused with InputError and leave the device usable.
 Then times embgrad against a bare ``autograd.grad`` to the word-embedding output on a
 random-init BERT-base (B=32, T=64), float32 and bfloat16 (skipped with ``--no-timing``; the
 issue-12 target is ≤ 1.05× the floor).
@@ -309,6 +310,36 @@ def timing(device: str, repeats: int = 7, *, quick: bool = False) -> list[str]:
     return lines
 
 
+def bad_ids_check(device: str) -> list[str]:
+    """Ids outside the table on ``device``: embgrad must raise InputError naming the id (off the
+    CPU the lookups run with bad ids replaced and the ids are checked after the backward is
+    queued, never by a kernel reading outside the table), and the device must still work."""
+    problems = []
+    cases: list[tuple[str, Callable]] = [
+        ("tiny BERT", bert_case),
+        ("bag", lambda d: bag_case("mean", d)),
+    ]
+    for name, make in cases:
+        model, inputs, loss, _, _ = make(device)
+        model = model.to(device)
+        if isinstance(inputs, dict):
+            bad = dict(inputs, input_ids=inputs["input_ids"].clone())
+            bad["input_ids"][2, 3] = 5000
+        else:
+            bad = (inputs[0].clone(), *inputs[1:])
+            bad[0][4] = -3
+        try:
+            embgrad.gradients(model, bad, loss)
+            problems.append(f"{name}: ids outside the table were not refused")
+        except embgrad.InputError as e:
+            if "5000" not in str(e) and "-3" not in str(e):
+                problems.append(f"{name}: the error does not name the bad id: {e}")
+        res = embgrad.gradients(model, inputs, loss)  # the device is still usable
+        if not all(torch.isfinite(lk.output_grad).all() for lk in res):
+            problems.append(f"{name}: non-finite gradients after the refused call")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -322,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for line in timing(args.device, quick=True):
             print(line)
-        return 0
+        problems = bad_ids_check(args.device)
+        print("bad ids refused" if not problems else "\n".join(problems))
+        return 1 if problems else 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device; use --device cpu", file=sys.stderr)
         return 2
@@ -351,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_timing:
         for line in timing(args.device):
             print(line)
-    failed = [r for r in rows if not r["ok"]]
+    failed: list[Any] = [r for r in rows if not r["ok"]]
+    problems = bad_ids_check(args.device)
+    print("bad ids refused on the device" if not problems else "\n".join(problems))
+    failed += problems
     print("all checks passed" if not failed else f"{len(failed)} check(s) FAILED")
     return 1 if failed else 0
 

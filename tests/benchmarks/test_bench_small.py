@@ -23,6 +23,7 @@ def test_gpu_check_dry_run_times_fp32_and_bf16_on_the_cpu(
     assert gpu_check.main(["--device", "cpu", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "torch.float32 on cpu" in out and "torch.bfloat16 on cpu" in out
+    assert "bad ids refused" in out
 
 
 def test_bench_small_quick_reports_every_path(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,3 +33,14 @@ def test_bench_small_quick_reports_every_path(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     for key in ("embgrad_ratio", "floor+mode_ratio", "floor_ms", "bag-V1M-B32"):
         assert key in out
+
+
+def test_gpu_check_bad_ids_pass_through_the_deferred_check_of_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check a GPU run makes of bad ids, through the path non-CPU devices take."""
+    import gpu_check
+    from embgrad.backends import torch_capture
+
+    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", True)
+    assert gpu_check.bad_ids_check("cpu") == []

@@ -60,6 +60,9 @@ class Forward:
     captures: list[Capture]
     float_inputs: dict[str | int, Any] = field(default_factory=dict)
     state: Any = None
+    #: checks of this forward's inputs left until after the backward is queued (ids on a GPU:
+    #: one read from the device instead of one per lookup); raises InputError. None: nothing left
+    verify: Callable[[], None] | None = None
 
 
 class Session(Protocol):

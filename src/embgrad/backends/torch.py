@@ -179,7 +179,11 @@ class TorchSession:
                 "torch.no_grad()"
             )
         return Forward(
-            losses=losses.detach(), captures=recorder.captures, float_inputs=floats, state=losses
+            losses=losses.detach(),
+            captures=recorder.captures,
+            float_inputs=floats,
+            state=losses,
+            verify=recorder.verify if recorder.deferred else None,
         )
 
     def evaluate(

@@ -3,8 +3,8 @@
 A :class:`LookupRecorder` (a ``TorchFunctionMode``, active only while the model runs) sees every
 call of ``F.embedding``, ``F.embedding_bag``, ``torch.embedding`` and ``torch.embedding_bag``,
 whatever module or nesting makes it (``nn.Embedding`` / ``nn.EmbeddingBag`` call the ``F``
-functions).  For each call it validates the ids *before* the real lookup, runs the lookup, and
-records a :class:`Capture` whose ``handle`` is the lookup output (a fresh leaf when the table is
+functions).  For each call it validates the ids (without a read from the device per lookup: see
+:meth:`LookupRecorder._call`), runs the lookup, and records a :class:`Capture` whose ``handle`` is the lookup output (a fresh leaf when the table is
 frozen or ``replace`` substituted it).  The model receives a clone of it, so in-place edits of
 the output inside the model cannot change what is differentiated.
 """
@@ -37,6 +37,8 @@ class LookupRecorder(TorchFunctionMode):
         self.names = names
         self.replace = replace
         self.captures: list[Capture] = []
+        #: (site, ids, vocab, any id outside the table) of lookups whose check is deferred
+        self.deferred: list[tuple[str, torch.Tensor, int, torch.Tensor]] = []
         self._calls: Counter[str] = Counter()
         self._handlers: dict[Any, Callable[..., Any]] = {
             F.embedding: self._f_embedding,
@@ -53,6 +55,55 @@ class LookupRecorder(TorchFunctionMode):
         if handler is None:
             return func(*args, **kwargs)
         return handler(func, args, kwargs)
+
+    def verify(self) -> None:
+        """The deferred id checks, in one read from the device: InputError naming the first bad
+        id (looked up as 0 meanwhile, so no kernel read outside a table)."""
+        if not self.deferred:
+            return
+        flags = torch.stack([bad for *_, bad in self.deferred]).tolist()
+        for (site, ids, vocab, _), bad in zip(self.deferred, flags, strict=True):
+            if bad:
+                check_ids(site, ids, vocab)
+
+    def _call(
+        self,
+        site: str,
+        ids: Any,
+        weight: torch.Tensor,
+        opts: dict[str, Any],
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        where: tuple[tuple[str, ...], str],
+    ) -> tuple[Any, torch.Tensor]:
+        """``func(*args, **kwargs)`` with ids outside the table refused as InputError, and the
+        ids to use from here on (those the lookup ran with).
+
+        On the CPU PyTorch refuses such ids itself (before writing anything), so the ids are
+        only examined when it does. On other devices a bad id would fail inside a kernel (a CUDA
+        device-side assert, fatal to the process's context), and checking each lookup before it
+        runs would wait for the device once per lookup: the lookup runs with bad ids replaced by
+        0 and :meth:`verify` checks them all at once after the backward is queued. With
+        ``max_norm``, which renormalises the table in place first, ids are checked before the call.
+        ``where`` is the function's parameter names and the ids' parameter.
+        """
+        check_dtype(site, ids)
+        vocab = int(weight.shape[0])
+        if opts.get("max_norm") is not None:
+            check_ids(site, ids, vocab)
+            return func(*args, **kwargs), ids
+        if ids.device.type == "cpu" and weight.device.type == "cpu" and not _DEFER_ON_CPU:
+            try:
+                return func(*args, **kwargs), ids
+            except (IndexError, RuntimeError):
+                check_ids(site, ids, vocab)
+                raise
+        bad = (ids < 0) | (ids >= vocab)
+        self.deferred.append((site, ids, vocab, bad.any()))
+        safe = ids.masked_fill(bad, 0)
+        args, kwargs = _replaced(where, args, kwargs, safe)
+        return func(*args, **kwargs), safe
 
     # -- naming and recording ------------------------------------------------------------------
     def _site(self, weight: torch.Tensor, kind: str) -> dict[str, Any]:
@@ -149,7 +200,9 @@ class LookupRecorder(TorchFunctionMode):
         opts: dict[str, Any],
     ) -> Any:
         info = self._site(weight, kind)
-        out = _checked_call(info["name"], ids, weight, opts, func, args, kwargs)
+        names = _EMB_ARGS if kind == "F.embedding" else _T_EMB_ARGS
+        where = (names, "input" if kind == "F.embedding" else "indices")
+        out, ids = self._call(info["name"], ids, weight, opts, func, args, kwargs, where)
         info["note"] = _join(info["note"], _option_note(opts))
         return self._record(out, weight, info, ids=ids, padding_idx=pad)
 
@@ -164,7 +217,8 @@ class LookupRecorder(TorchFunctionMode):
         if ids.dim() not in (1, 2) or (ids.dim() == 2) == (offsets is not None):
             return func(*args, **kwargs)  # malformed: PyTorch's own error
         info = self._site(weight, "F.embedding_bag")
-        out = _checked_call(info["name"], ids, weight, a, func, args, kwargs)
+        where = (_BAG_ARGS, "input")
+        out, ids = self._call(info["name"], ids, weight, a, func, args, kwargs, where)
         flat = ids.reshape(-1)
         last = bool(a.get("include_last_offset", False)) and ids.dim() == 1
         starts: torch.Tensor = (
@@ -204,7 +258,8 @@ class LookupRecorder(TorchFunctionMode):
         last = bool(a.get("include_last_offset", False))
         pad = norm_pad(a.get("padding_idx"), weight.shape[0], negative_is_none=False)
         info = self._site(weight, "torch.embedding_bag")
-        out, *rest = _checked_call(info["name"], ids, weight, a, func, args, kwargs)
+        where = (_T_BAG_ARGS, "indices")
+        (out, *rest), ids = self._call(info["name"], ids, weight, a, func, args, kwargs, where)
         rows = bag_rows(
             ids.reshape(-1),
             offsets,
@@ -246,31 +301,22 @@ def _bind(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any])
     return a
 
 
-def _checked_call(
-    site: str,
-    ids: Any,
-    weight: torch.Tensor,
-    opts: dict[str, Any],
-    func: Any,
+#: tests set this to exercise the deferred id check (the path of non-CPU devices) on the CPU
+_DEFER_ON_CPU = False
+
+
+def _replaced(
+    where: tuple[tuple[str, ...], str],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-) -> Any:
-    """``func(*args, **kwargs)`` with ids outside the table refused as InputError.
-
-    On the CPU PyTorch refuses such ids itself (before writing anything), so the ids are only
-    examined when it does — no host read per lookup. Elsewhere (a CUDA kernel would fail with
-    a device-side assert) and with ``max_norm`` (which renormalises the table in place first)
-    they are checked before the call.
-    """
-    check_dtype(site, ids)
-    if ids.device.type != "cpu" or weight.device.type != "cpu" or opts.get("max_norm") is not None:
-        check_ids(site, ids, weight.shape[0])
-        return func(*args, **kwargs)
-    try:
-        return func(*args, **kwargs)
-    except (IndexError, RuntimeError):
-        check_ids(site, ids, weight.shape[0])
-        raise
+    value: Any,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments with the parameter ``where[1]`` set to ``value``."""
+    names, key = where
+    if key in kwargs:
+        return args, {**kwargs, key: value}
+    i = names.index(key)
+    return (*args[:i], value, *args[i + 1 :]), kwargs
 
 
 def _option_note(opts: dict[str, Any]) -> str:

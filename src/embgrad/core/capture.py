@@ -124,7 +124,7 @@ def gradients(
         axes = _candidates(caps, batch, batch_axis)
         _require_batch_axis(session, fwd, caps, axes, batch, batch_axis)
         if check == "exact" and batch > 1:
-            _check_finite(session, fwd.losses)
+            _verify(session, fwd)
             return _exact(run, fwd, select, caps, axes, batch, mode, input_grads, layers)
         # 5. Decide whether to probe: a verdict remembered for this structure skips it.
         key = _probe_key(loss_fn, mode, fwd, batch, select, batch_axis)
@@ -141,9 +141,9 @@ def gradients(
             inputs=input_grads and bool(fwd.float_inputs),
             retain=do_probe and session.retained_backward_is_exact,
         )
-        # The losses' values are read only now: a host read before the backward would make a
-        # GPU wait for the forward before the backward's kernels are queued.
-        _check_finite(session, fwd.losses)
+        # The inputs' deferred checks and the losses' values are read only now: a host read
+        # before the backward would make a GPU wait for the forward before queueing the backward.
+        _verify(session, fwd)
         # 7. Lookups the losses do not reach through the graph: left out (auto) or an error.
         kept, unreached = _reached(caps, grads, layers)
         n_selected = len(select)
@@ -266,6 +266,14 @@ def _loss_count(session: Session, losses: Any) -> int:
     if shape[0] == 0:
         raise InputError("the batch is empty: loss_fn returned 0 losses; pass at least 1 sample")
     return shape[0]
+
+
+def _verify(session: Session, fwd: Forward) -> None:
+    """The checks that read values: the backend's deferred input checks (ids on a GPU), then
+    the losses' finiteness."""
+    if fwd.verify is not None:
+        fwd.verify()
+    _check_finite(session, fwd.losses)
 
 
 def _check_finite(session: Session, losses: Any) -> None:

@@ -32,7 +32,17 @@ def _fails(model: torch.nn.Module, inputs, loss, error, match: str, **kw) -> Non
     assert_untouched(before, model)
 
 
-def test_id_out_of_range_names_the_lookup_the_value_and_the_vocab_size(model):
+@pytest.fixture(params=["cpu", "deferred"])
+def id_check(request, monkeypatch):
+    """Both ways ids are checked: PyTorch's own check on the CPU, and the deferred check of other
+    devices (bad ids looked up as 0, all flags read once after the backward is queued)."""
+    from embgrad.backends import torch_capture
+
+    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", request.param == "deferred")
+    return request.param
+
+
+def test_id_out_of_range_names_the_lookup_the_value_and_the_vocab_size(model, id_check):
     ids = torch.randint(1, 40, (3, 5))
     ids[1, 2] = 40
     _fails(
@@ -40,18 +50,18 @@ def test_id_out_of_range_names_the_lookup_the_value_and_the_vocab_size(model):
     )
 
 
-def test_negative_id_is_refused_before_the_lookup(model):
+def test_negative_id_is_refused(model, id_check):
     ids = torch.randint(1, 40, (3, 5))
     ids[2, 0] = -1
     _fails(model, ids, _loss(), embgrad.InputError, r"got id -1 at position \(2, 0\)")
 
 
-def test_float_ids_are_refused_with_the_conversion_to_use(model):
+def test_float_ids_are_refused_with_the_conversion_to_use(model, id_check):
     ids = torch.randint(1, 40, (3, 5)).float()
     _fails(model, ids, _loss(), embgrad.InputError, r"dtype torch.float32.*ids.long\(\)")
 
 
-def test_embedding_bag_id_out_of_range_is_refused():
+def test_embedding_bag_id_out_of_range_is_refused(id_check):
     model = Bag(vocab=30)
     ids = torch.randint(0, 30, (3, 4))
     ids[0, 0] = 99
@@ -84,7 +94,7 @@ class _Direct(torch.nn.Module):
 
 @pytest.mark.parametrize("how", ["torch.embedding", "torch.embedding_bag", "max_norm", "bag-max"])
 @pytest.mark.parametrize("bad", [30, -1])
-def test_ids_outside_the_table_are_refused_through_every_lookup_function(how, bad):
+def test_ids_outside_the_table_are_refused_through_every_lookup_function(how, bad, id_check):
     """On the CPU embgrad lets PyTorch find bad ids (no host read per lookup) and then names
     them; with max_norm, which renormalises the table in place, they are refused before the
     lookup, so the table is not touched."""
@@ -94,6 +104,24 @@ def test_ids_outside_the_table_are_refused_through_every_lookup_function(how, ba
     table = model.table.detach().clone()
     _fails(model, ids, _loss(), embgrad.InputError, rf"'table' got id {bad} at position")
     assert torch.equal(model.table.detach(), table)
+
+
+@pytest.mark.parametrize("how", ["torch.embedding", "torch.embedding_bag", "max_norm", "bag-max"])
+def test_the_deferred_id_check_gives_the_same_gradients(how, monkeypatch):
+    """With valid ids, looking up through the deferred check (ids with none replaced) changes
+    nothing: the same output and table gradients, bit for bit."""
+    from embgrad.backends import torch_capture
+
+    ids = torch.randint(0, 30, (3, 4))
+    results = []
+    for defer in (False, True):
+        torch.manual_seed(0)
+        model = _Direct(how)  # a fresh one: max_norm renormalises the table in place
+        monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", defer)
+        res = embgrad.gradients(model, ids, _loss(), check="probe")
+        results.append([(lk.output_grad, lk.table_grad().to_dense()) for lk in res])
+    for (g0, t0), (g1, t1) in zip(*results, strict=True):
+        assert torch.equal(g0, g1) and torch.equal(t0, t1)
 
 
 def test_pytorch_errors_that_are_not_about_ids_pass_through_unchanged():
