@@ -344,9 +344,10 @@ def _check_not_reduced(losses: Any, captures: list[Capture]) -> None:
 class BlockSession(GluonSession):
     """A Block with every lookup intercepted (inside ``GluonBackend.open``)."""
 
-    def __init__(self, model: Any, mode: Mode, tracer: Tracer) -> None:
+    def __init__(self, model: Any, mode: Mode, tracer: Tracer, aux: AuxSnapshot) -> None:
         super().__init__(model, mode, tracer.params)
         self.tracer = tracer
+        self.aux = aux
         self._warm = False
 
     def forward(
@@ -394,6 +395,7 @@ class BlockSession(GluonSession):
         if any(p._data is None and p._deferred_init for p in self.params.values()):
             with lazy_mxnet().autograd.predict_mode():
                 self.model(*args, **kwargs)
+            self.aux.take()  # the statistics it created, before a training pass moves them
         self.tracer.index_params()
 
 
@@ -447,21 +449,38 @@ def _aux_states(params: Mapping[str, Any], graphs: list[Any]) -> list[Any]:
     return list(aux.values())
 
 
-@contextlib.contextmanager
-def aux_restored(aux: list[Any], train: bool) -> Iterator[None]:
-    """In training mode, restore the auxiliary states ``aux`` (BatchNorm running statistics,
-    which MXNet updates in a training-mode backward) on exit."""
-    saved = []
-    if train:
-        for p in aux:
-            if p._data is not None and p._stype == "default":
-                saved.append((p, [a.copy() for a in p.list_data()]))
-    try:
-        yield
-    finally:
-        for p, copies in saved:
+class AuxSnapshot:
+    """In training mode, copies of the auxiliary states ``aux`` (BatchNorm running statistics,
+    which MXNet updates in a training-mode backward), written back by :meth:`restore`.
+
+    A parameter whose shape is still deferred has no value to copy when the model is opened;
+    :meth:`take` is called again once the session's warm-up forward has initialized it."""
+
+    def __init__(self, aux: list[Any], train: bool) -> None:
+        self.aux = aux if train else []
+        self.saved: dict[int, tuple[Any, list[Any]]] = {}
+        self.take()
+
+    def take(self) -> None:
+        """Copy every auxiliary state that has a value and is not copied yet."""
+        for p in self.aux:
+            if id(p) not in self.saved and p._data is not None and p._stype == "default":
+                self.saved[id(p)] = (p, [a.copy() for a in p.list_data()])
+
+    def restore(self) -> None:
+        for p, copies in self.saved.values():
             for dst, src in zip(p.list_data(), copies, strict=True):
                 dst[:] = src
+
+
+@contextlib.contextmanager
+def aux_restored(aux: list[Any], train: bool) -> Iterator[AuxSnapshot]:
+    """:class:`AuxSnapshot` of ``aux``, restored on exit."""
+    snapshot = AuxSnapshot(aux, train)
+    try:
+        yield snapshot
+    finally:
+        snapshot.restore()
 
 
 def _all_params(model: Any) -> dict[str, Any]:
@@ -497,8 +516,8 @@ class GluonBackend(Backend):
             graphs = stack.enter_context(_switched(model, tracer))
             stack.enter_context(patched(tracer))
             aux = _aux_states(tracer.params, graphs)
-            stack.enter_context(aux_restored(aux, mode == "train"))
-            yield BlockSession(model, mode, tracer)
+            snapshot = stack.enter_context(aux_restored(aux, mode == "train"))
+            yield BlockSession(model, mode, tracer, snapshot)
 
     def array(self, model: Any, a: Any) -> Any:
         arr = np.asarray(a)

@@ -198,3 +198,20 @@ def test_block_hybridized_but_never_run_is_not_traced() -> None:
     res = embgrad.gradients(fresh, case.inputs, case.loss)
     assert res.layers == ["embed"]
     assert fresh._active and fresh._cached_op is None and not fresh._cached_graph
+
+
+@pytest.mark.parametrize("check", ["exact", "off"])
+def test_batchnorm_statistics_of_a_model_never_run_are_restored_after_train_mode(
+    check: str,
+) -> None:
+    """A model whose shapes are still deferred gets its parameters in embgrad's first, unrecorded
+    predict-mode forward (as it would in the user's own first forward); the training-mode
+    backwards after it must not leave their BatchNorm updates behind."""
+    case = gm.classifier_case(batchnorm=True)
+    fresh = case.make()  # initialized, never run: deferred shapes
+    assert fresh.norm.running_mean._data is None
+    embgrad.gradients(fresh, case.inputs, case.loss, mode="train", check=check)
+    mean = fresh.norm.running_mean.data().asnumpy()
+    var = fresh.norm.running_var.data().asnumpy()
+    np.testing.assert_array_equal(mean, np.zeros_like(mean))  # BatchNorm's initial statistics
+    np.testing.assert_array_equal(var, np.ones_like(var))
