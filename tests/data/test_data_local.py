@@ -4,6 +4,7 @@ checks that stop a run before any work, refusal of a different command, and atom
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,30 @@ def test_a_different_command_into_the_same_out_is_refused(
     assert "holds a run of a different command" in err and "method: 'gradient'" in err
     assert "embgrad run --data" in err  # the original command, to resume it
     assert sorted(p.name for p in (out / "data").iterdir()) == before
+
+
+@pytest.mark.parametrize("old_format", [None, 1])
+def test_a_folder_written_in_another_output_format_is_not_resumed(
+    corpus: Path, tmp_path: Path, capsys: Any, old_format: int | None
+) -> None:
+    """Shards of another format (format 1, before the manifest recorded it: a ``loss`` column)
+    and this version's would not read as one table: the same command is refused there."""
+    out = tmp_path / "out"
+    assert main(_args(corpus, out, "--rows-per-shard", "10"), explainer_factory=make_fake) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    if old_format is None:
+        del manifest["fingerprint"]["output_format"]
+    else:
+        manifest["fingerprint"]["output_format"] = old_format
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(out / "data")  # as if interrupted: shards to do
+    (out / "data").mkdir()
+    capsys.readouterr()
+    assert main(_args(corpus, out, "--rows-per-shard", "10"), explainer_factory=make_fake) == 1
+    err = capsys.readouterr().err
+    assert "written by another version of embgrad (output format 1" in err
+    assert "new --out folder" in err and "Traceback" not in err
+    assert list((out / "data").iterdir()) == []
 
 
 def test_changed_data_or_foreign_folder_is_refused(corpus: Path, tmp_path: Path) -> None:

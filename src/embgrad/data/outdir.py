@@ -69,6 +69,15 @@ class OutDir:
             old = saved["fingerprint"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{str(self.manifest)!r} is unreadable: {exc}") from exc
+        mine = fingerprint.get("output_format")
+        if isinstance(old, dict) and mine is not None and old.get("output_format", 1) != mine:
+            raise InputError(
+                f"--out {str(self.path)!r} holds a run written by another version of embgrad "
+                f"(output format {old.get('output_format', 1)}; this version writes format "
+                f"{mine}, with other columns), so its shards and new ones would not read as one "
+                "table. Finish it with the embgrad version that started it, or write this run "
+                "to a new --out folder."
+            )
         if old != fingerprint:
             raise InputError(
                 f"--out {str(self.path)!r} holds a run of a different command "

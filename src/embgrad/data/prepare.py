@@ -19,6 +19,7 @@ from .batch import explain_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig
 from .outdir import OutDir
 from .readers import Source
+from .writer import OUTPUT_FORMAT
 
 #: how many good rows the preflight tries (one success is enough)
 PREFLIGHT_ROWS = 3
@@ -70,6 +71,7 @@ def fingerprint(config: RunConfig, source: Source) -> dict[str, Any]:
         "options": dict(config.options),
         "hotflip_k": config.hotflip_k,
         "rows_per_shard": config.rows_per_shard,
+        "output_format": OUTPUT_FORMAT,
     }
     if config.candidate_labels is not None:
         fp["labels"] = list(config.candidate_labels)

@@ -41,6 +41,10 @@ from ._deps import require
 from .config import RunConfig
 
 METADATA_KEY = b"embgrad"
+#: the shards' layout, in the manifest: an output folder is only resumed by a version writing the
+#: same (1: the explained quantity in a ``loss`` column; 2: ``value``, with ``quantity`` saying
+#: what it is). Bump it with any change to the columns.
+OUTPUT_FORMAT = 2
 _SIDE = ("tokens", "scores", "table_grad_norm", "delta", "hotflip", "truncated")
 
 
