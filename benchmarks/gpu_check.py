@@ -323,17 +323,17 @@ def bad_ids_check(device: str) -> list[str]:
         model, inputs, loss, _, _ = make(device)
         model = model.to(device)
         if isinstance(inputs, dict):
-            bad = dict(inputs, input_ids=inputs["input_ids"].clone())
-            bad["input_ids"][2, 3] = 5000
+            bad, wrong = dict(inputs, input_ids=inputs["input_ids"].clone()), 5000
+            bad["input_ids"][2, 3] = wrong
         else:
-            bad = (inputs[0].clone(), *inputs[1:])
-            bad[0][4] = -3
+            bad, wrong = (inputs[0].clone(), *inputs[1:]), -3
+            bad[0][4] = wrong
         try:
             embgrad.gradients(model, bad, loss)
             problems.append(f"{name}: ids outside the table were not refused")
         except embgrad.InputError as e:
-            if "5000" not in str(e) and "-3" not in str(e):
-                problems.append(f"{name}: the error does not name the bad id: {e}")
+            if f"got id {wrong} " not in str(e):
+                problems.append(f"{name}: the error does not name the bad id {wrong}: {e}")
         res = embgrad.gradients(model, inputs, loss)  # the device is still usable
         if not all(torch.isfinite(lk.output_grad).all() for lk in res):
             problems.append(f"{name}: non-finite gradients after the refused call")

@@ -215,8 +215,10 @@ def test_a_ray_actor_call_batches_its_rows_by_length_and_returns_them_in_row_ord
     assert in_file != sorted(in_file)  # the file is not sorted already
 
 
-def test_the_sort_window_is_32_batches_at_most_a_shard() -> None:
+def test_the_sort_window_is_32_batches_at_most_a_shard_and_a_workers_share() -> None:
     config = RunConfig(data=Path("x.jsonl"), text_column="text", out=Path("o"), batch_size=16)
-    assert sort_window(config) == 512
-    assert sort_window(replace(config, rows_per_shard=100)) == 100
-    assert sort_window(replace(config, rows_per_shard=8)) == 16  # never below one batch
+    assert sort_window(config, 10_000, 2) == 512
+    assert sort_window(replace(config, rows_per_shard=100), 10_000, 2) == 100
+    assert sort_window(config, 300, 2) == 150  # every worker gets a call
+    assert sort_window(replace(config, rows_per_shard=8), 10_000, 2) == 16  # at least a batch
+    assert sort_window(config, 5, 4) == 16

@@ -101,16 +101,16 @@ def bag_rows(
 ) -> BagRows:
     """The row map of a flat id list (N,) cut at ``starts``; its layout is computed on first use.
 
-    ``flat``, ``starts`` and ``weights`` are detached here so that holding them keeps no graph
-    alive; the caller must not hand in tensors it will edit in place before the rows are read.
+    ``flat``, ``starts`` and ``weights`` are copied (detached): the user may refill them for the
+    next batch before asking for this one's table rows.
     """
     return BagRows(
         mode,
-        flat.detach(),
-        starts.detach(),
+        flat.detach().clone(),
+        starts.detach().clone(),
         vocab,
         include_last=include_last,
         padding_idx=padding_idx,
-        per_sample_weights=None if weights is None else weights.detach(),
+        per_sample_weights=None if weights is None else weights.detach().clone(),
         argmax=argmax,
     )

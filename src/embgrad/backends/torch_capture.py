@@ -61,9 +61,16 @@ class LookupRecorder(TorchFunctionMode):
         id (looked up as 0 meanwhile, so no kernel read outside a table)."""
         if not self.deferred:
             return
-        flags = torch.stack([bad for *_, bad in self.deferred]).tolist()
-        for (site, ids, vocab, _), bad in zip(self.deferred, flags, strict=True):
-            if bad:
+        by_device: dict[torch.device, list[int]] = {}  # a model may be split over devices
+        for k, (*_, bad) in enumerate(self.deferred):
+            by_device.setdefault(bad.device, []).append(k)
+        flags = [False] * len(self.deferred)
+        for ks in by_device.values():
+            read = torch.stack([self.deferred[k][3] for k in ks]).tolist()
+            for k, flag in zip(ks, read, strict=True):
+                flags[k] = bool(flag)
+        for (site, ids, vocab, _), flag in zip(self.deferred, flags, strict=True):
+            if flag:
                 check_ids(site, ids, vocab)
 
     def _call(
@@ -90,15 +97,21 @@ class LookupRecorder(TorchFunctionMode):
         """
         check_dtype(site, ids)
         vocab = int(weight.shape[0])
-        if opts.get("max_norm") is not None:
+        if opts.get("max_norm") is not None or vocab == 0:  # (0 rows: no id to look up instead)
             check_ids(site, ids, vocab)
             return func(*args, **kwargs), ids
         if ids.device.type == "cpu" and weight.device.type == "cpu" and not _DEFER_ON_CPU:
             try:
-                return func(*args, **kwargs), ids
+                out = func(*args, **kwargs)
             except (IndexError, RuntimeError):
-                check_ids(site, ids, vocab)
+                try:
+                    check_ids(site, ids, vocab)
+                except InputError as refused:
+                    raise refused from None  # the user's mistake, not an error in PyTorch
                 raise
+            if opts.get("include_last_offset") and ids.dim() == 1:
+                check_ids(site, ids, vocab)  # ids after the last offset: PyTorch skips them
+            return out, ids
         bad = (ids < 0) | (ids >= vocab)
         self.deferred.append((site, ids, vocab, bad.any()))
         safe = ids.masked_fill(bad, 0)
@@ -128,7 +141,8 @@ class LookupRecorder(TorchFunctionMode):
 
         The differentiation target is ``out`` itself, or a fresh leaf when it does not require
         grad (frozen table) or ``replace`` substituted it; the model gets a clone, so in-place
-        edits inside the model leave the target as looked up.
+        edits inside the model leave the target as looked up. The ids are copied: the caller
+        may refill its id tensor for the next batch before asking for this one's table rows.
         """
         sub = self._substitute(out, info)
         if sub is not None:
@@ -140,7 +154,7 @@ class LookupRecorder(TorchFunctionMode):
         self.captures.append(
             Capture(
                 site=site,
-                ids=ids,
+                ids=ids.detach().clone(),
                 out_shape=tuple(out.shape),
                 handle=target,
                 rows=rows,

@@ -21,7 +21,7 @@ import functools
 import inspect
 import os
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, Literal, TypeVar, get_args
 
@@ -29,7 +29,14 @@ import numpy as np
 
 from ..backends import backend_for
 from ..backends.base import Capture, Forward, Mode, Replace, Session
-from ..errors import BatchAxisError, CouplingError, InputError, LossError, NoLookupError
+from ..errors import (
+    BatchAxisError,
+    CouplingError,
+    EmbgradError,
+    InputError,
+    LossError,
+    NoLookupError,
+)
 from . import probe as probe_mod
 from .results import Gradients, LookupGrad
 from .sparse import SparseRows, build_rows
@@ -117,32 +124,35 @@ def gradients(
         run = _Run(session, args, kwargs, loss_fn, run_seed, replace)
         # 3. One forward: per-sample losses and every lookup it performed.
         fwd = run.forward()
-        batch = _loss_count(session, fwd.losses)
-        select = _select(fwd.captures, layers)
-        caps = [fwd.captures[i] for i in select]
-        # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given).
-        axes = _candidates(caps, batch, batch_axis)
-        _require_batch_axis(session, fwd, caps, axes, batch, batch_axis)
-        if check == "exact" and batch > 1:
-            _verify(session, fwd)
-            return _exact(run, fwd, select, caps, axes, batch, mode, input_grads, layers)
-        # 5. Decide whether to probe: a verdict remembered for this structure skips it.
-        key = _probe_key(loss_fn, mode, fwd, batch, select, batch_axis)
-        remembered = _remembered(model, key, axes) if check == "auto" else None
-        do_probe = batch > 1 and check in ("auto", "probe") and remembered is None
-        if remembered is not None:
-            axes = [[a] if a is not None else [] for a in remembered]
-        _require_unambiguous(caps, axes, batch, do_probe)
-        # 6. One backward of the summed losses w.r.t. the lookup outputs only.
-        grads, in_grads = session.backward(
-            fwd,
-            np.ones(batch),
-            select,
-            inputs=input_grads and bool(fwd.float_inputs),
-            retain=do_probe and session.retained_backward_is_exact,
-        )
+        # Errors found from here on yield to a bad input the forward let through unread (ids
+        # on a GPU are checked after the backward is queued): the user hears of that first.
+        with _bad_inputs_first(fwd):
+            batch = _loss_count(session, fwd.losses)
+            select = _select(fwd.captures, layers)
+            caps = [fwd.captures[i] for i in select]
+            # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given).
+            axes = _candidates(caps, batch, batch_axis)
+            _require_batch_axis(session, fwd, caps, axes, batch, batch_axis)
+            if check == "exact" and batch > 1:
+                _verify(session, fwd)
+                return _exact(run, fwd, select, caps, axes, batch, mode, input_grads, layers)
+            # 5. Decide whether to probe: a verdict remembered for this structure skips it.
+            key = _probe_key(loss_fn, mode, fwd, batch, select, batch_axis)
+            remembered = _remembered(model, key, axes) if check == "auto" else None
+            do_probe = batch > 1 and check in ("auto", "probe") and remembered is None
+            if remembered is not None:
+                axes = [[a] if a is not None else [] for a in remembered]
+            _require_unambiguous(caps, axes, batch, do_probe)
+            # 6. One backward of the summed losses w.r.t. the lookup outputs only.
+            grads, in_grads = session.backward(
+                fwd,
+                np.ones(batch),
+                select,
+                inputs=input_grads and bool(fwd.float_inputs),
+                retain=do_probe and session.retained_backward_is_exact,
+            )
         # The inputs' deferred checks and the losses' values are read only now: a host read
-        # before the backward would make a GPU wait for the forward before queueing the backward.
+        # before the backward would make a GPU wait for the forward before queueing it.
         _verify(session, fwd)
         # 7. Lookups the losses do not reach through the graph: left out (auto) or an error.
         kept, unreached = _reached(caps, grads, layers)
@@ -266,6 +276,21 @@ def _loss_count(session: Session, losses: Any) -> int:
     if shape[0] == 0:
         raise InputError("the batch is empty: loss_fn returned 0 losses; pass at least 1 sample")
     return shape[0]
+
+
+@contextlib.contextmanager
+def _bad_inputs_first(fwd: Forward) -> Iterator[None]:
+    """Run the forward's deferred input checks before letting an embgrad error through, so a bad
+    id is reported as such, not as what it caused (on the CPU it was refused in the forward)."""
+    try:
+        yield
+    except EmbgradError:
+        if fwd.verify is not None:
+            try:
+                fwd.verify()
+            except EmbgradError as bad:
+                raise bad from None  # the cause, without the error it caused
+        raise
 
 
 def _verify(session: Session, fwd: Forward) -> None:

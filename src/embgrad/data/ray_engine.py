@@ -293,12 +293,14 @@ def _read(ray: Any, prep: Prepared) -> Any:
 SORT_WINDOW_BATCHES = 32
 
 
-def sort_window(config: RunConfig) -> int:
+def sort_window(config: RunConfig, pending: int, workers: int) -> int:
     """Rows per actor call. Each call sorts its rows by length before batching them, so the
     window bounds padding: on ragged real text, single texts in batches of 16 leave 62 % of
     the computed positions padding in file order, 21 % sorted within 128 rows, 12 % within 256
-    and 3 % within 1,000 (``benchmarks/RESULTS-data.md``); a shard is the most a call needs."""
-    window = min(config.rows_per_shard, SORT_WINDOW_BATCHES * config.batch_size)
+    and 3 % within 1,000 (``benchmarks/RESULTS-data.md``). A shard is the most a call needs,
+    and a small run is still cut into a call per worker."""
+    share = math.ceil(pending / max(1, workers))
+    window = min(config.rows_per_shard, SORT_WINDOW_BATCHES * config.batch_size, share)
     return max(config.batch_size, window)
 
 
@@ -319,7 +321,7 @@ def _pipeline(ray: Any, prep: Prepared, factory: ExplainerFactory, done: set[int
             fn_kwargs={"done": sorted(done), "rows_per_shard": config.rows_per_shard},
             batch_format="pyarrow",
         )
-    window = sort_window(config)
+    window = sort_window(config, pending, workers)
     blocks = min(4096, max(2 * workers, math.ceil(pending / window)))
     ds = ds.repartition(blocks)
     return ds.map_batches(

@@ -124,6 +124,70 @@ def test_the_deferred_id_check_gives_the_same_gradients(how, monkeypatch):
         assert torch.equal(g0, g1) and torch.equal(t0, t1)
 
 
+def test_a_bad_id_is_reported_before_the_errors_it_would_cause(id_check):
+    """Off the CPU ids are only read after the forward; an error found meanwhile (here: a layer
+    selection that matches nothing) must not hide the bad id the user has to fix."""
+    model = _Direct("torch.embedding")
+    ids = torch.randint(0, 30, (3, 4))
+    ids[0, 0] = 31
+    with pytest.raises(embgrad.InputError, match="got id 31") as info:
+        embgrad.gradients(model, ids, _loss(), layers="nope")
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no PyTorch trace
+
+
+def test_ids_after_the_last_offset_are_refused_as_before(id_check):
+    """PyTorch's CPU kernels skip the ids after the last offset (include_last_offset=True), so
+    its own check does not see them; embgrad refuses them on every device."""
+
+    class Tail(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag = torch.nn.EmbeddingBag(10, 4, mode="sum", include_last_offset=True)
+
+        def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+            return self.bag(ids, offsets)[:, :3]
+
+    ids, offsets = torch.tensor([1, 2, 3, 4, 99]), torch.tensor([0, 2, 4])
+    with pytest.raises(embgrad.InputError, match="got id 99"):
+        embgrad.gradients(Tail(), (ids, offsets), _loss(2))
+
+
+def test_a_table_without_rows_is_refused(id_check):
+    model = _Direct("torch.embedding")
+    model.table = torch.nn.Parameter(torch.zeros(0, 4))
+    with pytest.raises(embgrad.InputError, match="outside its table of 0 rows"):
+        embgrad.gradients(model, torch.zeros(3, 4, dtype=torch.long), _loss())
+
+
+@pytest.mark.parametrize("how", ["F.embedding", "bag-sum"])
+def test_refilling_the_inputs_after_the_call_does_not_change_its_table_rows(how, id_check):
+    """A loop may reuse its id / offset / weight buffers for the next batch before it reads
+    this batch's table rows: the rows are those of the ids the call looked up."""
+    torch.manual_seed(0)
+    if how == "F.embedding":
+        model: torch.nn.Module = TinyText(vocab=40)
+        inputs: tuple = (torch.randint(1, 40, (3, 5)),)
+    else:
+
+        class Bag(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.bag = torch.nn.EmbeddingBag(40, 4, mode="sum")
+
+            def forward(self, ids, offsets, weights):
+                return self.bag(ids, offsets, per_sample_weights=weights)[:, :3]
+
+        model = Bag()
+        inputs = (torch.randint(0, 40, (7,)), torch.tensor([0, 2, 5]), torch.rand(7))
+    same = tuple(x.clone() for x in inputs)
+    res = embgrad.gradients(model, inputs, _loss(), check="off")
+    for x in inputs:  # the next batch's values, written into the same tensors
+        x.copy_(torch.flip(x, [0]) if x.dtype.is_floating_point else (x * 7 + 3) % 2)
+    reference = embgrad.gradients(model, same, _loss(), check="off")
+    for lk, ref in zip(res, reference, strict=True):
+        assert torch.equal(lk.table_grad().to_dense(), ref.table_grad().to_dense())
+
+
 def test_pytorch_errors_that_are_not_about_ids_pass_through_unchanged():
     model = _Direct("torch.embedding_bag")
     model.first = 1
