@@ -318,7 +318,7 @@ class Tracer:
                     owner=site.owner,
                     tied=bool(graph_tied),  # settled after the losses: see settle()
                 ),
-                ids=ids,
+                ids=ids.copy(),  # the caller may refill its ids before reading table rows
                 out_shape=tuple(delta.shape),
                 handle=delta,
                 output=output,

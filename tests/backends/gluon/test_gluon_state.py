@@ -215,3 +215,21 @@ def test_batchnorm_statistics_of_a_model_never_run_are_restored_after_train_mode
     var = fresh.norm.running_var.data().asnumpy()
     np.testing.assert_array_equal(mean, np.zeros_like(mean))  # BatchNorm's initial statistics
     np.testing.assert_array_equal(var, np.ones_like(var))
+
+
+@pytest.mark.parametrize("kind", ["plain", "hybrid", "exported"])
+def test_refilling_the_ids_after_the_call_does_not_change_its_table_rows(
+    kind: str, tmp_path: Path
+) -> None:
+    """A loop may write the next batch into the same ids array before it reads this batch's
+    table rows: the rows are those of the ids the call looked up."""
+    case = gm.classifier_case()
+    model = gm.variant(case, kind, tmp_path)
+    ids = case.inputs[0].copy()
+    res = embgrad.gradients(model, (ids,), case.loss, check="off")
+    ids[:] = (ids + 7) % 30  # the next batch, in place
+    reference = embgrad.gradients(model, case.inputs, case.loss, check="off")
+    for name in res.layers:
+        got = res[name].table_grad().to_dense()
+        want = reference[name].table_grad().to_dense()
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
