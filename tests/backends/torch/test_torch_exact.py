@@ -440,3 +440,42 @@ def test_drawn_architectures_match_the_batch_of_one_loop(
     if kind != "param":
         close(lk.output_grad, ref.stacked(site))
     close(lk.table_grad(dense=True), ref.table[table])
+
+
+class _Branchy(torch.nn.Module):
+    """A word lookup always; for inputs longer than 4 tokens also a lookup on a frozen table
+    through ``F.embedding`` and one on a table built inside the forward from constants (no
+    parameter, no autograd node: only call interception can see it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.word = torch.nn.Embedding(20, 4)
+        self.frozen = torch.nn.Parameter(torch.randn(20, 4), requires_grad=False)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.word(ids)
+        if ids.shape[1] > 4:
+            h = h + torch.nn.functional.embedding(ids, self.frozen)
+            const = torch.arange(80.0).reshape(20, 4) / 80
+            h = h * torch.nn.functional.embedding(ids, const)
+        return self.head(torch.tanh(h).mean(1))
+
+
+def test_lookups_that_appear_on_another_branch_are_all_found_and_probed():
+    """The set of lookups changes with the input: each call sees its own, none is missed, and
+    the new structure is probed (not trusted on the verdict of the other branch)."""
+    torch.manual_seed(3)
+    model = _Branchy()
+    loss = ce_loss(_labels(3))
+    short = embgrad.gradients(model, _ids(3, 4, vocab=20), loss)
+    assert short.layers == ["word"] and short.check == "auto"
+    again = embgrad.gradients(model, _ids(3, 4, vocab=20), loss)
+    assert again.check == "probe-cached"
+    ids = _ids(3, 6, vocab=20)
+    long = embgrad.gradients(model, ids, loss)
+    assert long.layers == ["word", "frozen", "F.embedding"] and long.check == "auto"
+    exact = embgrad.gradients(model, ids, loss, check="exact")
+    for name in long.layers:
+        close(long[name].output_grad, exact[name].output_grad)
+        close(long[name].table_grad(dense=True), exact[name].table_grad(dense=True))
