@@ -17,7 +17,13 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import data_fakes  # noqa: E402
-from data_fakes import BAD_ROWS, FakeExplainer, make_fake, write_corpus  # noqa: E402
+from data_fakes import (  # noqa: E402
+    BAD_ROWS,
+    FakeExplainer,
+    make_fake,
+    make_generator,
+    write_corpus,
+)
 from embgrad.data import RunConfig, run  # noqa: E402
 from embgrad.data.ray_engine import (  # noqa: E402
     _cpus_per_actor,
@@ -180,6 +186,49 @@ def test_ray_log_lines_are_dropped_from_stderr_and_the_rest_passes(capfd: Any) -
         os.write(2, b"\rrows 1/2")  # a progress bar's partial line (sys.stderr is fd 2)
         os.write(2, b"[not a ray line] stays\n")
     assert capfd.readouterr().err == "keep this line\n\rrows 1/2[not a ray line] stays\n"
+
+
+@pytest.mark.ray
+def test_ray_engine_writes_a_continuation_run_like_the_local_engine(
+    local_ray: Any, tmp_path: Path
+) -> None:
+    """``--continuation-column`` on Ray: the rows (matrices and step scores), the errors and
+    the file metadata are the local engine's."""
+    data = tmp_path / "gen.jsonl"
+    rows = [
+        {"text": f"prompt {i} " + "w " * (i % 5), "next": "" if i == 3 else f" goes {i} on"}
+        for i in range(12)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = RunConfig(
+        data=data,
+        text_column="text",
+        continuation_column="next",
+        out=tmp_path / "x",
+        rows_per_shard=5,
+        batch_size=2,
+    )
+    local = run(replace(config, out=tmp_path / "local"), explainer_factory=make_generator)
+    on_ray = run(
+        replace(config, out=tmp_path / "ray", engine="ray", workers=2),
+        explainer_factory=make_generator,
+    )
+    frames = [
+        pq.read_table(tmp_path / name / "data")
+        .to_pandas()
+        .sort_values("row")
+        .reset_index(drop=True)
+        for name in ("local", "ray")
+    ]
+    assert len(frames[0]) == 11 and "scores" in frames[0].columns
+    assert frames[0].to_json() == frames[1].to_json()
+    assert (on_ray.explained, on_ray.errors) == (local.explained, local.errors) == (11, 1)
+    errors = (tmp_path / "ray" / "errors.jsonl").read_text()
+    assert errors == (tmp_path / "local" / "errors.jsonl").read_text() and '"row": 3' in errors
+    for name in sorted(p.name for p in (tmp_path / "local" / "data").iterdir()):
+        assert pq.read_schema(tmp_path / "ray" / "data" / name).metadata == (
+            pq.read_schema(tmp_path / "local" / "data" / name).metadata
+        )
 
 
 class _Recording(FakeExplainer):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from embgrad.errors import InputError
+from embgrad.items import StepAttribution
 
 MAX_LENGTH = 8
 
@@ -109,6 +110,41 @@ def make_fake(spec: str | None, framework: str = "torch") -> FakeExplainer:
     if spec is not None and spec.startswith("fake:delay="):
         delay = float(spec.removeprefix("fake:delay="))
     return FakeExplainer(delay)
+
+
+class FakeGenerator(FakeExplainer):
+    """A stand-in for an LM's ``Explainer.explain_generation``: deterministic matrices of the
+    continuation's words × the text's words; an empty continuation fails (as for a real LM)."""
+
+    def explain_generation(
+        self, texts: list[str], continuations: list[str], **options: Any
+    ) -> list[StepAttribution]:
+        self.calls += 1
+        out = []
+        for text, cont in zip(texts, continuations, strict=True):
+            if "BOOM" in text or not cont.strip():
+                raise InputError(f"cannot explain {text!r} → {cont!r}")
+            words, steps = text.split(), cont.split()
+            out.append(
+                StepAttribution(
+                    text=text,
+                    tokens=words,
+                    generated=steps,
+                    scores=[[_score(w) * _score(y) for w in words] for y in steps],
+                    step_scores={
+                        "probability": [_score(y) for y in steps],
+                        "entropy": [1.0 - _score(y) for y in steps],
+                    },
+                    quantity=[-_score(y) for y in steps],
+                    method=options.get("method", "gradient"),
+                    kind="decoder",
+                )
+            )
+        return out
+
+
+def make_generator(spec: str | None, framework: str = "torch") -> FakeGenerator:
+    return FakeGenerator()
 
 
 class KillOnce(FakeExplainer):

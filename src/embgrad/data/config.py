@@ -109,8 +109,6 @@ class RunConfig:
                 "--continuation-column explains an LM's continuation of each text: it does not "
                 "combine with --pair-column or --label-column"
             )
-        if self.continuation_column is not None and self.engine == "ray":
-            raise InputError("--continuation-column runs with --engine local only (for now)")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise InputError(f"workers must be a positive integer; got {self.workers!r}")
         if self.candidate_labels is not None:

@@ -174,6 +174,7 @@ def _normal_schema(config: RunConfig) -> Any:
             ("text", pa.string()),
             ("pair", pa.string()),
             ("label", pa.string()),
+            ("continuation", pa.string()),
             ("error_kind", pa.string()),
             ("error_reason", pa.string()),
         ]
@@ -185,7 +186,16 @@ def _normalise(rows: Iterator[InputRow | RowError], config: RunConfig) -> Any:
     out = []
     for r in rows:
         if isinstance(r, InputRow):
-            out.append({_ROW: r.row, "id": r.id, "text": r.text, "pair": r.pair, "label": r.label})
+            out.append(
+                {
+                    _ROW: r.row,
+                    "id": r.id,
+                    "text": r.text,
+                    "pair": r.pair,
+                    "label": r.label,
+                    "continuation": r.continuation,
+                }
+            )
         else:
             out.append({_ROW: r.row, "id": r.id, "error_kind": r.kind, "error_reason": r.reason})
     return pa.Table.from_pylist(out, schema=_normal_schema(config))
@@ -195,7 +205,9 @@ def _denormalise(table: Any) -> list[InputRow | RowError]:
     out: list[InputRow | RowError] = []
     for r in table.to_pylist():
         if r["error_kind"] is None:
-            out.append(InputRow(r[_ROW], r["id"], r["text"], r["pair"], r["label"]))
+            out.append(
+                InputRow(r[_ROW], r["id"], r["text"], r["pair"], r["label"], r["continuation"])
+            )
         else:
             out.append(RowError(r[_ROW], r["id"], r["error_kind"], r["error_reason"]))
     return out
@@ -418,4 +430,4 @@ def _commit(
     prep.out.commit_shard(shard, to_table(good, schema), errors)
     summary.explained += len(good)
     summary.errors += len(errors)
-    summary.truncated += sum(1 for r in good if r["truncated"] or r["pair_truncated"])
+    summary.truncated += sum(1 for r in good if r.get("truncated") or r.get("pair_truncated"))
