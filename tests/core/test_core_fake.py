@@ -577,7 +577,8 @@ def test_loss_values_are_read_only_after_the_backward(
 
     monkeypatch.setattr(FakeSession, "forward", spy_forward)
     monkeypatch.setattr(NumpyOps, "to_numpy", spy_to_numpy)
-    embgrad.gradients(model, make_ids(model, 3, 4), tanh_loss, check=check)  # type: ignore[arg-type]
+    ids = make_ids(model, 3, 4)
+    embgrad.gradients(model, ids, tanh_loss, check=check)  # type: ignore[arg-type]
     assert reads and min(reads) >= 1
 
 

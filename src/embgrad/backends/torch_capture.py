@@ -3,9 +3,10 @@
 A :class:`LookupRecorder` (a ``TorchFunctionMode``, active only while the model runs) sees every
 call of ``F.embedding``, ``F.embedding_bag``, ``torch.embedding`` and ``torch.embedding_bag``,
 whatever module or nesting makes it (``nn.Embedding`` / ``nn.EmbeddingBag`` call the ``F``
-functions).  For each call it validates the ids (without a read from the device per lookup: see
-:meth:`LookupRecorder._call`), runs the lookup, and records a :class:`Capture` whose ``handle`` is the lookup output (a fresh leaf when the table is
-frozen or ``replace`` substituted it).  The model receives a clone of it, so in-place edits of
+functions).  For each call it validates the ids (without a read from the device per lookup:
+see :meth:`LookupRecorder._call`), runs the lookup, and records a :class:`Capture` whose
+``handle`` is the lookup output (a fresh leaf when the table is frozen or ``replace``
+substituted it).  The model receives a clone of it, so in-place edits of
 the output inside the model cannot change what is differentiated.
 """
 

@@ -1,8 +1,9 @@
 """The local engine: read rows in file order, explain them in batches, write one Parquet shard
 per ``rows_per_shard`` input rows, skipping the shards a previous run finished.
 
-Within a shard the rows are batched by length (``batch.explain_by_length``), so a batch pads little; the
-shard's rows are written in file order, and a shard is still the unit of resumption."""
+Within a shard the rows are batched by length (``batch.explain_by_length``), so a batch pads
+little; the shard's rows are written in file order, and a shard is still the unit of
+resumption."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Pipeline: read in Ray tasks (jsonl and csv through ``read_binary_files``; Parquet one task per
 row group), parsed by the local engine's parsers so that row indices and bad-row handling are
-identical → normalised rows with their index → only the shards not yet done → ``map_batches`` over an
-actor pool (``ActorPoolStrategy``), one explainer per actor, per-row errors emitted as data
+identical → normalised rows with their index → only the shards not yet done → ``map_batches``
+over an actor pool (``ActorPoolStrategy``), one explainer per actor, each call's rows batched by
+length (``sort_window``), per-row errors emitted as data
 → gathered per shard by the driver and committed as the local engine commits its shards
 (``OUT/data/part-NNNNNN.parquet``, see ``outdir``), each as soon as all its rows are in.
 
