@@ -30,25 +30,45 @@ def _tty() -> bool:
 
 
 class Bar:
-    """``with bar(total, desc) as b: b.update(1)``; does nothing when disabled."""
+    """``with bar(total, desc) as b: b.update(1)``; does nothing when disabled.
 
-    def __init__(self, total: int, desc: str, unit: str, leave: bool) -> None:
+    By default a bar is shown only for work that may take a while (≥ 2 steps, still running
+    after :data:`DELAY_S`) on a terminal, outside :func:`quiet`, with tqdm installed; ``show``
+    True shows it at once (tqdm must be importable then), False never. Inside the ``with``
+    block, with the bar shown, ``hush`` keeps every other bar quiet (``embgrad run``'s own)."""
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str,
+        leave: bool,
+        *,
+        show: bool | None = None,
+        initial: int = 0,
+        smoothing: float = 0.3,
+        hush: bool = False,
+    ) -> None:
         self._bar: Any = None
-        if total < 2 or _QUIET[0] or not _tty():
+        self._hush = quiet() if hush else None
+        if show is False or (show is None and (total < 2 or _QUIET[0] or not _tty())):
             return
         try:
             from tqdm import tqdm
         except ImportError:  # the bar is a convenience: no tqdm, no bar
+            if show:
+                raise
             return
         self._bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr,
-                         dynamic_ncols=True, delay=DELAY_S)  # fmt: skip
+                         dynamic_ncols=True, delay=0.0 if show else DELAY_S, initial=initial,
+                         smoothing=smoothing)  # fmt: skip
 
     @property
     def shown(self) -> bool:
         return self._bar is not None
 
     def update(self, n: int = 1) -> None:
-        if self._bar is not None:
+        if self._bar is not None and n:
             self._bar.update(n)
 
     def close(self) -> None:
@@ -57,6 +77,10 @@ class Bar:
             self._bar = None
 
     def __enter__(self) -> Bar:
+        if self._bar is not None and self._hush is not None:
+            self._hush.__enter__()
+        else:
+            self._hush = None
         return self
 
     def __exit__(
@@ -66,6 +90,9 @@ class Bar:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+        if self._hush is not None:
+            self._hush.__exit__(exc_type, exc, tb)
+            self._hush = None
 
 
 def bar(total: int, desc: str, unit: str = "it", *, leave: bool = True) -> Bar:

@@ -11,11 +11,12 @@ import itertools
 import time
 from collections.abc import Iterator
 
+from .._progress import Bar
 from .badrows import InputRow, RowError
 from .batch import explain_by_length, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
 from .prepare import Prepared, begin, prepare
-from .progress import Progress
+from .progress import run_bar
 from .writer import output_schema, to_table
 
 
@@ -31,7 +32,7 @@ def process(
     explainer: ExplainerLike,
     done: set[int],
     summary: RunSummary,
-    bar: Progress,
+    bar: Bar,
 ) -> None:
     """Explain and commit every shard not in ``done``, updating ``summary``."""
     config = prep.config
@@ -64,7 +65,7 @@ def run_local(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
         )
         work_started = time.perf_counter()
-        with Progress(prep.total, summary.skipped, progress) as bar:
+        with run_bar(prep.total, summary.skipped, progress) as bar:
             process(prep, explainer, done, summary, bar)
         summary.errors_total = prep.out.rebuild_errors()
     summary.work_seconds = time.perf_counter() - work_started
