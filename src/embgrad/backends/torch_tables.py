@@ -129,6 +129,8 @@ class TableNames:
 
 def _plain(name: str) -> str:
     """A registered name without the ``_orig_mod`` segments of nested torch.compile wrappers."""
+    if "_orig_mod" not in name:
+        return name
     return ".".join(p for p in name.split(".") if p != "_orig_mod")
 
 

@@ -7,6 +7,7 @@ call computed) both carry the same frozen record instead of copying its fields.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ _ROLE_WORDS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)  # a model's few table names, asked on every call
 def guess_role(name: str) -> str:
     """Role of a lookup from its table's name: 'position', 'token_type', 'word' or 'input'."""
     low = name.lower()
