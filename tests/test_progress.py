@@ -48,3 +48,20 @@ def test_bars_need_a_terminal_and_two_steps(monkeypatch: pytest.MonkeyPatch) -> 
     assert not _progress.bar(1, "x").shown
     with _progress.quiet():
         assert not _progress.bar(5, "x").shown
+
+
+def test_the_other_bars_speak_again_when_closing_the_run_bar_fails(
+    terminal: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embgrad.data.progress import run_bar
+
+    outer = run_bar(10, enabled=True)
+
+    def broken() -> None:
+        raise OSError("stderr went away")
+
+    with pytest.raises(OSError), outer:
+        monkeypatch.setattr(outer, "close", broken)
+    monkeypatch.undo()
+    assert _progress._QUIET == [0]
+    outer._bar.close()  # the real tqdm bar, closed by hand

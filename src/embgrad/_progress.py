@@ -89,10 +89,12 @@ class Bar:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
-        if self._hush is not None:
-            self._hush.__exit__(exc_type, exc, tb)
-            self._hush = None
+        try:
+            self.close()
+        finally:  # the other bars speak again even if closing this one failed
+            if self._hush is not None:
+                self._hush.__exit__(exc_type, exc, tb)
+                self._hush = None
 
 
 def bar(total: int, desc: str, unit: str = "it", *, leave: bool = True) -> Bar:

@@ -4,7 +4,6 @@ checks that stop a run before any work, refusal of a different command, and atom
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -203,28 +202,68 @@ def test_a_different_command_into_the_same_out_is_refused(
     assert sorted(p.name for p in (out / "data").iterdir()) == before
 
 
-@pytest.mark.parametrize("old_format", [None, 1])
+def _manifest_fingerprint(out: Path, **change: Any) -> None:
+    """Rewrite the manifest's fingerprint: a key set to None is removed."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key, value in change.items():
+        if value is None:
+            manifest["fingerprint"].pop(key)
+        else:
+            manifest["fingerprint"][key] = value
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("how", ["format 1 recorded", "not recorded, a loss column"])
 def test_a_folder_written_in_another_output_format_is_not_resumed(
-    corpus: Path, tmp_path: Path, capsys: Any, old_format: int | None
+    corpus: Path, tmp_path: Path, capsys: Any, how: str
 ) -> None:
-    """Shards of another format (format 1, before the manifest recorded it: a ``loss`` column)
-    and this version's would not read as one table: the same command is refused there."""
+    """Shards of another format (format 1: a ``loss`` column, from before the manifest recorded
+    the format) and this version's would not read as one table: the same command is refused."""
     out = tmp_path / "out"
     assert main(_args(corpus, out, "--rows-per-shard", "10"), explainer_factory=make_fake) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    if old_format is None:
-        del manifest["fingerprint"]["output_format"]
+    shards = sorted((out / "data").iterdir())
+    if how == "format 1 recorded":
+        _manifest_fingerprint(out, output_format=1)
     else:
-        manifest["fingerprint"]["output_format"] = old_format
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    shutil.rmtree(out / "data")  # as if interrupted: shards to do
-    (out / "data").mkdir()
+        _manifest_fingerprint(out, output_format=None)
+        old = pq.read_table(shards[0])
+        pq.write_table(old.rename_columns(["loss" if n == "value" else n for n in old.schema.names]),
+                       shards[0])  # fmt: skip
+    shards[-1].unlink()  # as if interrupted: a shard still to do
     capsys.readouterr()
     assert main(_args(corpus, out, "--rows-per-shard", "10"), explainer_factory=make_fake) == 1
     err = capsys.readouterr().err
     assert "written by another version of embgrad (output format 1" in err
     assert "new --out folder" in err and "Traceback" not in err
-    assert list((out / "data").iterdir()) == []
+    assert sorted((out / "data").iterdir()) == shards[:-1]
+
+
+def test_a_folder_of_this_format_resumes_though_its_manifest_does_not_record_it(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """Earlier builds wrote this layout (``value``) without recording the format: resumed."""
+    out = tmp_path / "out"
+    assert main(_args(corpus, out, "--rows-per-shard", "10"), explainer_factory=make_fake) == 0
+    _manifest_fingerprint(out, output_format=None)
+    shards = sorted((out / "data").iterdir())
+    shards[-1].unlink()
+    assert main(_args(corpus, out, "--rows-per-shard", "10"), explainer_factory=make_fake) == 0
+    assert sorted((out / "data").iterdir()) == shards
+
+
+@pytest.mark.parametrize("fingerprint", [None, [1, 2], "abc", 3])
+def test_a_manifest_whose_fingerprint_is_not_an_object_is_refused(
+    corpus: Path, tmp_path: Path, capsys: Any, fingerprint: Any
+) -> None:
+    out = tmp_path / "out"
+    assert main(_args(corpus, out), explainer_factory=make_fake) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["fingerprint"] = fingerprint
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(_args(corpus, out), explainer_factory=make_fake) == 1
+    err = capsys.readouterr().err
+    assert "is unreadable: its fingerprint is not a JSON object" in err and "Traceback" not in err
 
 
 def test_changed_data_or_foreign_folder_is_refused(corpus: Path, tmp_path: Path) -> None:

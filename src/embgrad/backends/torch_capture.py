@@ -72,7 +72,13 @@ class LookupRecorder(TorchFunctionMode):
                 flags[k] = bool(flag)
         for (site, ids, vocab, _), flag in zip(self.deferred, flags, strict=True):
             if flag:
-                check_ids(site, ids, vocab)
+                check_ids(site, ids, vocab)  # names the id and its position
+                raise InputError(  # the model changed its ids in place after the lookup
+                    f"lookup {site!r} got an id outside its table of {vocab} rows (valid ids "
+                    f"are 0..{vocab - 1}); the model edited its ids in place afterwards, so "
+                    "which one is no longer known. Check that the tokenizer / vocabulary "
+                    "matches the model."
+                )
 
     def _call(
         self,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ._deps import require
 from .badrows import RowError
 from .writer import commit_file, jsonl, write_parquet_atomic, write_text_atomic
 
@@ -69,14 +70,23 @@ class OutDir:
             old = saved["fingerprint"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{str(self.manifest)!r} is unreadable: {exc}") from exc
+        if not isinstance(old, dict):
+            raise InputError(
+                f"{str(self.manifest)!r} is unreadable: its fingerprint is not a JSON object"
+            )
         mine = fingerprint.get("output_format")
-        if isinstance(old, dict) and mine is not None and old.get("output_format", 1) != mine:
+        theirs = old.get("output_format")
+        if mine is not None and theirs is None:
+            # manifests before the format was recorded: the shards say which one they hold
+            theirs = self._shard_format(mine)
+            fingerprint = {k: v for k, v in fingerprint.items() if k != "output_format"}
+        if mine is not None and theirs != mine:
             raise InputError(
                 f"--out {str(self.path)!r} holds a run written by another version of embgrad "
-                f"(output format {old.get('output_format', 1)}; this version writes format "
-                f"{mine}, with other columns), so its shards and new ones would not read as one "
-                "table. Finish it with the embgrad version that started it, or write this run "
-                "to a new --out folder."
+                f"(output format {theirs}; this version writes format {mine}, with other "
+                "columns), so its shards and new ones would not read as one table. Finish it "
+                "with the embgrad version that started it, or write this run to a new --out "
+                "folder."
             )
         if old != fingerprint:
             raise InputError(
@@ -86,6 +96,20 @@ class OutDir:
                 "or write this run to a new --out folder."
             )
         return True
+
+    def _shard_format(self, mine: int) -> int:
+        """The output format of the committed shards, for a manifest that does not say: 1 when
+        they hold a ``loss`` column (before ``value``), else ``mine`` (none committed yet, or
+        this layout already)."""
+        first = next(iter(sorted(self.data.glob("part-*.parquet"))), None)
+        if first is None:
+            return mine
+        pq = require("pyarrow.parquet", "data", "pyarrow")
+        try:
+            names = pq.read_schema(first).names
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{str(first)!r} is unreadable: {exc}") from exc
+        return 1 if "loss" in names else mine
 
     def create(self, fingerprint: dict[str, Any], description: dict[str, Any]) -> None:
         """Create the folders and write the manifest (once)."""

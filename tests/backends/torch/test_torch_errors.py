@@ -152,6 +152,25 @@ def test_ids_after_the_last_offset_are_refused_as_before(id_check):
         embgrad.gradients(Tail(), (ids, offsets), _loss(2))
 
 
+def test_a_bad_id_the_model_overwrites_after_its_lookup_is_still_refused(id_check):
+    """The deferred check reads its flag, not the (since edited) ids: still an InputError."""
+
+    class Clamps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.e = torch.nn.Embedding(30, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            out = self.e(ids)
+            ids.clamp_(0, 29)  # the model tidies its ids after looking them up
+            return out.sum(1)[:, :3]
+
+    ids = torch.randint(0, 30, (3, 4))
+    ids[1, 1] = 35
+    with pytest.raises(embgrad.InputError, match="outside its table of 30 rows"):
+        embgrad.gradients(Clamps(), ids, _loss())
+
+
 def test_a_table_without_rows_is_refused(id_check):
     model = _Direct("torch.embedding")
     model.table = torch.nn.Parameter(torch.zeros(0, 4))
