@@ -198,7 +198,8 @@ class LookupRecorder(TorchFunctionMode):
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             return func(*args, **kwargs)  # malformed: PyTorch's own error
         pad = norm_pad(a.get("padding_idx"), weight.shape[0], negative_is_none=False)
-        return self._embedding(func, args, kwargs, ids, weight, pad, "F.embedding", a)
+        where = (_EMB_ARGS, "input")
+        return self._embedding(func, args, kwargs, ids, weight, pad, "F.embedding", a, where)
 
     def _t_embedding(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         a = _bind(_T_EMB_ARGS, args, kwargs)
@@ -207,7 +208,8 @@ class LookupRecorder(TorchFunctionMode):
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             return func(*args, **kwargs)
         pad = norm_pad(a.get("padding_idx", -1), weight.shape[0], negative_is_none=True)
-        return self._embedding(func, args, kwargs, ids, weight, pad, "torch.embedding", a)
+        where = (_T_EMB_ARGS, "indices")
+        return self._embedding(func, args, kwargs, ids, weight, pad, "torch.embedding", a, where)
 
     def _embedding(
         self,
@@ -219,10 +221,9 @@ class LookupRecorder(TorchFunctionMode):
         pad: int | None,
         kind: str,
         opts: dict[str, Any],
+        where: tuple[tuple[str, ...], str],
     ) -> Any:
         info = self._site(weight, kind)
-        names = _EMB_ARGS if kind == "F.embedding" else _T_EMB_ARGS
-        where = (names, "input" if kind == "F.embedding" else "indices")
         out, ids = self._call(info["name"], ids, weight, opts, func, args, kwargs, where)
         info["note"] = _join(info["note"], _option_note(opts))
         return self._record(out, weight, info, ids=ids, padding_idx=pad)
