@@ -12,7 +12,14 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from data_fakes import BAD_ROWS, MAX_LENGTH, FakeExplainer, make_fake, write_corpus  # noqa: E402
+from data_fakes import (  # noqa: E402
+    BAD_ROWS,
+    MAX_LENGTH,
+    FakeExplainer,
+    RecordingExplainer,
+    make_fake,
+    write_corpus,
+)
 from embgrad.data import RunConfig, run  # noqa: E402
 from embgrad.data.cli import main  # noqa: E402
 from embgrad.data.outdir import OutDir  # noqa: E402
@@ -394,23 +401,11 @@ def test_run_help_says_long_texts_are_truncated(capsys: Any) -> None:
     assert "errors.jsonl" in text and "kill -9" in text
 
 
-class _RecordingExplainer(FakeExplainer):
-    """Remembers the texts and pairs of every explain call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[tuple[list[str], list[str] | None]] = []
-
-    def explain(self, texts: list[str], pairs: list[str] | None = None, **kw: Any) -> Any:
-        self.batches.append((list(texts), None if pairs is None else list(pairs)))
-        return super().explain(texts, pairs, **kw)
-
-
 @pytest.mark.parametrize("paired", [False, True])
 def test_batches_are_by_length_within_a_shard_and_rows_are_written_in_file_order(
     corpus: Path, tmp_path: Path, paired: bool
 ) -> None:
-    fake = _RecordingExplainer()
+    fake = RecordingExplainer()
     extra = ("--pair-column", "pair") if paired else ()
     assert main(_args(corpus, tmp_path / "out", *extra), explainer_factory=lambda s, f: fake) == 0
     batches = [(t, p) for t, p in fake.batches[PREFLIGHT_CALLS:] if len(t) > 1]

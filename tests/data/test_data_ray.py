@@ -19,7 +19,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 import data_fakes  # noqa: E402
 from data_fakes import (  # noqa: E402
     BAD_ROWS,
-    FakeExplainer,
+    RecordingExplainer,
     make_fake,
     make_generator,
     write_corpus,
@@ -231,16 +231,6 @@ def test_ray_engine_writes_a_continuation_run_like_the_local_engine(
         )
 
 
-class _Recording(FakeExplainer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[list[str]] = []
-
-    def explain(self, texts: list[str], *args: Any, **kw: Any) -> Any:
-        self.batches.append(list(texts))
-        return super().explain(texts, *args, **kw)
-
-
 def test_a_ray_actor_call_batches_its_rows_by_length_and_returns_them_in_row_order(
     tmp_path: Path,
 ) -> None:
@@ -252,12 +242,13 @@ def test_a_ray_actor_call_batches_its_rows_by_length_and_returns_them_in_row_ord
 
     raw = pa.table({"bytes": [data.read_bytes()]})
     batch = _parse_file(raw, config=config, fmt="jsonl", columns=columns_of(config))
-    fake = _Recording()
+    fake = RecordingExplainer()
     table = _ExplainWorker(config, lambda spec, framework: fake)(batch)
     rows = table.column("row").to_pylist()
     assert rows == sorted(rows) and len(set(rows)) == len(rows) == batch.num_rows
-    batches = [b for b in fake.batches if len(b) > 1]  # not the one-row retries of bad rows
-    assert len(batches) >= 10 and all(len(b) <= 4 for b in fake.batches)
+    texts = [t for t, _ in fake.batches]
+    batches = [b for b in texts if len(b) > 1]  # not the one-row retries of bad rows
+    assert len(batches) >= 10 and all(len(b) <= 4 for b in texts)
     lengths = [len(t) for b in batches for t in b]
     assert lengths == sorted(lengths)  # one ordering across the call's batches
     in_file = [len(t) for t in batch.column("text").to_pylist() if t]

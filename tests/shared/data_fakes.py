@@ -112,6 +112,18 @@ def make_fake(spec: str | None, framework: str = "torch") -> FakeExplainer:
     return FakeExplainer(delay)
 
 
+class RecordingExplainer(FakeExplainer):
+    """Remembers the texts and pairs of every explain call (``batches``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[list[str], list[str] | None]] = []
+
+    def explain(self, texts: list[str], pairs: list[str] | None = None, **kw: Any) -> Any:
+        self.batches.append((list(texts), None if pairs is None else list(pairs)))
+        return super().explain(texts, pairs, **kw)
+
+
 class FakeGenerator(FakeExplainer):
     """A stand-in for an LM's ``Explainer.explain_generation``: deterministic matrices of the
     continuation's words × the text's words; an empty continuation fails (as for a real LM)."""
