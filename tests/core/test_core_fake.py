@@ -9,7 +9,7 @@ or dropout draws masks over the whole batch, one backward of L_i per sample over
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,17 +43,7 @@ POS = "embeddings.position_embeddings"
 TANH_W = np.array([0.7, -1.3, 0.4, 2.0, -0.5])
 
 
-@pytest.fixture(autouse=True)
-def fake_backend() -> Iterator[None]:
-    """Register the fake for one test; afterwards the registry and the cache are as before."""
-    before = list(backends._REGISTERED)
-    backends.register_backend(FakeBackend)
-    try:
-        yield
-    finally:
-        backends.unregister_backend(FakeBackend)
-        assert before == backends._REGISTERED
-        assert FakeModel not in backends._CACHE
+pytestmark = pytest.mark.usefixtures("fake_backend")  # tests/core/conftest.py
 
 
 # -- losses ------------------------------------------------------------------------------------

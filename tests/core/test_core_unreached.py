@@ -10,31 +10,21 @@ axis of are refused with LossError.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
 import embgrad
-from embgrad import backends
 from embgrad.errors import LossError, NoLookupError
-from fakes.numpy_backend import FakeBackend, FakeModel, Tensor, trace, vjp
+from fakes.numpy_backend import FakeModel, Tensor, trace, vjp
 
 WORD = "embeddings.word_embeddings"
 POS = "embeddings.position_embeddings"
 CHECKS = ["auto", "probe", "exact", "off"]
 
 
-@pytest.fixture(autouse=True)
-def fake_backend() -> Iterator[None]:
-    before = list(backends._REGISTERED)
-    backends.register_backend(FakeBackend)
-    try:
-        yield
-    finally:
-        backends.unregister_backend(FakeBackend)
-        assert before == backends._REGISTERED
+pytestmark = pytest.mark.usefixtures("fake_backend")  # tests/core/conftest.py
 
 
 def tanh_loss(h: Tensor) -> Tensor:
