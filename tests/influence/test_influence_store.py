@@ -98,7 +98,7 @@ def test_open_and_resume_refuse_another_model_checkpoints_weights_or_options(tmp
         )
     ids2 = ids.clone()
     ids2[7, 0] = (ids2[7, 0] + 1) % V
-    with pytest.raises(InputError, match="batch 0 .* differs"):
+    with pytest.raises(InputError, match=r"batch 0 .* differs"):
         InfluenceIndex.build(model, ids2, labels=y, checkpoints=[model, other], path=path)
     with pytest.raises(InputError, match="loss"):
         InfluenceIndex.build(
