@@ -79,7 +79,7 @@ def _layer_key(layer: Any) -> Any:
     if isinstance(layer, (list, tuple)):
         return [_layer_key(x) for x in layer]
     if isinstance(layer, type):
-        return f"class:{layer.__module__}.{layer.__qualname__}"
+        return f"class:{layer.__qualname__}"
     return str(layer)
 
 
