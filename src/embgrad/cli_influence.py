@@ -160,6 +160,11 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if out.exists() and old is None and any(out.iterdir()):
         raise InputError(f"{out} is a non-empty folder without an index: choose another --out")
     loaded = load(args.model, framework=args.framework)
+    if loaded.kind not in ("classifier", "auto"):
+        raise InputError(
+            f"influence needs a classifier with (B, C) logits; {args.model} loads as a "
+            f"{loaded.kind} (use the API with your own loss_fn for other models)"
+        )
     labels = None if ex.labels is None else label_ids(ex.labels, loaded.model)
     models = [load(f"hf:{d}", framework=args.framework).model for d in ckpts]
     try:
