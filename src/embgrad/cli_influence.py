@@ -127,7 +127,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .influence import InfluenceIndex
-    from .influence.texts import Predicted, batches, label_ids, read_examples
+    from .influence.texts import Predicted, TextBatches, label_ids, read_examples
     from .models.load import check_spec, load
 
     _positive("--batch-size", args.batch_size)
@@ -185,7 +185,7 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         _atomic_text(out / "examples.jsonl", "\n".join(lines) + "\n")
     except OSError as e:
         raise InputError(f"cannot write the index to {out}: {e.strerror or e}") from None
-    data = batches(loaded, ex.texts, ex.pairs, args.batch_size, args.framework)
+    data = TextBatches(loaded, ex.texts, ex.pairs, args.batch_size, args.framework)
     idx = InfluenceIndex.build(
         loaded.model, data, None if labels is not None else Predicted(), labels=labels,
         checkpoints=models or None, weights=args.weight, top_rows=args.top_rows,
@@ -273,7 +273,7 @@ def _test_examples(
 
 def _run_query(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .influence.report import check_outputs, highlight, query_html, query_terminal, save
-    from .influence.texts import Predicted, batches, label_ids
+    from .influence.texts import Predicted, TextBatches, label_ids
 
     _positive("-k", args.k)
     _positive("--batch-size", args.batch_size)
@@ -284,7 +284,7 @@ def _run_query(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     model = opened.loaded.model
     labels = None if raw_labels is None else label_ids(raw_labels, model)
     predicted = Predicted()
-    data = batches(opened.loaded, texts, pairs, args.batch_size, opened.config["framework"])
+    data = TextBatches(opened.loaded, texts, pairs, args.batch_size, opened.config["framework"])
     inf = opened.index.query(data, None if labels is not None else predicted, labels=labels)
     used = labels if labels is not None else [predicted.labels[i] for i in range(len(texts))]
     records = []

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import bar
 from ..backends.weights import CheckpointSlot
-from .batches import check_labels, iter_batches, loss_for
+from .batches import check_labels, count_examples, iter_batches, loss_for
 from .build import (
     KEEP,
     Examples,
@@ -129,9 +130,11 @@ class InfluenceIndex:
         with CheckpointSlot(model) as slot:
             runner = Examples(slot, states, layer, skip)
             runner.validate()
-            for batch, count in iter_batches(train, batch_size):
-                segments.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
-                n += count
+            with bar(count_examples(train) or 0, "influence index", "ex") as shown:
+                for batch, count in iter_batches(train, batch_size):
+                    segments.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
+                    n += count
+                    shown.update(count)
         check_count(label_arr, n)
         source = MemorySource(Segment.merge(segments, len(states)))
         return cls(

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import bar
 from .._version import __version__
 from ..backends.weights import CheckpointSlot, named_values, shapes
 from ..errors import EmbgradError, InputError, missing_extra
-from .batches import CrossEntropy, batch_hash, iter_batches
+from .batches import CrossEntropy, batch_hash, count_examples, iter_batches
 from .build import (
     KEEP,
     Examples,
@@ -397,24 +398,26 @@ def _fill(
     hashes: list[str] = []
     n = 0
     b = -1
-    for b, (batch, count) in enumerate(iter_batches(train, batch_size)):
-        h = batch_hash(batch)
-        if b < len(done_hashes):
-            if h != done_hashes[b]:
-                raise InputError(
-                    f"batch {b} (examples from {n}) differs from the one the index in "
-                    f"{folder.path} was built from: resume with the same data, or use another "
-                    "folder"
-                )
+    with bar(count_examples(train) or 0, "influence index", "ex") as shown:
+        for b, (batch, count) in enumerate(iter_batches(train, batch_size)):
+            shown.update(count)
+            h = batch_hash(batch)
+            if b < len(done_hashes):
+                if h != done_hashes[b]:
+                    raise InputError(
+                        f"batch {b} (examples from {n}) differs from the one the index in "
+                        f"{folder.path} was built from: resume with the same data, or use "
+                        "another folder"
+                    )
+                n += count
+                continue
+            pending.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
+            hashes.append(h)
             n += count
-            continue
-        pending.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
-        hashes.append(h)
-        n += count
-        if sum(s.count for s in pending) >= SHARD_EXAMPLES:
-            roles.update(runner.roles)
-            write_shard(folder, number, pending, hashes, dict(runner.roles))
-            number, pending, hashes = number + 1, [], []
+            if sum(s.count for s in pending) >= SHARD_EXAMPLES:
+                roles.update(runner.roles)
+                write_shard(folder, number, pending, hashes, dict(runner.roles))
+                number, pending, hashes = number + 1, [], []
     if b + 1 < len(done_hashes):
         raise InputError(
             f"the data have {b + 1} batches but the index in {folder.path} already holds "

@@ -128,30 +128,39 @@ def label_ids(values: Sequence[Any], model: Any) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def batches(
-    loaded: Loaded,
-    texts: list[str],
-    pairs: list[str] | None,
-    batch_size: int,
-    framework: str,
-) -> Iterator[Any]:
-    """The model's native inputs for ``texts`` (and partners), ``batch_size`` at a time."""
-    tok = loaded.tokenizer
-    if tok is None:
-        raise InputError("the influence CLI needs a model with an HF tokenizer")
-    for lo in range(0, len(texts), batch_size):
-        chunk = texts[lo : lo + batch_size]
-        if pairs is None:
-            enc, truncated = tokenize(tok, chunk, loaded.max_length)
-        else:
-            enc = dict(
-                tok(
-                    chunk, pairs[lo : lo + batch_size], padding=True, truncation=True,
-                    max_length=loaded.max_length, return_tensors="np",
-                )
-            )  # fmt: skip
-            truncated = [False] * len(chunk)
-        yield LAYOUTS[framework](loaded.model, enc, truncated).inputs
+class TextBatches:
+    """The model's native inputs for ``texts`` (and partners), ``batch_size`` at a time,
+    tokenized as iterated; ``n_examples`` says how many (for labels checks and the bar)."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        texts: list[str],
+        pairs: list[str] | None,
+        batch_size: int,
+        framework: str,
+    ) -> None:
+        if loaded.tokenizer is None:
+            raise InputError("the influence CLI needs a model with an HF tokenizer")
+        self.loaded, self.texts, self.pairs = loaded, texts, pairs
+        self.batch_size, self.framework = batch_size, framework
+        self.n_examples = len(texts)
+
+    def __iter__(self) -> Iterator[Any]:
+        tok, size = self.loaded.tokenizer, self.batch_size
+        for lo in range(0, len(self.texts), size):
+            chunk = self.texts[lo : lo + size]
+            if self.pairs is None:
+                enc, truncated = tokenize(tok, chunk, self.loaded.max_length)
+            else:
+                enc = dict(
+                    tok(
+                        chunk, self.pairs[lo : lo + size], padding=True, truncation=True,
+                        max_length=self.loaded.max_length, return_tensors="np",
+                    )
+                )  # fmt: skip
+                truncated = [False] * len(chunk)
+            yield LAYOUTS[self.framework](self.loaded.model, enc, truncated).inputs
 
 
 class Predicted:
