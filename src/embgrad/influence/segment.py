@@ -12,7 +12,7 @@ Dot products are accumulated in float64.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -107,13 +107,15 @@ def _by_row(
 
 @dataclass
 class Segment:
-    """Training examples ``[first, first + count)``: ``postings[(checkpoint, table)]`` and
-    ``selfsq`` (n_checkpoints, count) float64, each example's Σ of squared stored-row norms."""
+    """Training examples ``[first, first + count)``: ``postings[(checkpoint, table)]``,
+    ``selfsq`` (n_checkpoints, count) float64, each example's Σ of squared stored-row norms,
+    and each table's lookup role."""
 
     first: int
     count: int
     postings: dict[tuple[int, str], Postings]
     selfsq: np.ndarray
+    roles: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def merge(segments: list[Segment], n_checkpoints: int) -> Segment:
@@ -134,7 +136,9 @@ class Segment:
                 )
             )
         selfsq = np.concatenate([s.selfsq for s in segments], axis=1)
-        return Segment(segments[0].first, sum(s.count for s in segments), postings, selfsq)
+        roles = {t: r for s in segments for t, r in s.roles.items()}
+        count = sum(s.count for s in segments)
+        return Segment(segments[0].first, count, postings, selfsq, roles)
 
 
 class Source(Protocol):

@@ -26,7 +26,8 @@ import importlib
 import inspect
 import json
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,11 +41,11 @@ from ..errors import EmbgradError, InputError, missing_extra
 from .batches import CrossEntropy, batch_hash, count_examples, iter_batches
 from .build import (
     KEEP,
-    Examples,
+    Engine,
+    Job,
     check_count,
     check_top_rows,
     checkpoints_and_weights,
-    make_segment,
 )
 from .rows import special_ids
 from .segment import Postings, Segment
@@ -336,7 +337,8 @@ def fingerprint(
 
 
 def build_stored(
-    cls: Any, model: Any, train: Any, loss: Any, labels: np.ndarray | None, path: Path, *,
+    cls: Any, model: Any, train: Any, loss: Any, labels: np.ndarray | None, path: Path,
+    run: Callable[[], contextlib.AbstractContextManager[Engine]], *,
     states: list[Any], weights: list[float], layer: Any, top_rows: int | None,
     skip: np.ndarray | None, tokenizer: Any, batch_size: int,
 ) -> Any:  # fmt: skip
@@ -345,46 +347,46 @@ def build_stored(
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} exists and is not a folder: choose a folder for the index")
     with CheckpointSlot(model) as slot:
-        runner = Examples(slot, states, layer, skip)
         fp = fingerprint(
             model, slot, states=states, weights=weights, layer=layer, top_rows=top_rows, skip=skip
         )
-        fp["loss"] = _loss_key(loss, labels)
-        fp["batch_size"] = batch_size
-        manifest = folder.read_manifest()
-        if manifest is None:
-            if path.is_dir() and any(path.iterdir()):
-                raise InputError(
-                    f"{path} is a non-empty folder without an index manifest: choose a new or "
-                    "empty folder for the index"
-                )
-            manifest = {"format": FORMAT, "version": __version__, "fingerprint": fp}
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-                folder.write_manifest({**manifest, "complete": False})
-            except OSError as e:
-                raise _os_error(e, path) from None
-        elif manifest.get("fingerprint") != fp:
+    fp["loss"] = _loss_key(loss, labels)
+    fp["batch_size"] = batch_size
+    manifest = folder.read_manifest()
+    if manifest is None:
+        if path.is_dir() and any(path.iterdir()):
             raise InputError(
-                f"the index in {path} was built with another "
-                f"{_describe(manifest.get('fingerprint') or {}, fp)}: use the same arguments "
-                "to resume it, or another folder"
+                f"{path} is a non-empty folder without an index manifest: choose a new or "
+                "empty folder for the index"
             )
+        manifest = {"format": FORMAT, "version": __version__, "fingerprint": fp}
         try:
-            n, roles = _fill(folder, runner, train, loss, batch_size, top_rows)
+            path.mkdir(parents=True, exist_ok=True)
+            folder.write_manifest({**manifest, "complete": False})
         except OSError as e:
             raise _os_error(e, path) from None
-        check_count(labels, n)
-        done = {**manifest, "complete": True, "n_train": n, "roles": roles}
-        try:
-            folder.write_manifest(done)
-        except OSError as e:
-            raise _os_error(e, path) from None
+    elif manifest.get("fingerprint") != fp:
+        raise InputError(
+            f"the index in {path} was built with another "
+            f"{_describe(manifest.get('fingerprint') or {}, fp)}: use the same arguments "
+            "to resume it, or another folder"
+        )
+    try:
+        with run() as engine:
+            n, roles = _fill(folder, engine, train, batch_size)
+    except OSError as e:
+        raise _os_error(e, path) from None
+    check_count(labels, n)
+    done = {**manifest, "complete": True, "n_train": n, "roles": roles}
+    try:
+        folder.write_manifest(done)
+    except OSError as e:
+        raise _os_error(e, path) from None
     return _open(cls, folder, model, states, weights, layer, top_rows, skip, tokenizer, batch_size)
 
 
 def _fill(
-    folder: Folder, runner: Examples, train: Any, loss: Any, batch_size: int, top: int | None
+    folder: Folder, engine: Engine, train: Any, batch_size: int
 ) -> tuple[int, dict[str, str]]:
     """Run the batches the committed shards do not cover, writing shards as they fill."""
     folder.clean_temps()
@@ -393,40 +395,47 @@ def _fill(
     roles: dict[str, str] = {}
     for _, m in existing:
         roles.update(m.get("roles", {}))
-    number = len(existing)
-    pending: list[Segment] = []
-    hashes: list[str] = []
-    n = 0
-    b = -1
-    with bar(count_examples(train) or 0, "influence index", "ex") as shown:
+    seen = {"examples": 0, "batches": 0}
+    hashes: deque[str] = deque()
+
+    def jobs(shown: Any) -> Iterator[Job]:
         for b, (batch, count) in enumerate(iter_batches(train, batch_size)):
-            shown.update(count)
             h = batch_hash(batch)
+            first = seen["examples"]
+            seen["examples"] += count
+            seen["batches"] = b + 1
             if b < len(done_hashes):
                 if h != done_hashes[b]:
                     raise InputError(
-                        f"batch {b} (examples from {n}) differs from the one the index in "
+                        f"batch {b} (examples from {first}) differs from the one the index in "
                         f"{folder.path} was built from: resume with the same data, or use "
                         "another folder"
                     )
-                n += count
+                shown.update(count)
                 continue
-            pending.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
             hashes.append(h)
-            n += count
+            yield batch, first, count
+            shown.update(count)
+
+    number = len(existing)
+    pending: list[Segment] = []
+    pending_hashes: list[str] = []
+    with bar(count_examples(train) or 0, "influence index", "ex") as shown:
+        for seg in engine.map(jobs(shown)):
+            pending.append(seg)
+            pending_hashes.append(hashes.popleft())
+            roles.update(seg.roles)
             if sum(s.count for s in pending) >= SHARD_EXAMPLES:
-                roles.update(runner.roles)
-                write_shard(folder, number, pending, hashes, dict(runner.roles))
-                number, pending, hashes = number + 1, [], []
-    if b + 1 < len(done_hashes):
+                write_shard(folder, number, pending, pending_hashes, roles)
+                number, pending, pending_hashes = number + 1, [], []
+    if seen["batches"] < len(done_hashes):
         raise InputError(
-            f"the data have {b + 1} batches but the index in {folder.path} already holds "
-            f"{len(done_hashes)}: resume with the same data, or use another folder"
+            f"the data have {seen['batches']} batches but the index in {folder.path} already "
+            f"holds {len(done_hashes)}: resume with the same data, or use another folder"
         )
     if pending:
-        write_shard(folder, number, pending, hashes, dict(runner.roles))
-    roles.update(runner.roles)
-    return n, roles
+        write_shard(folder, number, pending, pending_hashes, roles)
+    return seen["examples"], roles
 
 
 def open_stored(
