@@ -189,10 +189,11 @@ class InfluenceIndex:
         ``top_rows``), the diagonal of a query of the training set against itself."""
         return np.asarray(self.weights, dtype=np.float64) @ self._source.self_squares()
 
-    def train_rows(self, j: int) -> ExampleRows:
-        """(checkpoint, table) → (rows, values) of training example ``j``."""
+    def train_rows(self, j: int, rows: np.ndarray | None = None) -> ExampleRows:
+        """(checkpoint, table) → (rows, values) of training example ``j`` (at least its
+        ``rows`` when given)."""
         out: ExampleRows = {}
-        for key, p in self._source.segment_of(j).postings.items():
+        for key, p in self._source.segment_of(j, rows).postings.items():
             rows, values = p.of_example(j)
             if len(rows):
                 out[key] = (rows, values)
@@ -227,7 +228,9 @@ class InfluenceIndex:
         check_count(label_arr, n, "test")
         flat = _flatten(parts)
         scores = np.zeros((n, self._n), dtype=np.float64)
-        for seg in self._source.segments():
+        rows = [r for _, r, _ in flat.values()]
+        touched = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+        for seg in self._source.segments(touched):
             for key, p in seg.postings.items():
                 if key in flat:
                     ex, row, values = flat[key]

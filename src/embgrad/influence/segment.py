@@ -146,12 +146,12 @@ class Source(Protocol):
 
     n_train: int
 
-    def segments(self) -> Iterator[Segment]:
-        """Every segment, in example order."""
+    def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
+        """Every segment, in example order (holding at least the postings of ``rows``)."""
         ...
 
-    def segment_of(self, j: int) -> Segment:
-        """The segment holding training example ``j``."""
+    def segment_of(self, j: int, rows: np.ndarray | None = None) -> Segment:
+        """The segment holding training example ``j`` (at least its ``rows``)."""
         ...
 
     def self_squares(self) -> np.ndarray:
@@ -166,10 +166,10 @@ class MemorySource:
         self.segment = segment
         self.n_train = segment.count
 
-    def segments(self) -> Iterator[Segment]:
+    def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
         yield self.segment
 
-    def segment_of(self, j: int) -> Segment:
+    def segment_of(self, j: int, rows: np.ndarray | None = None) -> Segment:
         return self.segment
 
     def self_squares(self) -> np.ndarray:

@@ -53,6 +53,8 @@ from .segment import Postings, Segment
 FORMAT = "embgrad-influence/1"
 #: examples per shard (a shard closes at the first batch boundary at or after this many)
 SHARD_EXAMPLES = 2048
+#: postings per Parquet row group: a query reads only the groups whose row range it touches
+ROW_GROUP = 8192
 
 
 def _pyarrow() -> tuple[ModuleType, ModuleType]:
@@ -229,7 +231,7 @@ def write_shard(
     target = folder.shards / f"part-{number:06d}.parquet"
     tmp = folder.shards / f".tmp-{os.getpid()}-{target.name}"
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -252,16 +254,45 @@ def shard_meta(path: Path) -> dict[str, Any]:
     return dict(meta)
 
 
-def read_shard(path: Path, meta: dict[str, Any] | None = None) -> Segment:
-    """A shard as a :class:`Segment` (postings per (checkpoint, table), sorted by row)."""
+def read_shard(
+    path: Path,
+    meta: dict[str, Any] | None = None,
+    *,
+    rows: np.ndarray | None = None,
+    example: int | None = None,
+) -> Segment:
+    """A shard as a :class:`Segment` (postings per (checkpoint, table), sorted by row); only
+    the table rows ``rows`` and / or the training example ``example`` when given (Parquet row
+    groups whose row statistics miss every wanted row are not read)."""
     _, pq = _pyarrow()
     meta = shard_meta(path) if meta is None else meta
-    table = pq.read_table(path)
+    selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
+    if rows is not None and not len(rows):
+        return Segment(int(meta["first"]), int(meta["count"]), {}, selfsq)
+    filters: list[tuple[str, str, Any]] = []
+    if rows is not None:
+        filters.append(("row", "in", np.unique(rows).tolist()))
+    if example is not None:
+        filters.append(("example", "==", int(example)))
+    try:
+        table = pq.read_table(path, filters=filters or None)
+    except OSError as e:
+        raise InputError(f"cannot read the index shard {path}: {e}") from None
     ckpt = table.column("checkpoint").to_numpy()
     names = table.column("table").to_numpy(zero_copy_only=False)
     row = table.column("row").to_numpy()
-    example = table.column("example").to_numpy()
+    ex = table.column("example").to_numpy()
+    dims = np.asarray([int(meta["dims"][str(t)]) for t in names], dtype=np.int64)
     flat = table.column("values").combine_chunks().flatten().to_numpy()
+    if filters:  # keep the (checkpoint, table, row, example) order whatever the reader did
+        codes = np.unique(names, return_inverse=True)[1] if len(names) else names
+        order = np.lexsort((ex, row, codes, ckpt))
+        starts = np.concatenate([[0], np.cumsum(dims)])
+        flat = np.concatenate(
+            [flat[starts[i] : starts[i + 1]] for i in order.tolist()]
+        ) if len(order) else flat  # fmt: skip
+        ckpt, names, row, ex = ckpt[order], names[order], row[order], ex[order]
+    example_ids = ex
     n = len(row)
     change = np.flatnonzero((ckpt[1:] != ckpt[:-1]) | (names[1:] != names[:-1])) + 1
     bounds = np.concatenate([[0], change, [n]]) if n else np.zeros(1, np.int64)
@@ -272,8 +303,7 @@ def read_shard(path: Path, meta: dict[str, Any] | None = None) -> Segment:
         d = int(meta["dims"][t])
         values = flat[at : at + (b - a) * d].reshape(b - a, d)
         at += (b - a) * d
-        postings[(c, t)] = Postings.from_sorted(example[a:b], row[a:b], values)
-    selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
+        postings[(c, t)] = Postings.from_sorted(example_ids[a:b], row[a:b], values)
     return Segment(int(meta["first"]), int(meta["count"]), postings, selfsq)
 
 
@@ -286,17 +316,15 @@ class ShardSource:
         self.metas = metas
         self.n_train = sum(int(m["count"]) for _, m in metas)
         self._firsts = np.asarray([int(m["first"]) for _, m in metas], dtype=np.int64)
-        self._cached: tuple[int, Segment] | None = None
 
-    def segments(self) -> Iterator[Segment]:
+    def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
         for path, meta in self.metas:
-            yield read_shard(path, meta)
+            yield read_shard(path, meta, rows=rows)
 
-    def segment_of(self, j: int) -> Segment:
+    def segment_of(self, j: int, rows: np.ndarray | None = None) -> Segment:
         k = int(np.searchsorted(self._firsts, j, side="right")) - 1
-        if self._cached is None or self._cached[0] != k:
-            self._cached = (k, read_shard(*self.metas[k]))
-        return self._cached[1]
+        path, meta = self.metas[k]
+        return read_shard(path, meta, rows=rows, example=j)
 
     def self_squares(self) -> np.ndarray:
         parts = [
