@@ -91,8 +91,11 @@ class Postings:
             lo, hi = int(self.starts[u]), int(self.starts[u + 1])
             for a in range(lo, hi, CHUNK):
                 b = min(hi, a + CHUNK)
-                block = self.values[a:b].astype(np.float64, copy=False)
-                dots = tests @ block.T  # (m_r, n)
+                block = self.values[a:b]
+                if len(group) == 1:  # one test vector: einsum casts in its buffer (2x faster)
+                    dots = np.einsum("nd,d->n", block, tests[0], dtype=np.float64)[None]
+                else:
+                    dots = tests @ block.astype(np.float64, copy=False).T  # (m_r, n)
                 if weight != 1.0:
                     dots *= weight
                 out[np.ix_(samples, self.example[a:b])] += dots
