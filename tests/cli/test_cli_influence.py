@@ -169,3 +169,29 @@ def test_query_without_label_uses_the_predicted_class(setup, tmp_path):
     with torch.no_grad():
         logits = setup["model"](**setup["tok"](["great music"], return_tensors="pt")).logits
     assert rec["label"] == ["negative", "positive"][int(logits.argmax())]
+
+
+def test_pairs_are_indexed_and_queried_as_the_api_does(setup, tmp_path):
+    pairs = [("a great film", "I liked it", 1), ("the plot was dull", "boring", 0),
+             ("great acting", "dull plot", 0), ("moving music", "great", 1)]  # fmt: skip
+    data = tmp_path / "pairs.csv"
+    data.write_text("a,b,y\n" + "\n".join(f"{a},{b},{y}" for a, b, y in pairs) + "\n")
+    idx, out = tmp_path / "pidx", tmp_path / "pq"
+    root = setup["root"]
+    assert main(["influence", "index", "--model", f"hf:{root / 'model'}", "--data", str(data),
+                 "--text-column", "a", "--pair-column", "b", "--label-column", "y",
+                 "--out", str(idx)]) == 0  # fmt: skip
+    assert main(["influence", "query", "--index", str(idx), "--text", "great film",
+                 "--pair", "liked", "--label", "1", "-k", "4", "--format", "json",
+                 "--out", str(out)]) == 0  # fmt: skip
+    rec = json.loads((out / "influence.json").read_text())[0]
+    tok = setup["tok"]
+    enc = tok([a for a, _, _ in pairs], [b for _, b, _ in pairs], padding=True, return_tensors="pt")
+    api = InfluenceIndex.build(
+        setup["model"], dict(enc), labels=torch.tensor([y for *_, y in pairs])
+    )
+    test = tok(["great film"], ["liked"], return_tensors="pt")
+    scores = api.query(dict(test), labels=torch.tensor([1])).scores[0]
+    got = {r["example"]: r["score"] for r in rec["proponents"] + rec["opponents"]}
+    assert got and all(s == pytest.approx(scores[j], rel=1e-5) for j, s in got.items())
+    assert rec["pair"] == "liked"
