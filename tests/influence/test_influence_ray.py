@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ray")
 pytest.importorskip("pyarrow")
 
+import models_torch  # noqa: E402
 from embgrad import InfluenceIndex  # noqa: E402
 from embgrad.errors import InputError  # noqa: E402
 from embgrad.influence import store  # noqa: E402
@@ -26,6 +27,7 @@ def local_ray():
     from embgrad.influence.ray_engine import _ray
 
     ray = _ray()
+    ray.cloudpickle.register_pickle_by_value(models_torch)  # the test's model, for the actors
     temp = tempfile.mkdtemp(prefix="embgrad-ray-test-")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     yield ray
@@ -56,3 +58,23 @@ def test_the_ray_engine_builds_the_local_engines_index(local_ray, tmp_path, monk
     assert len(list((tmp_path / "idx" / "shards").glob("part-*.parquet"))) == 2
     with pytest.raises(InputError, match="engine="):
         InfluenceIndex.build(model, batches, engine="spark", **kw)
+
+
+def test_a_model_the_workers_cannot_import_is_a_clear_error(local_ray, tmp_path):
+    import sys
+    import types
+
+    mod = types.ModuleType("h19_private_models")  # exists in this process only
+    exec(
+        "import torch\nclass Private(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.word = torch.nn.Embedding(9, 3)\n        self.out = torch.nn.Linear(3, 2)\n    def forward(self, ids):\n        return self.out(self.word(ids).mean(1))\n",
+        mod.__dict__,
+    )
+    sys.modules[mod.__name__] = mod
+    try:
+        model = mod.Private()
+        with pytest.raises(InputError, match="could not start"):
+            InfluenceIndex.build(
+                model, torch.randint(0, 9, (4, 3)), labels=[0, 1, 0, 1], engine="ray"
+            )
+    finally:
+        del sys.modules[mod.__name__]

@@ -80,6 +80,17 @@ class RayEngine:
         self._actors = [actor.remote(payload) for _ in range(n)]
 
     def map(self, jobs: Iterable[Job]) -> Iterator[Segment]:
+        try:
+            yield from self._map(jobs)
+        except self._ray.exceptions.ActorDiedError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise InputError(
+                f"a Ray worker could not start ({first}): the workers must be able to import "
+                "the model's code (install its package where Ray runs, or register its module "
+                "with ray.cloudpickle.register_pickle_by_value), or use engine='local'"
+            ) from None
+
+    def _map(self, jobs: Iterable[Job]) -> Iterator[Segment]:
         from ray.util import ActorPool
 
         pool = ActorPool(self._actors)
