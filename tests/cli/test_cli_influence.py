@@ -195,3 +195,19 @@ def test_pairs_are_indexed_and_queried_as_the_api_does(setup, tmp_path):
     got = {r["example"]: r["score"] for r in rec["proponents"] + rec["opponents"]}
     assert got and all(s == pytest.approx(scores[j], rel=1e-5) for j, s in got.items())
     assert rec["pair"] == "liked"
+
+
+def test_query_reads_test_texts_and_labels_from_a_data_file(setup, tmp_path):
+    out = tmp_path / "d"
+    argv = ["influence", "query", "--index", str(setup["idx"]), "--data", str(setup["data"]),
+            "--label-column", "label", "-k", "2", "--format", "json,parquet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    records = json.loads((out / "influence.json").read_text())
+    assert [r["text"] for r in records] == [t for t, _ in TRAIN]
+    assert [r["label"] for r in records] == [y for _, y in TRAIN]
+    # the proponents are the API's for the same texts and labels
+    idx, _ = _api_scores(setup, ["x"], [0])
+    inf = idx.query(dict(setup["tok"]([t for t, _ in TRAIN], padding=True, return_tensors="pt")),
+                    labels=torch.tensor([1 if y == "positive" else 0 for _, y in TRAIN]))  # fmt: skip
+    for i, r in enumerate(records):
+        assert [p["example"] for p in r["proponents"]] == inf.top(2)[i].proponents.tolist()
