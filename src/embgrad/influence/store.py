@@ -284,9 +284,11 @@ def read_shard(
     ex = table.column("example").to_numpy()
     dims = np.asarray([int(meta["dims"][str(t)]) for t in names], dtype=np.int64)
     flat = table.column("values").combine_chunks().flatten().to_numpy()
+    order = np.arange(len(row))
     if filters:  # keep the (checkpoint, table, row, example) order whatever the reader did
         codes = np.unique(names, return_inverse=True)[1] if len(names) else names
         order = np.lexsort((ex, row, codes, ckpt))
+    if not np.array_equal(order, np.arange(len(row))):
         starts = np.concatenate([[0], np.cumsum(dims)])
         flat = np.concatenate(
             [flat[starts[i] : starts[i + 1]] for i in order.tolist()]
