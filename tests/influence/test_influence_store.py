@@ -221,3 +221,30 @@ def test_a_shard_read_back_in_another_order_gives_the_same_postings(tmp_path, mo
         for a, b in ((p.keys, q.keys), (p.starts, q.starts), (p.example, q.example)):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(p.values, q.values)
+
+
+def test_a_second_build_into_a_folder_being_written_is_refused(tmp_path):
+    import fcntl
+
+    model = _model(0)
+    ids, y = _data()
+    path = tmp_path / "idx"
+    InfluenceIndex.build(model, ids, labels=y, path=path)
+    with (path / ".lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running build holds it
+        with pytest.raises(InputError, match="another build is writing"):
+            InfluenceIndex.build(model, ids, labels=y, path=path)
+    InfluenceIndex.build(model, ids, labels=y, path=path)  # released: resumes (nothing to do)
+
+
+def test_a_read_only_folder_is_an_embgrad_error_not_a_traceback(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(InputError, match="cannot write the index"):
+            InfluenceIndex.build(_model(0), _data()[0], labels=_data()[1], path=ro / "idx")
+    finally:
+        ro.chmod(0o700)

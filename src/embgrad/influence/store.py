@@ -136,6 +136,26 @@ class Folder:
             )
         return data
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the folder while building (released even on kill -9)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        with (self.path / ".lock").open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise InputError(
+                    f"another build is writing the index in {self.path}; wait for it to end"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def write_manifest(self, data: dict[str, Any]) -> None:
         _atomic(self.manifest_file, json.dumps(data, indent=1).encode())
 
@@ -384,17 +404,12 @@ def build_stored(
     fp["batch_size"] = batch_size
     manifest = folder.read_manifest()
     if manifest is None:
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()):
             raise InputError(
                 f"{path} is a non-empty folder without an index manifest: choose a new or "
                 "empty folder for the index"
             )
         manifest = {"format": FORMAT, "version": __version__, "fingerprint": fp}
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            folder.write_manifest({**manifest, "complete": False})
-        except OSError as e:
-            raise _os_error(e, path) from None
     elif manifest.get("fingerprint") != fp:
         raise InputError(
             f"the index in {path} was built with another "
@@ -402,14 +417,14 @@ def build_stored(
             "to resume it, or another folder"
         )
     try:
-        with run() as engine:
-            n, roles = _fill(folder, engine, train, batch_size)
-    except OSError as e:
-        raise _os_error(e, path) from None
-    check_count(labels, n)
-    done = {**manifest, "complete": True, "n_train": n, "roles": roles}
-    try:
-        folder.write_manifest(done)
+        path.mkdir(parents=True, exist_ok=True)
+        with folder.lock():
+            if not folder.manifest_file.exists():
+                folder.write_manifest({**manifest, "complete": False})
+            with run() as engine:
+                n, roles = _fill(folder, engine, train, batch_size)
+            check_count(labels, n)
+            folder.write_manifest({**manifest, "complete": True, "n_train": n, "roles": roles})
     except OSError as e:
         raise _os_error(e, path) from None
     return _open(cls, folder, model, states, weights, layer, top_rows, skip, tokenizer, batch_size)
