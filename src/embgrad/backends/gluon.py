@@ -294,39 +294,54 @@ class GluonSession:
         forward found unreached (``Tracer.settle``) then come back as None.
         """
         mx = lazy_mxnet()
-        captures = [fwd.captures[k] for k in select]
         recorded: _Recorded = fwd.state
         losses = recorded.losses
-        keys = list(fwd.float_inputs) if inputs else []
+        wanted = list(fwd.float_inputs) if inputs else []
+        # A second backward of a retained graph asks for exactly the variables of the first:
+        # another set corrupts memory in MXNet 1.9.1's fused RNN backward (segfault, double
+        # free, wrong numbers; see _Recorded.variables). The extra gradients are dropped.
+        asked = (select, wanted)
+        if recorded.variables is not None:
+            asked = recorded.variables
+        recorded.variables = asked if retain else None
+        take, keys = asked
+        captures = [fwd.captures[k] for k in take]
         variables = [c.handle for c in captures] + [fwd.float_inputs[k] for k in keys]
         zeros = [mx.nd.zeros(v.shape, ctx=v.context, dtype=v.dtype) for v in variables]
-        cut = [k in recorded.unreached for k in select]
-        if all(cut):  # nothing to differentiate (the losses may not even be recorded)
-            return [None] * len(select), dict(zip(keys, zeros[len(select) :], strict=True))
-        head = mx.nd.array(np.asarray(cotangent), ctx=losses.context, dtype=losses.dtype)
-        grads = mx.autograd.grad(
-            [losses, *variables],
-            variables,
-            head_grads=[head, *zeros],
-            retain_graph=retain,
-            train_mode=self.train,
-        )
+        cut = [k in recorded.unreached for k in take]
         n = len(captures)
-        out = [None if c else g for c, g in zip(cut, grads[:n], strict=True)]
-        return out, dict(zip(keys, grads[n:], strict=True))
+        if all(cut):  # nothing to differentiate (the losses may not even be recorded)
+            grads = [None] * n + zeros[n:]
+        else:
+            head = mx.nd.array(np.asarray(cotangent), ctx=losses.context, dtype=losses.dtype)
+            grads = mx.autograd.grad(
+                [losses, *variables],
+                variables,
+                head_grads=[head, *zeros],
+                retain_graph=retain,
+                train_mode=self.train,
+            )
+        by_capture = {k: None if c else g for k, c, g in zip(take, cut, grads[:n], strict=True)}
+        by_input = dict(zip(keys, grads[n:], strict=True))
+        return [by_capture[k] for k in select], {k: by_input[k] for k in wanted}
 
     def to_native(self, x: Any, like: Any) -> Any:
         a = np.asarray(x)
         return lazy_mxnet().nd.array(a, ctx=like.context, dtype=a.dtype)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Recorded:
     """``Forward.state`` of a Gluon forward: the recorded losses, and the captures (indices)
     whose output they do not reach through the recorded graph."""
 
     losses: Any
     unreached: frozenset[int]
+    #: (capture indices, float-input keys) the last backward that retained the graph asked
+    #: for; the next backward of this graph asks for the same (never another set: MXNet 1.9.1's
+    #: fused RNN backward corrupts memory when a retained graph is differentiated w.r.t. the
+    #: lookups and the float inputs, then w.r.t. the lookups only)
+    variables: tuple[list[int], list[str | int]] | None = None
 
 
 def _check_not_reduced(losses: Any, captures: list[Capture]) -> None:
