@@ -383,6 +383,11 @@ class BlockSession(GluonSession):
             losses = loss_fn(self.model(*args, **kwargs))
             if isinstance(losses, lazy_mxnet().nd.NDArray):
                 unreached = self.tracer.settle(losses)
+        if self.tracer.loops:
+            # MXNet's control-flow backward (foreach...) frees the loop's per-iteration states
+            # even with retain_graph ("We didn't record the computation for iteration k"): a
+            # further backward needs a new forward (re-seeded: exact in training mode too).
+            self.retained_backward_is_exact = False
         return self.finish(losses, captures, floats, unreached)
 
     def evaluate(

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 from .gluon_graph import fed_elsewhere, reaching
 from .gluon_trace import lazy_mxnet, validate_ids
 
@@ -81,6 +81,27 @@ def _source_var(nodes: list[dict[str, Any]], entry: list[int]) -> str:
     while node["op"] != "null" and len(node["inputs"]) == 1:
         node = nodes[node["inputs"][0][0]]
     return str(node["name"])
+
+
+#: MXNet's control-flow operators; their bodies are subgraphs (``node["subgraphs"]``).
+CONTROL_FLOW = ("_foreach", "_while_loop", "_cond")
+#: Lookup operators (``Embedding`` and the numpy interface's ``npx.embedding``).
+LOOKUP_OPS = ("Embedding", "_npx_embedding")
+
+
+def control_flow(graph: dict[str, Any]) -> tuple[bool, list[str]]:
+    """(whether the graph has a control-flow operator, the lookups inside their bodies: node
+    names, as ``"<control-flow node>/<lookup node>"``), searched recursively."""
+    found: list[str] = []
+    has = False
+    for node in graph["nodes"]:
+        if node["op"] not in CONTROL_FLOW:
+            continue
+        has = True
+        for sub in node.get("subgraphs", []):
+            found += [f"{node['name']}/{n['name']}" for n in sub["nodes"] if n["op"] in LOOKUP_OPS]
+            found += [f"{node['name']}/{x}" for x in control_flow(sub)[1]]
+    return has, found
 
 
 def rewrite(
@@ -175,6 +196,11 @@ class Graph:
     params: dict[str, Any]
     #: variables (Parameter names) that reach the outputs other than through lookups
     elsewhere: frozenset[str]
+    #: the graph has a control-flow operator (foreach / while_loop / cond), whose backward
+    #: frees its per-iteration states: the graph cannot be differentiated twice
+    loops: bool = False
+    #: lookups inside control-flow bodies (the rewrite cannot reach them), as "loop/lookup"
+    nested: list[str] = field(default_factory=list)
     shapes: dict[tuple[Any, ...], list[tuple[int, ...]]] = field(default_factory=dict)
 
     def deltas(self, flat: list[Any]) -> list[Any]:
@@ -245,7 +271,9 @@ def graph_for(block: Any) -> Graph:
     if hit is not None and hit[0] is out:
         return hit[1]
     data_names = [s.name for s in data_syms]
-    graph_json, lookups, elsewhere = rewrite(json.loads(out.tojson()), data_names)
+    original = json.loads(out.tojson())
+    loops, nested = control_flow(original)
+    graph_json, lookups, elsewhere = rewrite(original, data_names)
     symbol = mx.sym.load_json(json.dumps(graph_json))
     params = _params_of(block)
     index = {n: i for i, n in enumerate(data_names)}
@@ -272,6 +300,8 @@ def graph_for(block: Any) -> Graph:
         lookups,
         params,
         elsewhere,
+        loops,
+        nested,
     )
     _GRAPHS[block] = (out, graph)
     return graph
@@ -314,6 +344,18 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
         if tracer.replace is not None:
             return _imperative(block, args)
         graph = graph_for(block)
+        if graph.loops:  # its backward frees the loop's states: one backward per forward
+            tracer.loops = True
+        if graph.nested:  # lookups inside a loop body: run the Python forward, which sees them
+            if isinstance(block, lazy_mxnet().gluon.SymbolBlock):
+                raise UnsupportedModelError(
+                    f"this exported model looks up embeddings inside control flow "
+                    f"(F.contrib.foreach / while_loop / cond): {', '.join(graph.nested)}. "
+                    "embgrad rewrites an exported graph to reach its lookups and cannot do so "
+                    "inside a loop body; pass the original Block (hybridized or not), whose "
+                    "Python forward runs the loop step by step"
+                )
+            return _imperative(block, args)
         flat = _flat_inputs(block, args)
         given = dict(zip(graph.data_names, flat, strict=True))
         sites = [tracer.site_of_node(block, lk.node, lk.table) for lk in graph.lookups]

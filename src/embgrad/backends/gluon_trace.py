@@ -179,6 +179,8 @@ class Tracer:
         self.fetched: dict[str, set[int]] = {}
         #: this forward's captures (indices) cut off inside their own graph (see add)
         self.cut: set[int] = set()
+        #: a graph with control flow ran: its backward can run once per forward
+        self.loops = False
         self._quiet = False
 
     def index_params(self) -> None:
