@@ -259,6 +259,7 @@ class GluonSession:
         captures: list[Capture],
         floats: dict[str | int, Any],
         unreached: set[int],
+        unsplit: Mapping[str, str] | None = None,
     ) -> Forward:
         """Check what ``loss_fn`` returned and package the recorded forward (``unreached``: the
         captures whose output the losses do not reach, see ``Tracer.settle``)."""
@@ -275,6 +276,7 @@ class GluonSession:
             captures=captures,
             float_inputs=floats,
             state=_Recorded(losses, frozenset(unreached)),
+            unsplit=dict(unsplit or {}),
         )
 
     def backward(
@@ -388,7 +390,7 @@ class BlockSession(GluonSession):
             # even with retain_graph ("We didn't record the computation for iteration k"): a
             # further backward needs a new forward (re-seeded: exact in training mode too).
             self.retained_backward_is_exact = False
-        return self.finish(losses, captures, floats, unreached)
+        return self.finish(losses, captures, floats, unreached, self.tracer.unsplit)
 
     def evaluate(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], loss_fn: Callable[[Any], Any]

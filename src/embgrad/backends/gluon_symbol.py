@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, UnsupportedModelError
-from .gluon_graph import fed_elsewhere, reaching
-from .gluon_trace import lazy_mxnet, validate_ids
+from .gluon_graph import LOOKUP_OPS, fed_elsewhere, reaching, table_input
+from .gluon_trace import _unsplit, lazy_mxnet, validate_ids
 
 if TYPE_CHECKING:
     from .gluon_trace import Tracer
@@ -85,8 +85,6 @@ def _source_var(nodes: list[dict[str, Any]], entry: list[int]) -> str:
 
 #: MXNet's control-flow operators; their bodies are subgraphs (``node["subgraphs"]``).
 CONTROL_FLOW = ("_foreach", "_while_loop", "_cond")
-#: Lookup operators (``Embedding`` and the numpy interface's ``npx.embedding``).
-LOOKUP_OPS = ("Embedding", "_npx_embedding")
 
 
 def control_flow(graph: dict[str, Any]) -> tuple[bool, list[str]]:
@@ -105,15 +103,22 @@ def control_flow(graph: dict[str, Any]) -> tuple[bool, list[str]]:
 
 
 def rewrite(
-    graph: dict[str, Any], input_names: list[str]
+    graph: dict[str, Any],
+    input_names: list[str],
+    tables: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[dict[str, Any], list[LookupNode], frozenset[str]]:
-    """Insert ``lookup + delta_k`` after every Embedding node of a symbol's JSON graph.
+    """Insert ``lookup + delta_k`` after every lookup node of a symbol's JSON graph: the
+    ``Embedding`` and ``SparseEmbedding`` operators, and ``take`` along axis 0 of a table
+    Parameter (``tables``: name → shape).
 
     Returns the new JSON graph (heads: the original heads, then one per computed ids input),
     the lookups found, in graph order, and the variables also used other than by lookups.
     """
     nodes = graph["nodes"]
-    elsewhere = frozenset(str(nodes[i]["name"]) for i in fed_elsewhere(nodes, graph["heads"]))
+    tables = {k: v for k, v in (tables or {}).items() if len(v) == 2}
+    elsewhere = frozenset(
+        str(nodes[i]["name"]) for i in fed_elsewhere(nodes, graph["heads"], tables=tables)
+    )
     new: list[dict[str, Any]] = []
     where: dict[tuple[int, int], list[int]] = {}  # old (node, output) -> new entry
     lookups: list[LookupNode] = []
@@ -127,7 +132,8 @@ def rewrite(
         copy = {**node, "inputs": [fix(e) for e in node["inputs"]]}
         new.append(copy)
         where[(i, 0)] = [len(new) - 1, 0, 0]
-        if node["op"] != "Embedding":
+        weight = table_input(node, nodes, tables)
+        if weight is None:
             continue
         k = len(lookups)
         new.append({"op": "null", "name": DELTA.format(k), "inputs": []})
@@ -139,7 +145,9 @@ def rewrite(
             }
         )
         where[(i, 0)] = [len(new) - 1, 0, 0]
-        lookups.append(_lookup_node(nodes, i, input_names, extra_heads, fix, elsewhere))
+        lookups.append(
+            _lookup_node(nodes, i, weight, input_names, extra_heads, fix, elsewhere, tables)
+        )
     heads = [fix(h) for h in graph["heads"]] + extra_heads
     reached = reaching(new, heads[: len(graph["heads"])])
     deltas = {str(n["name"]): i for i, n in enumerate(new) if n["op"] == "null"}
@@ -159,24 +167,31 @@ def rewrite(
 def _lookup_node(
     nodes: list[dict[str, Any]],
     i: int,
+    weight: int,
     input_names: list[str],
     extra_heads: list[list[int]],
     fix: Callable[[list[int]], list[int]],
     elsewhere: frozenset[str],
+    tables: dict[str, tuple[int, ...]],
 ) -> LookupNode:
     node = nodes[i]
     attrs = node.get("attrs", node.get("attr", {}))
-    ids_entry, weight_entry = node["inputs"][0], node["inputs"][1]
+    ids_entry, weight_entry = node["inputs"][1 - weight], node["inputs"][weight]
     ids_node = nodes[ids_entry[0]]
     direct = ids_node["op"] == "null" and ids_node["name"] in input_names
     if not direct:
         extra_heads.append(fix(ids_entry))
     table = _source_var(nodes, weight_entry)
+    vocab, dim = (
+        (int(attrs["input_dim"]), int(attrs["output_dim"]))
+        if "input_dim" in attrs
+        else tables[table]
+    )
     return LookupNode(
         node=str(node["name"]),
         table=table,
-        vocab=int(attrs["input_dim"]),
-        dim=int(attrs["output_dim"]),
+        vocab=vocab,
+        dim=dim,
         tied=table in elsewhere,
         ids_input=str(ids_node["name"]) if direct else None,
         ids_output=None if direct else len(extra_heads) - 1,
@@ -201,6 +216,8 @@ class Graph:
     loops: bool = False
     #: lookups inside control-flow bodies (the rewrite cannot reach them), as "loop/lookup"
     nested: list[str] = field(default_factory=list)
+    #: lookups the rewrite does not split (gather_nd on a table): description -> why
+    unsplit: dict[str, str] = field(default_factory=dict)
     shapes: dict[tuple[Any, ...], list[tuple[int, ...]]] = field(default_factory=dict)
 
     def deltas(self, flat: list[Any]) -> list[Any]:
@@ -273,9 +290,10 @@ def graph_for(block: Any) -> Graph:
     data_names = [s.name for s in data_syms]
     original = json.loads(out.tojson())
     loops, nested = control_flow(original)
-    graph_json, lookups, elsewhere = rewrite(original, data_names)
-    symbol = mx.sym.load_json(json.dumps(graph_json))
     params = _params_of(block)
+    shapes = {name: tuple(p.shape) for name, p in params.items() if p.shape}
+    graph_json, lookups, elsewhere = rewrite(original, data_names, shapes)
+    symbol = mx.sym.load_json(json.dumps(graph_json))
     index = {n: i for i, n in enumerate(data_names)}
     deltas = {DELTA.format(k): k for k in range(len(lookups))}
     spec: list[tuple[str, Any]] = []
@@ -302,6 +320,11 @@ def graph_for(block: Any) -> Graph:
         elsewhere,
         loops,
         nested,
+        {
+            k: v
+            for k, v in _unsplit(original["nodes"], {n: n for n in params}, set()).items()
+            if k.startswith("gather_nd(")
+        },
     )
     _GRAPHS[block] = (out, graph)
     return graph
@@ -366,6 +389,7 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
         with tracer.quiet():
             outs = graph.run(flat, deltas)
         tracer.used_elsewhere |= graph.elsewhere
+        tracer.unsplit.update(graph.unsplit)
         for lk, site, delta in zip(graph.lookups, sites, deltas, strict=True):
             if lk.ids_input is not None:
                 ids = given[lk.ids_input]

@@ -42,7 +42,7 @@ import numpy as np
 from ..core.site import CallSite, guess_role
 from ..errors import InputError
 from .base import Capture, Replace
-from .gluon_graph import fed_elsewhere, reaching
+from .gluon_graph import LOOKUP_OPS, fed_elsewhere, reaching, table_input
 
 __all__ = ["Site", "Tracer", "dense", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
 
@@ -181,6 +181,8 @@ class Tracer:
         self.cut: set[int] = set()
         #: a graph with control flow ran: its backward can run once per forward
         self.loops = False
+        #: lookups seen in this forward and not split per sample: description -> why
+        self.unsplit: dict[str, str] = {}
         self._quiet = False
 
     def index_params(self) -> None:
@@ -194,6 +196,7 @@ class Tracer:
         """Capture this thread's lookups for one forward, substituting outputs by ``replace``."""
         self.captures, self.counts = [], {}
         self.used_elsewhere, self._sites, self.fetched, self.cut = set(), [], {}, set()
+        self.unsplit = {}
         self.thread = threading.get_ident()
         self.replace = replace
         try:
@@ -226,26 +229,46 @@ class Tracer:
 
         return fetch
 
-    def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, real: Callable[..., Any], kind: str = "Embedding") -> Callable[..., Any]:
+        """A stand-in for a lookup function: ``kind`` is ``"Embedding"`` (``mx.nd.Embedding``,
+        ``mx.nd.contrib.SparseEmbedding``: (data, weight)), ``"take"`` (``F.take(table, ids)``
+        along axis 0) or ``"gather_nd"`` (``F.gather_nd(table, ids[None])``). ``take`` and
+        ``gather_nd`` count as lookups only on a table Parameter's own array."""
+
         @functools.wraps(real)
         def embedding(*args: Any, **kwargs: Any) -> Any:
-            if not self.capturing_here():
+            if not self.capturing_here() or self._quiet:
                 return real(*args, **kwargs)
-            return self.lookup(real, sys._getframe(1), args, kwargs)
+            return self.lookup(real, sys._getframe(1), args, kwargs, kind)
 
         return embedding
 
     def lookup(
-        self, real: Callable[..., Any], frame: FrameType, args: tuple[Any, ...], kwargs: Any
+        self,
+        real: Callable[..., Any],
+        frame: FrameType,
+        args: tuple[Any, ...],
+        kwargs: Any,
+        kind: str = "Embedding",
     ) -> Any:
         """One imperative lookup: validate, look up, return ``out + delta``, record it."""
         nd = lazy_mxnet().nd
-        ids, weight = _arg(args, kwargs, 0, "data"), _arg(args, kwargs, 1, "weight")
+        if kind == "Embedding":
+            ids, weight = _arg(args, kwargs, 0, "data"), _arg(args, kwargs, 1, "weight")
+        else:
+            weight, ids = _arg(args, kwargs, 0, "a" if kind == "take" else "data"), _arg(
+                args, kwargs, 1, "indices"
+            )
         if not isinstance(ids, nd.NDArray) or not isinstance(weight, nd.NDArray):
+            return real(*args, **kwargs)
+        if kind != "Embedding" and not self._plain_rows(kind, weight, ids, args, kwargs):
             return real(*args, **kwargs)
         owner = _calling_block(frame)
         param, local = self._table(weight, owner)
         site = self._site(owner, param, local)
+        if kind != "Embedding":
+            site.module = f"F.{kind}"
+            ids = ids.reshape(ids.shape[1:]) if kind == "gather_nd" else ids
         vocab, dim = int(weight.shape[0]), int(weight.shape[-1])
         validate_ids(ids, vocab, site.name, site.table)
         out = self.substitute(site, real(*args, **kwargs))
@@ -253,6 +276,20 @@ class Tracer:
         delta.attach_grad()
         self.add(site, ids, delta, vocab, dim, output=out.detach(), weight=dense(weight))
         return out + delta
+
+    def _plain_rows(
+        self, kind: str, weight: Any, ids: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> bool:
+        """Whether a ``take``/``gather_nd`` call gathers whole rows of a table Parameter's own
+        array (2-D), i.e. is a lookup: ``take`` along axis 0, ``gather_nd`` with indices of
+        shape (1, ...)."""
+        hit = self.by_id.get(id(weight))
+        if hit is None or hit[0] is not weight or len(weight.shape) != 2:
+            return False
+        if kind == "take":
+            axis = _arg(args, kwargs, 2, "axis")
+            return axis is None or int(axis) == 0
+        return len(ids.shape) >= 2 and int(ids.shape[0]) == 1
 
     def substitute(self, site: Site, out: Any) -> Any:
         """``replace(name, role, out)``'s substitute for ``out`` (checked, detached), or ``out``."""
@@ -358,16 +395,25 @@ class Tracer:
                 graph = json.loads(mx.autograd.get_symbol(losses).tojson())
         nodes = graph["nodes"]
         if variables:
-            for i in fed_elsewhere(nodes, graph["heads"], opaque=("_CachedOp",)):
+            opaque = ("_CachedOp",)
+            for i in fed_elsewhere(nodes, graph["heads"], opaque=opaque, tables=variables):
                 name = variables.get(str(nodes[i]["name"]))
                 if name is not None:
                     self.used_elsewhere.add(name)
         reached = {str(nodes[i]["name"]) for i in reaching(nodes, graph["heads"])}
+        deltas = [mx.autograd.get_symbol(capture.handle).name for capture, _ in self._sites]
         unreached = {
-            k
-            for k, (capture, _) in enumerate(self._sites)
-            if k in self.cut or mx.autograd.get_symbol(capture.handle).name not in reached
+            k for k, name in enumerate(deltas) if k in self.cut or name not in reached
         }
+        if _unknown_tables(nodes, variables, set(deltas)):
+            # a lookup on a variable no captured lookup names: is it a Parameter? (rare: only
+            # then are all Parameters' autograd names read, ~90 µs each)
+            for p in self.params.values():
+                arrays = [] if p.name in params else (p._data or [])
+                for arr in arrays:
+                    with contextlib.suppress(mx.base.MXNetError):
+                        variables[mx.autograd.get_symbol(arr).name] = p.name
+        self.unsplit.update(_unsplit(nodes, variables, set(deltas)))
         recorded = set(variables.values())
         lookups: dict[str, set[int]] = {}  # Parameter name -> ids of the blocks that looked up
         for _, site in self._sites:
@@ -432,6 +478,58 @@ class Tracer:
         ]
 
 
+_UNSPLIT = (
+    "embgrad saw this lookup in the recorded graph but could not intercept it (a lookup "
+    "function embgrad does not replace, e.g. an alias bound before the call, or gather_nd "
+    "with computed indices), so it has no per-sample gradient here; write it as "
+    "F.Embedding(ids, weight) or F.take(weight, ids)"
+)
+
+
+def _unknown_tables(
+    nodes: list[dict[str, Any]], variables: Mapping[str, str], deltas: set[str]
+) -> bool:
+    """Whether a lookup-like node (``Embedding``..., ``take``, ``gather_nd``) reads its table
+    from a variable that is neither a known table nor one of embgrad's deltas."""
+    for n in nodes:
+        if n["op"] in LOOKUP_OPS:
+            k = LOOKUP_OPS[n["op"]]
+        elif n["op"] in ("take", "gather_nd"):
+            k = 0
+        else:
+            continue
+        if len(n["inputs"]) <= k:
+            continue
+        src = nodes[n["inputs"][k][0]]
+        if src["op"] == "null" and src["name"] not in variables and src["name"] not in deltas:
+            return True
+    return False
+
+
+def _unsplit(
+    nodes: list[dict[str, Any]], variables: Mapping[str, str], deltas: set[str]
+) -> dict[str, str]:
+    """Lookups on a table Parameter (``Embedding``/``SparseEmbedding``, ``take`` along axis
+    0, ``gather_nd``) in a recorded graph whose output is not one embgrad added a delta to:
+    ``"<op>(<table>)"`` -> why. Never silent: they are reported on the result."""
+    delta_idx = {i for i, n in enumerate(nodes) if n["op"] == "null" and n["name"] in deltas}
+    captured: set[int] = set()
+    for n in nodes:
+        ins = [e[0] for e in n["inputs"]]
+        if delta_idx.intersection(ins):
+            captured.update(ins)
+    out: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        k = 0 if n["op"] == "gather_nd" else table_input(n, nodes, variables)
+        if k is None or i in captured or not n["inputs"]:
+            continue
+        src = nodes[n["inputs"][k][0]]
+        table = variables.get(str(src["name"])) if src["op"] == "null" else None
+        if table is not None:
+            out[f"{n['op']}({table})"] = _UNSPLIT
+    return out
+
+
 def _local_name(owner: Any, param: Any, default: str) -> str:
     """The attribute name under which ``owner`` registers ``param`` (else its full name)."""
     if owner is not None and param is not None:
@@ -456,23 +554,52 @@ def _tied_note(table: str, users: list[str]) -> str:
     )
 
 
+def _model_modules(model: Any) -> list[Any]:
+    """The Python modules that define the classes of the model's blocks (where a user may
+    have written ``from mxnet.ndarray import Embedding``)."""
+    found: dict[str, Any] = {}
+
+    def visit(block: Any) -> None:
+        for cls in type(block).__mro__:
+            mod = sys.modules.get(cls.__module__)
+            if mod is not None and not cls.__module__.startswith("mxnet"):
+                found.setdefault(cls.__module__, mod)
+
+    model.apply(visit)
+    return list(found.values())
+
+
 @contextlib.contextmanager
 def patched(tracer: Tracer) -> Iterator[None]:
-    """Replace ``mx.nd.Embedding`` (where ``F.Embedding`` resolves) by the tracer's wrapper."""
+    """Replace the lookup functions by the tracer's wrappers: ``mx.nd.Embedding`` (where
+    ``F.Embedding`` resolves), ``mx.nd.contrib.SparseEmbedding``, ``mx.nd.take`` and
+    ``mx.nd.gather_nd`` — in ``mx.nd``/``mx.nd.op``/``mx.nd.contrib`` and wherever the modules
+    defining the model's blocks imported them by name (``from mxnet.ndarray import
+    Embedding``)."""
     mx = lazy_mxnet()
-    real = mx.nd.Embedding
-    modules = [m for m in {id(m): m for m in (mx.nd, mx.nd.op)}.values() if m.Embedding is real]
-    wrapper = tracer.wrap(real)
+    reals = {
+        id(mx.nd.Embedding): (mx.nd.Embedding, "Embedding"),
+        id(mx.nd.contrib.SparseEmbedding): (mx.nd.contrib.SparseEmbedding, "Embedding"),
+        id(mx.nd.take): (mx.nd.take, "take"),
+        id(mx.nd.gather_nd): (mx.nd.gather_nd, "gather_nd"),
+    }
+    wrappers = {key: tracer.wrap(real, kind) for key, (real, kind) in reals.items()}
+    homes = [mx.nd, mx.nd.op, mx.nd.contrib, *_model_modules(tracer.model)]
+    swapped: list[tuple[Any, str, Any]] = []  # (module, attribute, the real function)
+    for mod in {id(m): m for m in homes}.values():
+        for attr, value in list(vars(mod).items()):
+            if id(value) in reals and reals[id(value)][0] is value:
+                swapped.append((mod, attr, value))
     param_cls = mx.gluon.Parameter
     fetchers = {k: param_cls.__dict__[k] for k in ("data", "list_data")}
     try:
-        for m in modules:
-            m.Embedding = wrapper
+        for mod, attr, value in swapped:
+            setattr(mod, attr, wrappers[id(value)])
         for k, fn in fetchers.items():
             setattr(param_cls, k, tracer.watch(fn))
         yield
     finally:
         for k, fn in fetchers.items():
             setattr(param_cls, k, fn)
-        for m in modules:
-            m.Embedding = real
+        for mod, attr, value in swapped:
+            setattr(mod, attr, value)

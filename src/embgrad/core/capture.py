@@ -136,7 +136,7 @@ def gradients(
         # on a GPU are checked after the backward is queued): the user hears of that first.
         with _bad_inputs_first(fwd):
             batch = _loss_count(session, fwd.losses)
-            select = _select(fwd.captures, layers)
+            select = _select(fwd.captures, layers, fwd.unsplit)
             caps = [fwd.captures[i] for i in select]
             # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given);
             # with none anywhere, a batch folded into a leading axis (B·k rows) is a candidate.
@@ -188,6 +188,8 @@ def gradients(
             for c, g, ax in zip(caps, grads, resolved, strict=True)
         ]
         how = "single" if batch == 1 else ("probe-cached" if remembered is not None else check)
+        if how == "auto":  # the probe ran: say so (the docstring's values), not the option
+            how = "probe"
         return Gradients(
             losses=fwd.losses,
             lookups=lookups,
@@ -196,7 +198,7 @@ def gradients(
             probe_residual=residual,
             mode=mode,
             framework=session.framework,
-            unreached=unreached,
+            unreached={**unreached, **fwd.unsplit},
         )
 
 
@@ -339,7 +341,16 @@ def _matches(c: Capture, spec: LayerSpec) -> bool:
     )
 
 
-def _select(captures: list[Capture], layers: LayerSpec | Sequence[LayerSpec]) -> list[int]:
+def _select(
+    captures: list[Capture],
+    layers: LayerSpec | Sequence[LayerSpec],
+    unsplit: Mapping[str, str] | None = None,
+) -> list[int]:
+    if not captures and unsplit:
+        raise NoLookupError(
+            "the forward performed no embedding lookup embgrad could capture; it saw "
+            f"{', '.join(unsplit)}, which it could not split per sample: {next(iter(unsplit.values()))}."
+        )
     if not captures:
         raise NoLookupError(
             "the forward performed no embedding lookup, so there is nothing to differentiate "
@@ -857,7 +868,7 @@ def _exact(
         probe_residual=None,
         mode=mode,
         framework=session.framework,
-        unreached=unreached,
+        unreached={**unreached, **fwd.unsplit},
     )
 
 
