@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from ..core.ops import NumpyOps, Ops
-from ..errors import InputError, LossError
+from ..errors import InputError, LossError, UnsupportedModelError
 from .base import Backend, Capture, Forward, Mode, Replace, Session
 from .gluon_symbol import has_graph, intercept
 from .gluon_trace import Tracer, lazy_mxnet, patched, to_numpy
@@ -517,6 +517,32 @@ def _all_params(model: Any) -> dict[str, Any]:
     return params
 
 
+def _refuse_numpy_interface(params: Mapping[str, Any]) -> None:
+    """UnsupportedModelError under MXNet's numpy interface (``npx.set_np()``, ``mx.np`` arrays):
+    its lookups (``npx.embedding``) and arrays are not those embgrad intercepts, so it would
+    capture nothing and say so falsely. Checked before the model is touched."""
+    mx = lazy_mxnet()
+    active = bool(mx.util.is_np_array())
+    np_params = [
+        p.name
+        for p in params.values()
+        if p._data is not None and isinstance(p._data[0], mx.numpy.ndarray)
+    ]
+    if active or np_params:
+        why = (
+            "MXNet's numpy interface is active (npx.set_np() was called)"
+            if active
+            else f"the model's parameters are mx.np arrays ({np_params[0]}...): it was built "
+            "under npx.set_np()"
+        )
+        raise UnsupportedModelError(
+            f"{why}. embgrad's Gluon backend supports the classic NDArray interface only "
+            "(mx.nd arrays, F.Embedding); under the numpy interface (mx.np arrays, "
+            "npx.embedding) it cannot intercept the lookups. Build and call the model without "
+            "npx.set_np() (or call npx.reset_np() first), with mx.nd.array inputs."
+        )
+
+
 # -- the backend -----------------------------------------------------------------------------
 class GluonBackend(Backend):
     """``mxnet.gluon.Block`` models, hybridized or not, and exported ``SymbolBlock``s."""
@@ -534,7 +560,9 @@ class GluonBackend(Backend):
     @contextlib.contextmanager
     def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:
         with GLUON_LOCK, contextlib.ExitStack() as stack:
-            tracer = Tracer(model, _all_params(model))
+            params = _all_params(model)
+            _refuse_numpy_interface(params)
+            tracer = Tracer(model, params)
             graphs = stack.enter_context(_switched(model, tracer))
             stack.enter_context(patched(tracer))
             aux = _aux_states(tracer.params, graphs)

@@ -218,6 +218,9 @@ class Graph:
     nested: list[str] = field(default_factory=list)
     #: lookups the rewrite does not split (gather_nd on a table): description -> why
     unsplit: dict[str, str] = field(default_factory=dict)
+    #: data inputs the outputs do not depend on differentiably (``BlockGrad`` inside): fed
+    #: detached, so that the recorded graph shows the cut to lookups made before the block
+    cut_inputs: frozenset[str] = frozenset()
     shapes: dict[tuple[Any, ...], list[tuple[int, ...]]] = field(default_factory=dict)
 
     def deltas(self, flat: list[Any]) -> list[Any]:
@@ -294,6 +297,14 @@ def graph_for(block: Any) -> Graph:
     shapes = {name: tuple(p.shape) for name, p in params.items() if p.shape}
     graph_json, lookups, elsewhere = rewrite(original, data_names, shapes)
     symbol = mx.sym.load_json(json.dumps(graph_json))
+    # data inputs the block's outputs do not depend on differentiably (BlockGrad inside)
+    nodes = graph_json["nodes"]
+    reached = reaching(nodes, graph_json["heads"][: len(original["heads"])])
+    cut_inputs = frozenset(
+        str(n["name"])
+        for i, n in enumerate(nodes)
+        if n["op"] == "null" and n["name"] in data_names and i not in reached
+    )
     index = {n: i for i, n in enumerate(data_names)}
     deltas = {DELTA.format(k): k for k in range(len(lookups))}
     spec: list[tuple[str, Any]] = []
@@ -325,6 +336,7 @@ def graph_for(block: Any) -> Graph:
             for k, v in _unsplit(original["nodes"], {n: n for n in params}, set()).items()
             if k.startswith("gather_nd(")
         },
+        cut_inputs,
     )
     _GRAPHS[block] = (out, graph)
     return graph
@@ -386,6 +398,11 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
             if lk.ids_input is not None:
                 validate_ids(given[lk.ids_input], lk.vocab, site.name, lk.table)
         deltas = graph.deltas(flat)
+        if graph.cut_inputs:
+            flat = [
+                a.detach() if name in graph.cut_inputs else a
+                for name, a in zip(graph.data_names, flat, strict=True)
+            ]
         with tracer.quiet():
             outs = graph.run(flat, deltas)
         tracer.used_elsewhere |= graph.elsewhere
