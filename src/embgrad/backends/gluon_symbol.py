@@ -221,6 +221,9 @@ class Graph:
     #: data inputs the outputs do not depend on differentiably (``BlockGrad`` inside): fed
     #: detached, so that the recorded graph shows the cut to lookups made before the block
     cut_inputs: frozenset[str] = frozenset()
+    #: per output of the block: the variables that reach it other than through lookups (the
+    #: losses may use only some outputs: ``tied`` is settled against what they use)
+    elsewhere_by_output: list[frozenset[str]] = field(default_factory=list)
     shapes: dict[tuple[Any, ...], list[tuple[int, ...]]] = field(default_factory=dict)
 
     def deltas(self, flat: list[Any]) -> list[Any]:
@@ -297,6 +300,7 @@ def graph_for(block: Any) -> Graph:
     shapes = {name: tuple(p.shape) for name, p in params.items() if p.shape}
     graph_json, lookups, elsewhere = rewrite(original, data_names, shapes)
     symbol = mx.sym.load_json(json.dumps(graph_json))
+    onodes = original["nodes"]
     # data inputs the block's outputs do not depend on differentiably (BlockGrad inside)
     nodes = graph_json["nodes"]
     reached = reaching(nodes, graph_json["heads"][: len(original["heads"])])
@@ -337,6 +341,10 @@ def graph_for(block: Any) -> Graph:
             if k.startswith("gather_nd(")
         },
         cut_inputs,
+        [
+            frozenset(str(onodes[i]["name"]) for i in fed_elsewhere(onodes, [h], tables=shapes))
+            for h in original["heads"]
+        ],
     )
     _GRAPHS[block] = (out, graph)
     return graph
@@ -405,8 +413,14 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
             ]
         with tracer.quiet():
             outs = graph.run(flat, deltas)
-        tracer.used_elsewhere |= graph.elsewhere
         tracer.unsplit.update(graph.unsplit)
+        outs = list(outs)
+        if len(set(graph.elsewhere_by_output)) > 1:
+            # outputs differ in the tables they use: settle against the outputs the losses use
+            for j, names in enumerate(graph.elsewhere_by_output):
+                outs[j] = tracer.mark(outs[j], names)
+        else:
+            tracer.used_elsewhere |= graph.elsewhere
         for lk, site, delta in zip(graph.lookups, sites, deltas, strict=True):
             if lk.ids_input is not None:
                 ids = given[lk.ids_input]

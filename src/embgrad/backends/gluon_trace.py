@@ -183,6 +183,10 @@ class Tracer:
         self.loops = False
         #: lookups seen in this forward and not split per sample: description -> why
         self.unsplit: dict[str, str] = {}
+        #: id(frozen table array) -> (array, its recorded view, Parameter), this forward
+        self.views: dict[int, tuple[Any, Any, Any]] = {}
+        #: graph outputs' markers and the tables they use other than by lookups (see mark)
+        self.markers: list[tuple[Any, frozenset[str]]] = []
         self._quiet = False
 
     def index_params(self) -> None:
@@ -196,7 +200,9 @@ class Tracer:
         """Capture this thread's lookups for one forward, substituting outputs by ``replace``."""
         self.captures, self.counts = [], {}
         self.used_elsewhere, self._sites, self.fetched, self.cut = set(), [], {}, set()
-        self.unsplit = {}
+        for _, view, _ in self.views.values():
+            self.by_id.pop(id(view), None)
+        self.unsplit, self.views, self.markers = {}, {}, []
         self.thread = threading.get_ident()
         self.replace = replace
         try:
@@ -222,12 +228,40 @@ class Tracer:
 
         @functools.wraps(real)
         def fetch(param: Any, *args: Any, **kwargs: Any) -> Any:
+            out = real(param, *args, **kwargs)
             if not self._quiet and self.capturing_here():
                 owner = _calling_block(sys._getframe(1))
                 self.fetched.setdefault(param.name, set()).add(id(owner) if owner else 0)
-            return real(param, *args, **kwargs)
+                if _frozen_table(param):
+                    out = [self._view(param, a) for a in out] if isinstance(out, list) else (
+                        self._view(param, out)
+                    )
+            return out
 
         return fetch
+
+    def mark(self, out: Any, tables: frozenset[str]) -> Any:
+        """``out + 0`` through a fresh variable: :meth:`settle` counts ``tables`` (used other
+        than by lookups to compute ``out``) as used when the losses reach that variable."""
+        nd = lazy_mxnet().nd
+        marker = nd.zeros(out.shape, ctx=out.context, dtype=out.dtype)
+        marker.attach_grad()
+        self.markers.append((marker, tables))
+        return out + marker
+
+    def _view(self, param: Any, arr: Any) -> Any:
+        """A frozen table's array as this forward's models see it: a view of the same memory
+        (``detach()``) marked as an autograd variable with ``grad_req='null'`` (no gradient
+        buffer, nothing written), so that the recorded graph shows every use of the table —
+        a projection beside a lookup in the same block included (:meth:`settle`)."""
+        hit = self.views.get(id(arr))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        view = arr.detach()
+        view.attach_grad(grad_req="null")
+        self.views[id(arr)] = (arr, view, param)
+        self.by_id[id(view)] = (view, param)
+        return view
 
     def wrap(self, real: Callable[..., Any], kind: str = "Embedding") -> Callable[..., Any]:
         """A stand-in for a lookup function: ``kind`` is ``"Embedding"`` (``mx.nd.Embedding``,
@@ -389,6 +423,9 @@ class Tracer:
             for arr in p._data or []:
                 with contextlib.suppress(mx.base.MXNetError):  # not recorded: grad_req='null'
                     variables[mx.autograd.get_symbol(arr).name] = p.name
+        for _, view, p in self.views.values():  # frozen tables, seen through their views
+            with contextlib.suppress(mx.base.MXNetError):
+                variables[mx.autograd.get_symbol(view).name] = p.name
         graph: dict[str, Any] = {"nodes": [], "heads": []}
         if self._sites:
             with contextlib.suppress(mx.base.MXNetError):  # losses depend on nothing recorded
@@ -401,6 +438,9 @@ class Tracer:
                 if name is not None:
                     self.used_elsewhere.add(name)
         reached = {str(nodes[i]["name"]) for i in reaching(nodes, graph["heads"])}
+        for marker, tables in self.markers:
+            if mx.autograd.get_symbol(marker).name in reached:
+                self.used_elsewhere |= tables
         deltas = [mx.autograd.get_symbol(capture.handle).name for capture, _ in self._sites]
         unreached = {
             k for k, name in enumerate(deltas) if k in self.cut or name not in reached
@@ -528,6 +568,17 @@ def _unsplit(
         if table is not None:
             out[f"{n['op']}({table})"] = _UNSPLIT
     return out
+
+
+def _frozen_table(param: Any) -> bool:
+    """A differentiable 2-D Parameter with ``grad_req='null'`` (a frozen embedding table or
+    projection), dense: autograd does not record its array, so embgrad hands out a view."""
+    return (
+        param.grad_req == "null"
+        and param._differentiable
+        and param._stype == "default"
+        and len(param.shape or ()) == 2
+    )
 
 
 def _local_name(owner: Any, param: Any, default: str) -> str:
