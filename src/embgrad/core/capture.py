@@ -122,8 +122,9 @@ def gradients(
         UnsupportedModelError (all :class:`embgrad.EmbgradError`).
     """
     # 1. Check the arguments before touching the model.
-    _check_args(check, mode, loss_fn, batch_axis)
+    _check_args(check, mode, loss_fn, batch_axis, replace, input_grads)
     args, kwargs = _split_inputs(inputs)
+    _check_dense(args, kwargs)
     backend = backend_for(model)
     rng, run_seed = _seeds(seed)
     # 2. Open the model: mode switched, lookups intercepted; everything restored on exit.
@@ -212,8 +213,17 @@ def _seeds(seed: int | None) -> tuple[np.random.Generator | None, int]:
     return rng, int(rng.integers(2**31 - 1))
 
 
-def _check_args(check: str, mode: str, loss_fn: Any, batch_axis: Any) -> None:
+def _check_args(
+    check: str, mode: str, loss_fn: Any, batch_axis: Any, replace: Any, input_grads: Any
+) -> None:
     _check_batch_axis(batch_axis)
+    if replace is not None and not callable(replace):
+        raise InputError(
+            f"replace= must be None or a callable replace(name, role, output) -> substitute or "
+            f"None, got {replace!r}"
+        )
+    if not isinstance(input_grads, (bool, np.bool_)):
+        raise InputError(f"input_grads= must be True or False, got {input_grads!r}")
     if check not in CHECKS:
         raise InputError(f"check={check!r} is not one of {', '.join(map(repr, CHECKS))}")
     if mode not in MODES:
@@ -264,6 +274,29 @@ class _Run:
         return fwd if self.session.retained_backward_is_exact else self.forward()
 
 
+def _is_sparse(x: Any) -> bool:
+    """A sparse array, framework-free: torch's sparse layouts, MXNet's csr/row_sparse, scipy."""
+    if getattr(x, "is_sparse", False) is True or getattr(x, "is_sparse_csr", False) is True:
+        return True
+    layout = getattr(x, "layout", None)
+    if layout is not None and str(layout).startswith("torch.sparse"):
+        return True
+    stype = getattr(x, "stype", None)
+    return isinstance(stype, str) and stype != "default" or hasattr(x, "tocsr")
+
+
+def _check_dense(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """InputError for sparse inputs (ids or floats): lookups and their gradients need dense
+    arrays. Checked before the model is touched."""
+    for key, x in [*enumerate(args), *kwargs.items()]:
+        if _is_sparse(x):
+            label = f"input {key!r}" if isinstance(key, str) else f"input {key}"
+            raise InputError(
+                f"{label} is a sparse array ({type(x).__name__}); embgrad needs dense ids and "
+                "inputs: pass x.to_dense() (torch) or x.tostype('default') (MXNet)"
+            )
+
+
 def _split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(inputs, Mapping):
         bad = [k for k in inputs if not isinstance(k, str)]
@@ -277,6 +310,16 @@ def _split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 def _loss_count(session: Session, losses: Any) -> int:
     """B, from the losses' shape (no read of their values): LossError unless it is (B,)."""
+    if _is_sparse(losses):
+        raise LossError(
+            f"loss_fn returned a sparse array ({type(losses).__name__}); return dense per-sample "
+            "losses of shape (B,) (x.to_dense() in torch, x.tostype('default') in MXNet)"
+        )
+    if "complex" in str(getattr(losses, "dtype", "")):
+        raise LossError(
+            f"loss_fn returned complex losses ({losses.dtype}); gradients are defined for real "
+            "losses: return a real (B,) array, e.g. the absolute value or the real part"
+        )
     shape = getattr(losses, "shape", None)
     if shape is None:
         shape = session.ops.to_numpy(session.ops.work(losses)).shape
