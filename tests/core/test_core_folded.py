@@ -50,7 +50,13 @@ def table_loop(model: FakeModel, x: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("check", "batch_axis"),
-    [("auto", None), ("probe", None), ("off", "folded"), ("exact", "folded"), ("probe", {WORD: "folded"})],
+    [
+        ("auto", None),
+        ("probe", None),
+        ("off", "folded"),
+        ("exact", "folded"),
+        ("probe", {WORD: "folded"}),
+    ],
 )
 def test_folded_batch_is_split_per_sample(check: str, batch_axis: Any) -> None:
     model = FakeModel(V, D, fold=True)
@@ -63,7 +69,9 @@ def test_folded_batch_is_split_per_sample(check: str, batch_axis: Any) -> None:
     np.testing.assert_allclose(np.asarray(lk.output_grad), want, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(np.asarray(lk.ids), x)
     table = lk.table_grad(dense=True)
-    np.testing.assert_allclose(np.asarray(table), table_loop(model, x, want), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(table), table_loop(model, x, want), rtol=1e-12, atol=1e-12
+    )
     assert "folded" in lk.note
     assert model.events[-1] == "close"
 
@@ -108,7 +116,9 @@ def test_declared_fold_that_does_not_fit() -> None:
 # -- batch_axis arguments (issue 22 item 16) -------------------------------------------------------
 def test_batch_axis_unknown_key_is_refused_naming_the_lookups() -> None:
     model = FakeModel(V, D, position="1d")
-    with pytest.raises(InputError, match=r"'embedings\.word'.*match no lookup.*'embeddings\.word_embeddings'"):
+    with pytest.raises(
+        InputError, match=r"'embedings\.word'.*match no lookup.*'embeddings\.word_embeddings'"
+    ):
         embgrad.gradients(model, ids(), tanh_loss, batch_axis={"embedings.word": 0})
     assert model.events == ["open:eval", "close"]
 

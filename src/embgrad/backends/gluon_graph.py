@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-
 #: Lookup operators and the position of their table input.
 LOOKUP_OPS = {"Embedding": 1, "_contrib_SparseEmbedding": 1, "_npx_embedding": 1}
 

@@ -233,8 +233,10 @@ class Tracer:
                 owner = _calling_block(sys._getframe(1))
                 self.fetched.setdefault(param.name, set()).add(id(owner) if owner else 0)
                 if _frozen_table(param):
-                    out = [self._view(param, a) for a in out] if isinstance(out, list) else (
-                        self._view(param, out)
+                    out = (
+                        [self._view(param, a) for a in out]
+                        if isinstance(out, list)
+                        else (self._view(param, out))
                     )
             return out
 
@@ -290,8 +292,9 @@ class Tracer:
         if kind == "Embedding":
             ids, weight = _arg(args, kwargs, 0, "data"), _arg(args, kwargs, 1, "weight")
         else:
-            weight, ids = _arg(args, kwargs, 0, "a" if kind == "take" else "data"), _arg(
-                args, kwargs, 1, "indices"
+            weight, ids = (
+                _arg(args, kwargs, 0, "a" if kind == "take" else "data"),
+                _arg(args, kwargs, 1, "indices"),
             )
         if not isinstance(ids, nd.NDArray) or not isinstance(weight, nd.NDArray):
             return real(*args, **kwargs)
@@ -442,9 +445,7 @@ class Tracer:
             if mx.autograd.get_symbol(marker).name in reached:
                 self.used_elsewhere |= tables
         deltas = [mx.autograd.get_symbol(capture.handle).name for capture, _ in self._sites]
-        unreached = {
-            k for k, name in enumerate(deltas) if k in self.cut or name not in reached
-        }
+        unreached = {k for k, name in enumerate(deltas) if k in self.cut or name not in reached}
         if _unknown_tables(nodes, variables, set(deltas)):
             # a lookup on a variable no captured lookup names: is it a Parameter? (rare: only
             # then are all Parameters' autograd names read, ~90 µs each)

@@ -282,7 +282,7 @@ def _is_sparse(x: Any) -> bool:
     if layout is not None and str(layout).startswith("torch.sparse"):
         return True
     stype = getattr(x, "stype", None)
-    return isinstance(stype, str) and stype != "default" or hasattr(x, "tocsr")
+    return (isinstance(stype, str) and stype != "default") or hasattr(x, "tocsr")
 
 
 def _check_dense(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:

@@ -75,9 +75,7 @@ class CondLookup(gluon.HybridBlock):
             self.out = nn.Dense(2)
 
     def hybrid_forward(self, F: Any, x: Any, flag: Any) -> Any:
-        h = F.contrib.cond(
-            F.sum(flag) > 0, lambda: self.embed(x), lambda: self.other(x)
-        )
+        h = F.contrib.cond(F.sum(flag) > 0, lambda: self.embed(x), lambda: self.other(x))
         return self.out(F.tanh(h).sum(axis=1))
 
 
@@ -141,6 +139,8 @@ def test_exported_lookups_inside_control_flow_are_refused(kind: str, tmp_path: P
     model = gluon.SymbolBlock.imports(
         str(tmp_path / "m-symbol.json"), names, str(tmp_path / "m-0000.params")
     )
-    with pytest.raises(embgrad.UnsupportedModelError, match=r"inside control flow.*_(foreach|while_loop|cond)\d*/"):
+    with pytest.raises(
+        embgrad.UnsupportedModelError, match=r"inside control flow.*_(foreach|while_loop|cond)\d*/"
+    ):
         embgrad.gradients(model, inputs, loss)
     assert nd.Embedding is oracle.nd.Embedding

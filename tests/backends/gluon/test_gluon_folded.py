@@ -86,7 +86,11 @@ def test_elmo_characters_folded_batch(hybridize: bool) -> None:
     np.testing.assert_array_equal(lk.ids.asnumpy(), inputs[0].asnumpy())
     table = np.zeros((B, V, want.shape[-1]))
     for b in range(B):
-        np.add.at(table[b], inputs[0][b].asnumpy().reshape(-1).astype(int), want[b].reshape(-1, want.shape[-1]))
+        np.add.at(
+            table[b],
+            inputs[0][b].asnumpy().reshape(-1).astype(int),
+            want[b].reshape(-1, want.shape[-1]),
+        )
     oracle.close(lk.table_grad(dense=True), table)
     if hybridize:
         assert net._active and net._cached_op is cached

@@ -102,7 +102,9 @@ def test_hybridized_gather_nd_is_reported_not_silent() -> None:
     net(x)
     res = embgrad.gradients(net, x, loss)
     assert [lk.table for lk in res] == [net.embed.weight.name]
-    assert any(f"gather_nd({net.extra.name})" in n and "could not intercept" in n for n in res.notes)
+    assert any(
+        f"gather_nd({net.extra.name})" in n and "could not intercept" in n for n in res.notes
+    )
 
 
 def test_bound_function_is_reported_not_silent() -> None:

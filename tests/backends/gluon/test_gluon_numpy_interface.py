@@ -51,7 +51,9 @@ def numpy_mode() -> Iterator[None]:
 
 
 # (npx.embedding on a Parameter's data() is imperative only: it is not traceable)
-@pytest.mark.parametrize(("hybridize", "functional"), [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    ("hybridize", "functional"), [(False, False), (True, False), (False, True)]
+)
 def test_numpy_interface_is_refused(numpy_mode: None, hybridize: bool, functional: bool) -> None:
     net = Model(functional)
     net.initialize()
