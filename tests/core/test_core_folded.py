@@ -76,6 +76,18 @@ def test_folded_batch_is_split_per_sample(check: str, batch_axis: Any) -> None:
     assert model.events[-1] == "close"
 
 
+def test_folded_batch_verdict_is_remembered() -> None:
+    model = FakeModel(V, D, fold=True)
+    first = embgrad.gradients(model, ids(), tanh_loss)
+    again = embgrad.gradients(model, ids(seed=2), tanh_loss)
+    assert (first.check, again.check) == ("probe", "probe-cached")
+    np.testing.assert_allclose(
+        np.asarray(again[WORD].output_grad), loop(model, ids(seed=2)), rtol=1e-12, atol=1e-12
+    )
+    other = embgrad.gradients(model, ids((4, T)), tanh_loss)  # another B: still folded
+    assert np.asarray(other[WORD].output_grad).shape == (4, T, D)
+
+
 def test_folded_batch_unprobed_is_refused() -> None:
     model = FakeModel(V, D, fold=True)
     with pytest.raises(BatchAxisError, match=r"folded in .*check='off'.*batch_axis=\{'embeddings"):

@@ -297,7 +297,11 @@ def graph_for(block: Any) -> Graph:
     original = json.loads(out.tojson())
     loops, nested = control_flow(original)
     params = _params_of(block)
-    shapes = {name: tuple(p.shape) for name, p in params.items() if p.shape}
+    shapes = {  # a loaded SymbolBlock knows its values' shapes before its Parameters' do
+        name: tuple(p._data[0].shape) if p._data else tuple(p.shape)
+        for name, p in params.items()
+        if p._data or p.shape
+    }
     graph_json, lookups, elsewhere = rewrite(original, data_names, shapes)
     symbol = mx.sym.load_json(json.dumps(graph_json))
     onodes = original["nodes"]

@@ -6,6 +6,7 @@ where embgrad cannot intercept them, reported on the result (``res.notes``), nev
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,12 +86,19 @@ def test_imperative_spellings_are_captured(how: str) -> None:
     assert nd.take is mx.nd.op.take and Embedding is mx.nd.op.Embedding  # restored
 
 
+@pytest.mark.parametrize("kind", ["hybrid", "exported"])
 @pytest.mark.parametrize("how", ["take", "sparse"])
-def test_hybridized_spellings_are_captured(how: str) -> None:
+def test_hybridized_spellings_are_captured(how: str, kind: str, tmp_path: Path) -> None:
     net, x = build(how)
     net.hybridize(static_alloc=True)
     net(x)
-    res = embgrad.gradients(net, x, loss)
+    model = net
+    if kind == "exported":
+        net.export(str(tmp_path / "m"))
+        model = gluon.SymbolBlock.imports(
+            str(tmp_path / "m-symbol.json"), ["data"], str(tmp_path / "m-0000.params")
+        )
+    res = embgrad.gradients(model, x, loss)
     assert len(res) == 2 and res.notes == []
     check_tables(net, x, res)
     assert net._active
