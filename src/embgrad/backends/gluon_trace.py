@@ -614,7 +614,7 @@ def _model_modules(model: Any) -> list[Any]:
     def visit(block: Any) -> None:
         for cls in type(block).__mro__:
             mod = sys.modules.get(cls.__module__)
-            if mod is not None and not cls.__module__.startswith("mxnet"):
+            if mod is not None and not cls.__module__.startswith(("mxnet", "builtins")):
                 found.setdefault(cls.__module__, mod)
 
     model.apply(visit)
@@ -636,12 +636,18 @@ def patched(tracer: Tracer) -> Iterator[None]:
         id(mx.nd.gather_nd): (mx.nd.gather_nd, "gather_nd"),
     }
     wrappers = {key: tracer.wrap(real, kind) for key, (real, kind) in reals.items()}
-    homes = [mx.nd, mx.nd.op, mx.nd.contrib, *_model_modules(tracer.model)]
     swapped: list[tuple[Any, str, Any]] = []  # (module, attribute, the real function)
-    for mod in {id(m): m for m in homes}.values():
-        for attr, value in list(vars(mod).items()):
-            if id(value) in reals and reals[id(value)][0] is value:
-                swapped.append((mod, attr, value))
+    known = [(m, a) for m in (mx.nd, mx.nd.op) for a in ("Embedding", "take", "gather_nd")]
+    for mod, attr in [*known, (mx.nd.contrib, "SparseEmbedding")]:
+        value = getattr(mod, attr, None)
+        if id(value) in reals and reals[id(value)][0] is value:
+            swapped.append((mod, attr, value))
+    for mod in _model_modules(tracer.model):  # the user's own modules: small namespaces
+        swapped += [
+            (mod, attr, value)
+            for attr, value in list(vars(mod).items())
+            if id(value) in reals and reals[id(value)][0] is value
+        ]
     param_cls = mx.gluon.Parameter
     fetchers = {k: param_cls.__dict__[k] for k in ("data", "list_data")}
     try:
