@@ -430,9 +430,9 @@ class Tracer:
             with contextlib.suppress(mx.base.MXNetError):
                 variables[mx.autograd.get_symbol(view).name] = p.name
         graph: dict[str, Any] = {"nodes": [], "heads": []}
-        if self._sites:
-            with contextlib.suppress(mx.base.MXNetError):  # losses depend on nothing recorded
-                graph = json.loads(mx.autograd.get_symbol(losses).tojson())
+        # (with no capture too: the "no lookup" error then names the lookups it saw)
+        with contextlib.suppress(mx.base.MXNetError):  # losses depend on nothing recorded
+            graph = json.loads(mx.autograd.get_symbol(losses).tojson())
         nodes = graph["nodes"]
         if variables:
             opaque = ("_CachedOp",)

@@ -120,3 +120,31 @@ def test_bound_function_is_reported_not_silent() -> None:
     res = embgrad.gradients(net, x, loss)
     assert [lk.table for lk in res] == [net.embed.weight.name]
     assert any(f"Embedding({net.extra.name})" in n for n in res.notes), res.notes
+
+
+class OnlyBound(gluon.Block):
+    """Its only lookup goes through a function bound before the call."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        with self.name_scope():
+            self.table = self.params.get("table", shape=(W, D))
+        self._bound = nd.Embedding
+
+    def forward(self, x: Any) -> Any:
+        w = self.table.data()
+        return self._bound(x % W, w, input_dim=W, output_dim=D).sum(axis=(1, 2))
+
+
+def test_only_lookup_uncaptured_is_named_in_the_error() -> None:
+    net = OnlyBound()
+    net.initialize()
+    x = nd.array(np.random.default_rng(0).integers(0, V, size=(B, T)))
+    with pytest.raises(embgrad.NoLookupError, match=r"could capture; it saw Embedding\(.*table"):
+        embgrad.gradients(net, x, loss)
+
+
+def test_sparse_ids_are_refused() -> None:
+    net, x = build("take")
+    with pytest.raises(embgrad.InputError, match=r"input 0 is a sparse array .*tostype"):
+        embgrad.gradients(net, x.tostype("csr"), loss)
