@@ -155,3 +155,17 @@ def test_negative_batch_axis_is_reported_as_given() -> None:
     model = FakeModel(V, D)
     with pytest.raises(InputError, match=r"batch_axis=-1 \(axis 1\) for lookup .* has size 5"):
         embgrad.gradients(model, ids(), tanh_loss, batch_axis=-1)
+
+
+def test_folded_beside_a_batched_lookup_keeps_both_per_sample() -> None:
+    """A declared fold beside a lookup with an ordinary batch axis (ELMo's characters beside a
+    word lookup): the unfolded view's extra axis must not turn the other into batch sums."""
+    model = FakeModel(V, D, fold=True, position="2d")  # position ids (1, T): batch sums
+    x = ids()
+    pos = "embeddings.position_embeddings"
+    for check in ("exact", "probe"):
+        res = embgrad.gradients(model, x, tanh_loss, check=check, batch_axis={WORD: "folded"})
+        assert res[WORD].batch_axis == 0 and res[pos].batch_axis is None
+        np.testing.assert_allclose(
+            np.asarray(res[WORD].output_grad), loop(model, x), rtol=1e-12, atol=1e-12
+        )

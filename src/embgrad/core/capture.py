@@ -103,8 +103,9 @@ def gradients(
             sample b (ELMo's characters, (B·T, C)); such a lookup is reported unfolded, ids
             (B, k, ...) and output_grad (B, k, ..., D), batch axis 0. When no lookup (nor float
             input) has an axis of size B, a leading axis of a multiple of B is tried as such a
-            fold and confirmed by the probe (check "auto"/"probe"). When no lookup's ids (nor a float input)
-            has an axis of len(losses), B > 1, the losses do not match the samples: LossError.
+            fold and confirmed by the probe (check "auto"/"probe"). When no lookup's ids (nor a
+            float input) has an axis of len(losses) nor such a leading axis, B > 1, the losses
+            do not match the samples: LossError.
         seed: seeds the probe weights and the dropout masks of repeated forwards (Gluon).
         replace: ``replace(name, role, output)`` may return a substitute for a lookup's output
             (same shape and dtype), e.g. an interpolation for integrated gradients; gradients
@@ -532,13 +533,19 @@ def _unfold(c: Capture, batch: int, *, declared: bool) -> Capture:
         f" / {out_shape}"
     )
     site = dataclasses.replace(c.site, note="; ".join(filter(None, [c.site.note, note])))
-    return dataclasses.replace(
+    view = dataclasses.replace(
         c,
         site=site,
         ids=c.ids.reshape(out_shape[:-1]),
         out_shape=out_shape,
         output=c.output.reshape(out_shape) if c.output is not None else None,
     )
+    _FOLDED.add(view)
+    return view
+
+
+#: The unfolded views made by :func:`_unfold` (by identity; they live for one call).
+_FOLDED: weakref.WeakSet[Capture] = weakref.WeakSet()
 
 
 def _fold_when_no_batch_axis(
@@ -794,9 +801,9 @@ def _broadcast_ids(c: Capture, caps: list[Capture], resolved: list[int | None]) 
     lookup's, or a leading axis of size 1), its gradients are batch sums (``batch_axis=None``),
     which are exact.
     """
-    passed = [len(p.out_shape) for p, a in zip(caps, resolved, strict=False) if a is not None]
+    passed = [_rank(p) for p, a in zip(caps, resolved, strict=False) if a is not None]
     shape = c.out_shape[:-1]
-    broadcast = len(c.out_shape) < max(passed, default=0) or (len(shape) > 1 and shape[0] == 1)
+    broadcast = _rank(c) < max(passed, default=0) or (len(shape) > 1 and shape[0] == 1)
     return bool(passed) and (broadcast or c.role == "position")
 
 
@@ -804,12 +811,17 @@ def _broadcast_to_sums(caps: list[Capture], resolved: list[int | None]) -> list[
     """The exact loop's batch axes, less those of broadcast-shaped ids: a lookup whose output has
     fewer dimensions than one with a batch axis (position ids (T,) beside (B, T) word ids) has
     no batch axis even when one of its axes has size B."""
-    batched = [len(c.out_shape) for c, a in zip(caps, resolved, strict=True) if a is not None]
+    batched = [_rank(c) for c, a in zip(caps, resolved, strict=True) if a is not None]
     dims = max(batched, default=0)
     return [
-        None if a is not None and len(c.out_shape) < dims else a
+        None if a is not None and c not in _FOLDED and _rank(c) < dims else a
         for c, a in zip(caps, resolved, strict=True)
     ]
+
+
+def _rank(c: Capture) -> int:
+    """The rank of the lookup's output as the model made it (a folded view has one more)."""
+    return len(c.out_shape) - (1 if c in _FOLDED else 0)
 
 
 def _rows_fast(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> SparseRows:
