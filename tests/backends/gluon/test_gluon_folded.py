@@ -5,6 +5,7 @@ per-sample oracle; plain and hybridized, hybridization and flags restored."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,10 @@ import pytest
 mx = pytest.importorskip("mxnet")
 nlp = pytest.importorskip("gluonnlp")
 
-from mxnet import nd  # noqa: E402
+from mxnet import gluon, nd  # noqa: E402
 
 import embgrad  # noqa: E402
+import gluon_models as gm  # noqa: E402
 import oracle_gluon as oracle  # noqa: E402
 
 pytestmark = pytest.mark.gluon
@@ -106,3 +108,35 @@ def test_elmo_batch_sums_still_on_request() -> None:
     sums = embgrad.gradients(net, inputs, loss, batch_axis={name: None})
     assert sums[name].batch_axis is None
     oracle.close(sums[name].output_grad, reference.grads.sum(axis=0))
+
+
+class CharFold(gluon.HybridBlock):
+    """(B, T, C) character ids looked up as (B·T, C), as ELMo does, then pooled per token."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        with self.name_scope():
+            self.chars = gluon.nn.Embedding(V, 6)
+            self.out = gluon.nn.Dense(4, flatten=False)
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        h = self.chars(x.reshape((-1, C)))  # (B·T, C, 6)
+        h = F.max(F.tanh(h), axis=1).reshape_like(x.slice_axis(axis=-1, begin=0, end=6))
+        return self.out(h)  # (B, T, 4)
+
+
+@pytest.mark.parametrize("kind", gm.VARIANTS)
+def test_folded_lookup_hybridized_and_exported(kind: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    chars = nd.array(rng.integers(0, V, size=(B, T, C)))
+    target = nd.array(rng.normal(size=(B, T, 4)))
+    case = gm._case(CharFold, (chars,), lambda o: ((o - target) ** 2).sum(axis=(1, 2)))
+    (reference,) = oracle.output_grads(case.model, case.inputs, case.loss)
+    per = reference.grads.reshape(B, B, T, C, -1)
+    want = np.stack([per[b, b] for b in range(B)])
+    model = gm.variant(case, kind, tmp_path)
+    res = embgrad.gradients(model, case.inputs, case.loss)
+    (lk,) = res
+    assert lk.batch_axis == 0 and tuple(lk.output_grad.shape) == (B, T, C, 6)
+    oracle.close(lk.output_grad, want)
+    np.testing.assert_array_equal(lk.ids.asnumpy(), chars.asnumpy())
