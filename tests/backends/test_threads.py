@@ -70,7 +70,7 @@ def assert_threads_match_sequential(
 def summary(res: Any) -> list[Any]:
     """Everything a gradients() result holds, as numpy arrays (table gradients as their
     (sample, row, values) arrays)."""
-    out: list[Any] = [np.asarray(_np(res.losses)), res.check in ("auto", "probe-cached")]
+    out: list[Any] = [np.asarray(_np(res.losses)), res.check in ("probe", "probe-cached")]
     for lk in res:
         out += [lk.name, _np(lk.output_grad), *map(np.asarray, lk.table_grad().numpy())]
     out += [_np(v) for _, v in sorted(res.input_grads.items(), key=str)]

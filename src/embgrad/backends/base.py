@@ -63,6 +63,9 @@ class Forward:
     #: checks of this forward's inputs left until after the backward is queued (ids on a GPU:
     #: one read from the device instead of one per lookup); raises InputError. None: nothing left
     verify: Callable[[], None] | None = None
+    #: lookups the backend saw and could not capture: description -> why (reported on the
+    #: result beside the unreached ones, never silent)
+    unsplit: dict[str, str] = field(default_factory=dict)
 
 
 class Session(Protocol):

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from ..core.ops import NumpyOps, Ops
-from ..errors import InputError, LossError
+from ..errors import InputError, LossError, UnsupportedModelError
 from .base import Backend, Capture, Forward, Mode, Replace, Session
 from .gluon_symbol import has_graph, intercept
 from .gluon_trace import Tracer, lazy_mxnet, patched, to_numpy
@@ -259,6 +259,7 @@ class GluonSession:
         captures: list[Capture],
         floats: dict[str | int, Any],
         unreached: set[int],
+        unsplit: Mapping[str, str] | None = None,
     ) -> Forward:
         """Check what ``loss_fn`` returned and package the recorded forward (``unreached``: the
         captures whose output the losses do not reach, see ``Tracer.settle``)."""
@@ -275,6 +276,7 @@ class GluonSession:
             captures=captures,
             float_inputs=floats,
             state=_Recorded(losses, frozenset(unreached)),
+            unsplit=dict(unsplit or {}),
         )
 
     def backward(
@@ -294,39 +296,54 @@ class GluonSession:
         forward found unreached (``Tracer.settle``) then come back as None.
         """
         mx = lazy_mxnet()
-        captures = [fwd.captures[k] for k in select]
         recorded: _Recorded = fwd.state
         losses = recorded.losses
-        keys = list(fwd.float_inputs) if inputs else []
+        wanted = list(fwd.float_inputs) if inputs else []
+        # A second backward of a retained graph asks for exactly the variables of the first:
+        # another set corrupts memory in MXNet 1.9.1's fused RNN backward (segfault, double
+        # free, wrong numbers; see _Recorded.variables). The extra gradients are dropped.
+        asked = (select, wanted)
+        if recorded.variables is not None:
+            asked = recorded.variables
+        recorded.variables = asked if retain else None
+        take, keys = asked
+        captures = [fwd.captures[k] for k in take]
         variables = [c.handle for c in captures] + [fwd.float_inputs[k] for k in keys]
         zeros = [mx.nd.zeros(v.shape, ctx=v.context, dtype=v.dtype) for v in variables]
-        cut = [k in recorded.unreached for k in select]
-        if all(cut):  # nothing to differentiate (the losses may not even be recorded)
-            return [None] * len(select), dict(zip(keys, zeros[len(select) :], strict=True))
-        head = mx.nd.array(np.asarray(cotangent), ctx=losses.context, dtype=losses.dtype)
-        grads = mx.autograd.grad(
-            [losses, *variables],
-            variables,
-            head_grads=[head, *zeros],
-            retain_graph=retain,
-            train_mode=self.train,
-        )
+        cut = [k in recorded.unreached for k in take]
         n = len(captures)
-        out = [None if c else g for c, g in zip(cut, grads[:n], strict=True)]
-        return out, dict(zip(keys, grads[n:], strict=True))
+        if all(cut):  # nothing to differentiate (the losses may not even be recorded)
+            grads = [None] * n + zeros[n:]
+        else:
+            head = mx.nd.array(np.asarray(cotangent), ctx=losses.context, dtype=losses.dtype)
+            grads = mx.autograd.grad(
+                [losses, *variables],
+                variables,
+                head_grads=[head, *zeros],
+                retain_graph=retain,
+                train_mode=self.train,
+            )
+        by_capture = {k: None if c else g for k, c, g in zip(take, cut, grads[:n], strict=True)}
+        by_input = dict(zip(keys, grads[n:], strict=True))
+        return [by_capture[k] for k in select], {k: by_input[k] for k in wanted}
 
     def to_native(self, x: Any, like: Any) -> Any:
         a = np.asarray(x)
         return lazy_mxnet().nd.array(a, ctx=like.context, dtype=a.dtype)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Recorded:
     """``Forward.state`` of a Gluon forward: the recorded losses, and the captures (indices)
     whose output they do not reach through the recorded graph."""
 
     losses: Any
     unreached: frozenset[int]
+    #: (capture indices, float-input keys) the last backward that retained the graph asked
+    #: for; the next backward of this graph asks for the same (never another set: MXNet 1.9.1's
+    #: fused RNN backward corrupts memory when a retained graph is differentiated w.r.t. the
+    #: lookups and the float inputs, then w.r.t. the lookups only)
+    variables: tuple[list[int], list[str | int]] | None = None
 
 
 def _check_not_reduced(losses: Any, captures: list[Capture]) -> None:
@@ -368,7 +385,12 @@ class BlockSession(GluonSession):
             losses = loss_fn(self.model(*args, **kwargs))
             if isinstance(losses, lazy_mxnet().nd.NDArray):
                 unreached = self.tracer.settle(losses)
-        return self.finish(losses, captures, floats, unreached)
+        if self.tracer.loops:
+            # MXNet's control-flow backward (foreach...) frees the loop's per-iteration states
+            # even with retain_graph ("We didn't record the computation for iteration k"): a
+            # further backward needs a new forward (re-seeded: exact in training mode too).
+            self.retained_backward_is_exact = False
+        return self.finish(losses, captures, floats, unreached, self.tracer.unsplit)
 
     def evaluate(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], loss_fn: Callable[[Any], Any]
@@ -495,6 +517,32 @@ def _all_params(model: Any) -> dict[str, Any]:
     return params
 
 
+def _refuse_numpy_interface(params: Mapping[str, Any]) -> None:
+    """UnsupportedModelError under MXNet's numpy interface (``npx.set_np()``, ``mx.np`` arrays):
+    its lookups (``npx.embedding``) and arrays are not those embgrad intercepts, so it would
+    capture nothing and say so falsely. Checked before the model is touched."""
+    mx = lazy_mxnet()
+    active = bool(mx.util.is_np_array())
+    np_params = [
+        p.name
+        for p in params.values()
+        if p._data is not None and isinstance(p._data[0], mx.numpy.ndarray)
+    ]
+    if active or np_params:
+        why = (
+            "MXNet's numpy interface is active (npx.set_np() was called)"
+            if active
+            else f"the model's parameters are mx.np arrays ({np_params[0]}...): it was built "
+            "under npx.set_np()"
+        )
+        raise UnsupportedModelError(
+            f"{why}. embgrad's Gluon backend supports the classic NDArray interface only "
+            "(mx.nd arrays, F.Embedding); under the numpy interface (mx.np arrays, "
+            "npx.embedding) it cannot intercept the lookups. Build and call the model without "
+            "npx.set_np() (or call npx.reset_np() first), with mx.nd.array inputs."
+        )
+
+
 # -- the backend -----------------------------------------------------------------------------
 class GluonBackend(Backend):
     """``mxnet.gluon.Block`` models, hybridized or not, and exported ``SymbolBlock``s."""
@@ -512,7 +560,9 @@ class GluonBackend(Backend):
     @contextlib.contextmanager
     def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:
         with GLUON_LOCK, contextlib.ExitStack() as stack:
-            tracer = Tracer(model, _all_params(model))
+            params = _all_params(model)
+            _refuse_numpy_interface(params)
+            tracer = Tracer(model, params)
             graphs = stack.enter_context(_switched(model, tracer))
             stack.enter_context(patched(tracer))
             aux = _aux_states(tracer.params, graphs)

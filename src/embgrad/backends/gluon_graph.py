@@ -6,11 +6,35 @@ than through an ``Embedding`` node's weight input — the tables a forward also 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
+
+#: Lookup operators and the position of their table input.
+LOOKUP_OPS = {"Embedding": 1, "_contrib_SparseEmbedding": 1, "_npx_embedding": 1}
+
+
+def table_input(
+    node: dict[str, Any], nodes: list[dict[str, Any]], tables: Collection[str] = ()
+) -> int | None:
+    """The position of a lookup node's table input, or None when ``node`` is no lookup. Besides
+    the lookup operators, ``take`` along axis 0 of a variable named in ``tables`` (a table
+    Parameter: ``F.take(table, ids)``) is a lookup."""
+    op = node["op"]
+    if op in LOOKUP_OPS:
+        return LOOKUP_OPS[op]
+    if op == "take" and tables:
+        src = nodes[node["inputs"][0][0]]
+        attrs = node.get("attrs", node.get("attr", {}))
+        if src["op"] == "null" and src["name"] in tables and str(attrs.get("axis", "0")) == "0":
+            return 0
+    return None
 
 
 def fed_elsewhere(
-    nodes: list[dict[str, Any]], heads: list[list[int]], opaque: tuple[str, ...] = ()
+    nodes: list[dict[str, Any]],
+    heads: list[list[int]],
+    opaque: tuple[str, ...] = (),
+    tables: Collection[str] = (),
 ) -> set[int]:
     """Indices of the variable nodes from which some head is reachable other than through an
     ``Embedding`` node's weight input (its lookup path): the variables also used otherwise.
@@ -26,8 +50,9 @@ def fed_elsewhere(
             continue
         got: set[int] = set()
         skip_vars = node["op"] in opaque
+        weight = table_input(node, nodes, tables)
         for k, entry in enumerate(node["inputs"]):
-            if node["op"] == "Embedding" and k == 1:
+            if k == weight:
                 continue  # the lookup path
             if skip_vars and nodes[entry[0]]["op"] == "null":
                 continue

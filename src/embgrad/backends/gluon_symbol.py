@@ -41,9 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
-from .gluon_graph import fed_elsewhere, reaching
-from .gluon_trace import lazy_mxnet, validate_ids
+from ..errors import InputError, UnsupportedModelError
+from .gluon_graph import LOOKUP_OPS, fed_elsewhere, reaching, table_input
+from .gluon_trace import _unsplit, lazy_mxnet, validate_ids
 
 if TYPE_CHECKING:
     from .gluon_trace import Tracer
@@ -83,16 +83,42 @@ def _source_var(nodes: list[dict[str, Any]], entry: list[int]) -> str:
     return str(node["name"])
 
 
+#: MXNet's control-flow operators; their bodies are subgraphs (``node["subgraphs"]``).
+CONTROL_FLOW = ("_foreach", "_while_loop", "_cond")
+
+
+def control_flow(graph: dict[str, Any]) -> tuple[bool, list[str]]:
+    """(whether the graph has a control-flow operator, the lookups inside their bodies: node
+    names, as ``"<control-flow node>/<lookup node>"``), searched recursively."""
+    found: list[str] = []
+    has = False
+    for node in graph["nodes"]:
+        if node["op"] not in CONTROL_FLOW:
+            continue
+        has = True
+        for sub in node.get("subgraphs", []):
+            found += [f"{node['name']}/{n['name']}" for n in sub["nodes"] if n["op"] in LOOKUP_OPS]
+            found += [f"{node['name']}/{x}" for x in control_flow(sub)[1]]
+    return has, found
+
+
 def rewrite(
-    graph: dict[str, Any], input_names: list[str]
+    graph: dict[str, Any],
+    input_names: list[str],
+    tables: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[dict[str, Any], list[LookupNode], frozenset[str]]:
-    """Insert ``lookup + delta_k`` after every Embedding node of a symbol's JSON graph.
+    """Insert ``lookup + delta_k`` after every lookup node of a symbol's JSON graph: the
+    ``Embedding`` and ``SparseEmbedding`` operators, and ``take`` along axis 0 of a table
+    Parameter (``tables``: name → shape).
 
     Returns the new JSON graph (heads: the original heads, then one per computed ids input),
     the lookups found, in graph order, and the variables also used other than by lookups.
     """
     nodes = graph["nodes"]
-    elsewhere = frozenset(str(nodes[i]["name"]) for i in fed_elsewhere(nodes, graph["heads"]))
+    tables = {k: v for k, v in (tables or {}).items() if len(v) == 2}
+    elsewhere = frozenset(
+        str(nodes[i]["name"]) for i in fed_elsewhere(nodes, graph["heads"], tables=tables)
+    )
     new: list[dict[str, Any]] = []
     where: dict[tuple[int, int], list[int]] = {}  # old (node, output) -> new entry
     lookups: list[LookupNode] = []
@@ -106,7 +132,8 @@ def rewrite(
         copy = {**node, "inputs": [fix(e) for e in node["inputs"]]}
         new.append(copy)
         where[(i, 0)] = [len(new) - 1, 0, 0]
-        if node["op"] != "Embedding":
+        weight = table_input(node, nodes, tables)
+        if weight is None:
             continue
         k = len(lookups)
         new.append({"op": "null", "name": DELTA.format(k), "inputs": []})
@@ -118,7 +145,9 @@ def rewrite(
             }
         )
         where[(i, 0)] = [len(new) - 1, 0, 0]
-        lookups.append(_lookup_node(nodes, i, input_names, extra_heads, fix, elsewhere))
+        lookups.append(
+            _lookup_node(nodes, i, weight, input_names, extra_heads, fix, elsewhere, tables)
+        )
     heads = [fix(h) for h in graph["heads"]] + extra_heads
     reached = reaching(new, heads[: len(graph["heads"])])
     deltas = {str(n["name"]): i for i, n in enumerate(new) if n["op"] == "null"}
@@ -138,24 +167,31 @@ def rewrite(
 def _lookup_node(
     nodes: list[dict[str, Any]],
     i: int,
+    weight: int,
     input_names: list[str],
     extra_heads: list[list[int]],
     fix: Callable[[list[int]], list[int]],
     elsewhere: frozenset[str],
+    tables: dict[str, tuple[int, ...]],
 ) -> LookupNode:
     node = nodes[i]
     attrs = node.get("attrs", node.get("attr", {}))
-    ids_entry, weight_entry = node["inputs"][0], node["inputs"][1]
+    ids_entry, weight_entry = node["inputs"][1 - weight], node["inputs"][weight]
     ids_node = nodes[ids_entry[0]]
     direct = ids_node["op"] == "null" and ids_node["name"] in input_names
     if not direct:
         extra_heads.append(fix(ids_entry))
     table = _source_var(nodes, weight_entry)
+    vocab, dim = (
+        (int(attrs["input_dim"]), int(attrs["output_dim"]))
+        if "input_dim" in attrs
+        else tables[table]
+    )
     return LookupNode(
         node=str(node["name"]),
         table=table,
-        vocab=int(attrs["input_dim"]),
-        dim=int(attrs["output_dim"]),
+        vocab=vocab,
+        dim=dim,
         tied=table in elsewhere,
         ids_input=str(ids_node["name"]) if direct else None,
         ids_output=None if direct else len(extra_heads) - 1,
@@ -175,6 +211,19 @@ class Graph:
     params: dict[str, Any]
     #: variables (Parameter names) that reach the outputs other than through lookups
     elsewhere: frozenset[str]
+    #: the graph has a control-flow operator (foreach / while_loop / cond), whose backward
+    #: frees its per-iteration states: the graph cannot be differentiated twice
+    loops: bool = False
+    #: lookups inside control-flow bodies (the rewrite cannot reach them), as "loop/lookup"
+    nested: list[str] = field(default_factory=list)
+    #: lookups the rewrite does not split (gather_nd on a table): description -> why
+    unsplit: dict[str, str] = field(default_factory=dict)
+    #: data inputs the outputs do not depend on differentiably (``BlockGrad`` inside): fed
+    #: detached, so that the recorded graph shows the cut to lookups made before the block
+    cut_inputs: frozenset[str] = frozenset()
+    #: per output of the block: the variables that reach it other than through lookups (the
+    #: losses may use only some outputs: ``tied`` is settled against what they use)
+    elsewhere_by_output: list[frozenset[str]] = field(default_factory=list)
     shapes: dict[tuple[Any, ...], list[tuple[int, ...]]] = field(default_factory=dict)
 
     def deltas(self, flat: list[Any]) -> list[Any]:
@@ -245,9 +294,25 @@ def graph_for(block: Any) -> Graph:
     if hit is not None and hit[0] is out:
         return hit[1]
     data_names = [s.name for s in data_syms]
-    graph_json, lookups, elsewhere = rewrite(json.loads(out.tojson()), data_names)
-    symbol = mx.sym.load_json(json.dumps(graph_json))
+    original = json.loads(out.tojson())
+    loops, nested = control_flow(original)
     params = _params_of(block)
+    shapes = {  # a loaded SymbolBlock knows its values' shapes before its Parameters' do
+        name: tuple(p._data[0].shape) if p._data else tuple(p.shape)
+        for name, p in params.items()
+        if p._data or p.shape
+    }
+    graph_json, lookups, elsewhere = rewrite(original, data_names, shapes)
+    symbol = mx.sym.load_json(json.dumps(graph_json))
+    onodes = original["nodes"]
+    # data inputs the block's outputs do not depend on differentiably (BlockGrad inside)
+    nodes = graph_json["nodes"]
+    reached = reaching(nodes, graph_json["heads"][: len(original["heads"])])
+    cut_inputs = frozenset(
+        str(n["name"])
+        for i, n in enumerate(nodes)
+        if n["op"] == "null" and n["name"] in data_names and i not in reached
+    )
     index = {n: i for i, n in enumerate(data_names)}
     deltas = {DELTA.format(k): k for k in range(len(lookups))}
     spec: list[tuple[str, Any]] = []
@@ -272,6 +337,18 @@ def graph_for(block: Any) -> Graph:
         lookups,
         params,
         elsewhere,
+        loops,
+        nested,
+        {
+            k: v
+            for k, v in _unsplit(original["nodes"], {n: n for n in params}, set()).items()
+            if k.startswith("gather_nd(")
+        },
+        cut_inputs,
+        [
+            frozenset(str(onodes[i]["name"]) for i in fed_elsewhere(onodes, [h], tables=shapes))
+            for h in original["heads"]
+        ],
     )
     _GRAPHS[block] = (out, graph)
     return graph
@@ -314,6 +391,18 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
         if tracer.replace is not None:
             return _imperative(block, args)
         graph = graph_for(block)
+        if graph.loops:  # its backward frees the loop's states: one backward per forward
+            tracer.loops = True
+        if graph.nested:  # lookups inside a loop body: run the Python forward, which sees them
+            if isinstance(block, lazy_mxnet().gluon.SymbolBlock):
+                raise UnsupportedModelError(
+                    f"this exported model looks up embeddings inside control flow "
+                    f"(F.contrib.foreach / while_loop / cond): {', '.join(graph.nested)}. "
+                    "embgrad rewrites an exported graph to reach its lookups and cannot do so "
+                    "inside a loop body; pass the original Block (hybridized or not), whose "
+                    "Python forward runs the loop step by step"
+                )
+            return _imperative(block, args)
         flat = _flat_inputs(block, args)
         given = dict(zip(graph.data_names, flat, strict=True))
         sites = [tracer.site_of_node(block, lk.node, lk.table) for lk in graph.lookups]
@@ -321,9 +410,21 @@ def intercept(block: Any, tracer: Tracer) -> Callable[..., Any]:
             if lk.ids_input is not None:
                 validate_ids(given[lk.ids_input], lk.vocab, site.name, lk.table)
         deltas = graph.deltas(flat)
+        if graph.cut_inputs:
+            flat = [
+                a.detach() if name in graph.cut_inputs else a
+                for name, a in zip(graph.data_names, flat, strict=True)
+            ]
         with tracer.quiet():
             outs = graph.run(flat, deltas)
-        tracer.used_elsewhere |= graph.elsewhere
+        tracer.unsplit.update(graph.unsplit)
+        outs = list(outs)
+        if len(set(graph.elsewhere_by_output)) > 1:
+            # outputs differ in the tables they use: settle against the outputs the losses use
+            for j, names in enumerate(graph.elsewhere_by_output):
+                outs[j] = tracer.mark(outs[j], names)
+        else:
+            tracer.used_elsewhere |= graph.elsewhere
         for lk, site, delta in zip(graph.lookups, sites, deltas, strict=True):
             if lk.ids_input is not None:
                 ids = given[lk.ids_input]

@@ -42,7 +42,7 @@ import numpy as np
 from ..core.site import CallSite, guess_role
 from ..errors import InputError
 from .base import Capture, Replace
-from .gluon_graph import fed_elsewhere, reaching
+from .gluon_graph import LOOKUP_OPS, fed_elsewhere, reaching, table_input
 
 __all__ = ["Site", "Tracer", "dense", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]
 
@@ -179,6 +179,14 @@ class Tracer:
         self.fetched: dict[str, set[int]] = {}
         #: this forward's captures (indices) cut off inside their own graph (see add)
         self.cut: set[int] = set()
+        #: a graph with control flow ran: its backward can run once per forward
+        self.loops = False
+        #: lookups seen in this forward and not split per sample: description -> why
+        self.unsplit: dict[str, str] = {}
+        #: id(frozen table array) -> (array, its recorded view, Parameter), this forward
+        self.views: dict[int, tuple[Any, Any, Any]] = {}
+        #: graph outputs' markers and the tables they use other than by lookups (see mark)
+        self.markers: list[tuple[Any, frozenset[str]]] = []
         self._quiet = False
 
     def index_params(self) -> None:
@@ -192,6 +200,9 @@ class Tracer:
         """Capture this thread's lookups for one forward, substituting outputs by ``replace``."""
         self.captures, self.counts = [], {}
         self.used_elsewhere, self._sites, self.fetched, self.cut = set(), [], {}, set()
+        for _, view, _ in self.views.values():
+            self.by_id.pop(id(view), None)
+        self.unsplit, self.views, self.markers = {}, {}, []
         self.thread = threading.get_ident()
         self.replace = replace
         try:
@@ -217,33 +228,84 @@ class Tracer:
 
         @functools.wraps(real)
         def fetch(param: Any, *args: Any, **kwargs: Any) -> Any:
+            out = real(param, *args, **kwargs)
             if not self._quiet and self.capturing_here():
                 owner = _calling_block(sys._getframe(1))
                 self.fetched.setdefault(param.name, set()).add(id(owner) if owner else 0)
-            return real(param, *args, **kwargs)
+                if _frozen_table(param):
+                    out = (
+                        [self._view(param, a) for a in out]
+                        if isinstance(out, list)
+                        else (self._view(param, out))
+                    )
+            return out
 
         return fetch
 
-    def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+    def mark(self, out: Any, tables: frozenset[str]) -> Any:
+        """``out + 0`` through a fresh variable: :meth:`settle` counts ``tables`` (used other
+        than by lookups to compute ``out``) as used when the losses reach that variable."""
+        nd = lazy_mxnet().nd
+        marker = nd.zeros(out.shape, ctx=out.context, dtype=out.dtype)
+        marker.attach_grad()
+        self.markers.append((marker, tables))
+        return out + marker
+
+    def _view(self, param: Any, arr: Any) -> Any:
+        """A frozen table's array as this forward's models see it: a view of the same memory
+        (``detach()``) marked as an autograd variable with ``grad_req='null'`` (no gradient
+        buffer, nothing written), so that the recorded graph shows every use of the table —
+        a projection beside a lookup in the same block included (:meth:`settle`)."""
+        hit = self.views.get(id(arr))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        view = arr.detach()
+        view.attach_grad(grad_req="null")
+        self.views[id(arr)] = (arr, view, param)
+        self.by_id[id(view)] = (view, param)
+        return view
+
+    def wrap(self, real: Callable[..., Any], kind: str = "Embedding") -> Callable[..., Any]:
+        """A stand-in for a lookup function: ``kind`` is ``"Embedding"`` (``mx.nd.Embedding``,
+        ``mx.nd.contrib.SparseEmbedding``: (data, weight)), ``"take"`` (``F.take(table, ids)``
+        along axis 0) or ``"gather_nd"`` (``F.gather_nd(table, ids[None])``). ``take`` and
+        ``gather_nd`` count as lookups only on a table Parameter's own array."""
+
         @functools.wraps(real)
         def embedding(*args: Any, **kwargs: Any) -> Any:
-            if not self.capturing_here():
+            if not self.capturing_here() or self._quiet:
                 return real(*args, **kwargs)
-            return self.lookup(real, sys._getframe(1), args, kwargs)
+            return self.lookup(real, sys._getframe(1), args, kwargs, kind)
 
         return embedding
 
     def lookup(
-        self, real: Callable[..., Any], frame: FrameType, args: tuple[Any, ...], kwargs: Any
+        self,
+        real: Callable[..., Any],
+        frame: FrameType,
+        args: tuple[Any, ...],
+        kwargs: Any,
+        kind: str = "Embedding",
     ) -> Any:
         """One imperative lookup: validate, look up, return ``out + delta``, record it."""
         nd = lazy_mxnet().nd
-        ids, weight = _arg(args, kwargs, 0, "data"), _arg(args, kwargs, 1, "weight")
+        if kind == "Embedding":
+            ids, weight = _arg(args, kwargs, 0, "data"), _arg(args, kwargs, 1, "weight")
+        else:
+            weight, ids = (
+                _arg(args, kwargs, 0, "a" if kind == "take" else "data"),
+                _arg(args, kwargs, 1, "indices"),
+            )
         if not isinstance(ids, nd.NDArray) or not isinstance(weight, nd.NDArray):
+            return real(*args, **kwargs)
+        if kind != "Embedding" and not self._plain_rows(kind, weight, ids, args, kwargs):
             return real(*args, **kwargs)
         owner = _calling_block(frame)
         param, local = self._table(weight, owner)
         site = self._site(owner, param, local)
+        if kind != "Embedding":
+            site.module = f"F.{kind}"
+            ids = ids.reshape(ids.shape[1:]) if kind == "gather_nd" else ids
         vocab, dim = int(weight.shape[0]), int(weight.shape[-1])
         validate_ids(ids, vocab, site.name, site.table)
         out = self.substitute(site, real(*args, **kwargs))
@@ -251,6 +313,20 @@ class Tracer:
         delta.attach_grad()
         self.add(site, ids, delta, vocab, dim, output=out.detach(), weight=dense(weight))
         return out + delta
+
+    def _plain_rows(
+        self, kind: str, weight: Any, ids: Any, args: tuple[Any, ...], kwargs: Any
+    ) -> bool:
+        """Whether a ``take``/``gather_nd`` call gathers whole rows of a table Parameter's own
+        array (2-D), i.e. is a lookup: ``take`` along axis 0, ``gather_nd`` with indices of
+        shape (1, ...)."""
+        hit = self.by_id.get(id(weight))
+        if hit is None or hit[0] is not weight or len(weight.shape) != 2:
+            return False
+        if kind == "take":
+            axis = _arg(args, kwargs, 2, "axis")
+            return axis is None or int(axis) == 0
+        return len(ids.shape) >= 2 and int(ids.shape[0]) == 1
 
     def substitute(self, site: Site, out: Any) -> Any:
         """``replace(name, role, out)``'s substitute for ``out`` (checked, detached), or ``out``."""
@@ -350,22 +426,35 @@ class Tracer:
             for arr in p._data or []:
                 with contextlib.suppress(mx.base.MXNetError):  # not recorded: grad_req='null'
                     variables[mx.autograd.get_symbol(arr).name] = p.name
+        for _, view, p in self.views.values():  # frozen tables, seen through their views
+            with contextlib.suppress(mx.base.MXNetError):
+                variables[mx.autograd.get_symbol(view).name] = p.name
         graph: dict[str, Any] = {"nodes": [], "heads": []}
-        if self._sites:
-            with contextlib.suppress(mx.base.MXNetError):  # losses depend on nothing recorded
-                graph = json.loads(mx.autograd.get_symbol(losses).tojson())
+        # (with no capture too: the "no lookup" error then names the lookups it saw)
+        with contextlib.suppress(mx.base.MXNetError):  # losses depend on nothing recorded
+            graph = json.loads(mx.autograd.get_symbol(losses).tojson())
         nodes = graph["nodes"]
         if variables:
-            for i in fed_elsewhere(nodes, graph["heads"], opaque=("_CachedOp",)):
+            opaque = ("_CachedOp",)
+            for i in fed_elsewhere(nodes, graph["heads"], opaque=opaque, tables=variables):
                 name = variables.get(str(nodes[i]["name"]))
                 if name is not None:
                     self.used_elsewhere.add(name)
         reached = {str(nodes[i]["name"]) for i in reaching(nodes, graph["heads"])}
-        unreached = {
-            k
-            for k, (capture, _) in enumerate(self._sites)
-            if k in self.cut or mx.autograd.get_symbol(capture.handle).name not in reached
-        }
+        for marker, tables in self.markers:
+            if mx.autograd.get_symbol(marker).name in reached:
+                self.used_elsewhere |= tables
+        deltas = [mx.autograd.get_symbol(capture.handle).name for capture, _ in self._sites]
+        unreached = {k for k, name in enumerate(deltas) if k in self.cut or name not in reached}
+        if _unknown_tables(nodes, variables, set(deltas)):
+            # a lookup on a variable no captured lookup names: is it a Parameter? (rare: only
+            # then are all Parameters' autograd names read, ~90 µs each)
+            for p in self.params.values():
+                arrays = [] if p.name in params else (p._data or [])
+                for arr in arrays:
+                    with contextlib.suppress(mx.base.MXNetError):
+                        variables[mx.autograd.get_symbol(arr).name] = p.name
+        self.unsplit.update(_unsplit(nodes, variables, set(deltas)))
         recorded = set(variables.values())
         lookups: dict[str, set[int]] = {}  # Parameter name -> ids of the blocks that looked up
         for _, site in self._sites:
@@ -430,6 +519,69 @@ class Tracer:
         ]
 
 
+_UNSPLIT = (
+    "embgrad saw this lookup in the recorded graph but could not intercept it (a lookup "
+    "function embgrad does not replace, e.g. an alias bound before the call, or gather_nd "
+    "with computed indices), so it has no per-sample gradient here; write it as "
+    "F.Embedding(ids, weight) or F.take(weight, ids)"
+)
+
+
+def _unknown_tables(
+    nodes: list[dict[str, Any]], variables: Mapping[str, str], deltas: set[str]
+) -> bool:
+    """Whether a lookup-like node (``Embedding``..., ``take``, ``gather_nd``) reads its table
+    from a variable that is neither a known table nor one of embgrad's deltas."""
+    for n in nodes:
+        if n["op"] in LOOKUP_OPS:
+            k = LOOKUP_OPS[n["op"]]
+        elif n["op"] in ("take", "gather_nd"):
+            k = 0
+        else:
+            continue
+        if len(n["inputs"]) <= k:
+            continue
+        src = nodes[n["inputs"][k][0]]
+        if src["op"] == "null" and src["name"] not in variables and src["name"] not in deltas:
+            return True
+    return False
+
+
+def _unsplit(
+    nodes: list[dict[str, Any]], variables: Mapping[str, str], deltas: set[str]
+) -> dict[str, str]:
+    """Lookups on a table Parameter (``Embedding``/``SparseEmbedding``, ``take`` along axis
+    0, ``gather_nd``) in a recorded graph whose output is not one embgrad added a delta to:
+    ``"<op>(<table>)"`` -> why. Never silent: they are reported on the result."""
+    delta_idx = {i for i, n in enumerate(nodes) if n["op"] == "null" and n["name"] in deltas}
+    captured: set[int] = set()
+    for n in nodes:
+        ins = [e[0] for e in n["inputs"]]
+        if delta_idx.intersection(ins):
+            captured.update(ins)
+    out: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        k = 0 if n["op"] == "gather_nd" else table_input(n, nodes, variables)
+        if k is None or i in captured or not n["inputs"]:
+            continue
+        src = nodes[n["inputs"][k][0]]
+        table = variables.get(str(src["name"])) if src["op"] == "null" else None
+        if table is not None:
+            out[f"{n['op']}({table})"] = _UNSPLIT
+    return out
+
+
+def _frozen_table(param: Any) -> bool:
+    """A differentiable 2-D Parameter with ``grad_req='null'`` (a frozen embedding table or
+    projection), dense: autograd does not record its array, so embgrad hands out a view."""
+    return (
+        param.grad_req == "null"
+        and param._differentiable
+        and param._stype == "default"
+        and len(param.shape or ()) == 2
+    )
+
+
 def _local_name(owner: Any, param: Any, default: str) -> str:
     """The attribute name under which ``owner`` registers ``param`` (else its full name)."""
     if owner is not None and param is not None:
@@ -454,23 +606,58 @@ def _tied_note(table: str, users: list[str]) -> str:
     )
 
 
+def _model_modules(model: Any) -> list[Any]:
+    """The Python modules that define the classes of the model's blocks (where a user may
+    have written ``from mxnet.ndarray import Embedding``)."""
+    found: dict[str, Any] = {}
+
+    def visit(block: Any) -> None:
+        for cls in type(block).__mro__:
+            mod = sys.modules.get(cls.__module__)
+            if mod is not None and not cls.__module__.startswith(("mxnet", "builtins")):
+                found.setdefault(cls.__module__, mod)
+
+    model.apply(visit)
+    return list(found.values())
+
+
 @contextlib.contextmanager
 def patched(tracer: Tracer) -> Iterator[None]:
-    """Replace ``mx.nd.Embedding`` (where ``F.Embedding`` resolves) by the tracer's wrapper."""
+    """Replace the lookup functions by the tracer's wrappers: ``mx.nd.Embedding`` (where
+    ``F.Embedding`` resolves), ``mx.nd.contrib.SparseEmbedding``, ``mx.nd.take`` and
+    ``mx.nd.gather_nd`` — in ``mx.nd``/``mx.nd.op``/``mx.nd.contrib`` and wherever the modules
+    defining the model's blocks imported them by name (``from mxnet.ndarray import
+    Embedding``)."""
     mx = lazy_mxnet()
-    real = mx.nd.Embedding
-    modules = [m for m in {id(m): m for m in (mx.nd, mx.nd.op)}.values() if m.Embedding is real]
-    wrapper = tracer.wrap(real)
+    reals = {
+        id(mx.nd.Embedding): (mx.nd.Embedding, "Embedding"),
+        id(mx.nd.contrib.SparseEmbedding): (mx.nd.contrib.SparseEmbedding, "Embedding"),
+        id(mx.nd.take): (mx.nd.take, "take"),
+        id(mx.nd.gather_nd): (mx.nd.gather_nd, "gather_nd"),
+    }
+    wrappers = {key: tracer.wrap(real, kind) for key, (real, kind) in reals.items()}
+    swapped: list[tuple[Any, str, Any]] = []  # (module, attribute, the real function)
+    known = [(m, a) for m in (mx.nd, mx.nd.op) for a in ("Embedding", "take", "gather_nd")]
+    for mod, attr in [*known, (mx.nd.contrib, "SparseEmbedding")]:
+        value = getattr(mod, attr, None)
+        if id(value) in reals and reals[id(value)][0] is value:
+            swapped.append((mod, attr, value))
+    for mod in _model_modules(tracer.model):  # the user's own modules: small namespaces
+        swapped += [
+            (mod, attr, value)
+            for attr, value in list(vars(mod).items())
+            if id(value) in reals and reals[id(value)][0] is value
+        ]
     param_cls = mx.gluon.Parameter
     fetchers = {k: param_cls.__dict__[k] for k in ("data", "list_data")}
     try:
-        for m in modules:
-            m.Embedding = wrapper
+        for mod, attr, value in swapped:
+            setattr(mod, attr, wrappers[id(value)])
         for k, fn in fetchers.items():
             setattr(param_cls, k, tracer.watch(fn))
         yield
     finally:
         for k, fn in fetchers.items():
             setattr(param_cls, k, fn)
-        for m in modules:
-            m.Embedding = real
+        for mod, attr, value in swapped:
+            setattr(mod, attr, value)

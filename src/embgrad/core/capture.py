@@ -17,8 +17,10 @@ Data flow (see docs/design.md):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
+import numbers
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,7 +45,7 @@ from .sparse import SparseRows, build_rows
 
 Check = Literal["auto", "probe", "exact", "off"]
 LayerSpec = str | type
-BatchAxis = int | None | Mapping[str, int | None]
+BatchAxis = int | str | None | Mapping[str, int | str | None]
 
 CHECKS: tuple[str, ...] = get_args(Check)
 MODES: tuple[str, ...] = get_args(Mode)
@@ -95,8 +97,15 @@ def gradients(
             flags are restored afterwards.
         batch_axis: the axis of each lookup's ids that indexes samples: found automatically (the
             axis whose size equals len(losses); the probe resolves ties), or an int for every
-            lookup, or {lookup name: axis or None}. When no lookup's ids (nor a float input)
-            has an axis of len(losses), B > 1, the losses do not match the samples: LossError.
+            lookup, or {lookup name: axis or None} (names as in ``res.layers``; a name that
+            matches no lookup is refused). ``"folded"`` (alone or per lookup): the batch is
+            folded into the ids' leading axis, B·k rows with rows b·k … (b+1)·k − 1 belonging to
+            sample b (ELMo's characters, (B·T, C)); such a lookup is reported unfolded, ids
+            (B, k, ...) and output_grad (B, k, ..., D), batch axis 0. When no lookup (nor float
+            input) has an axis of size B, a leading axis of a multiple of B is tried as such a
+            fold and confirmed by the probe (check "auto"/"probe"). When no lookup's ids (nor a
+            float input) has an axis of len(losses) nor such a leading axis, B > 1, the losses
+            do not match the samples: LossError.
         seed: seeds the probe weights and the dropout masks of repeated forwards (Gluon).
         replace: ``replace(name, role, output)`` may return a substitute for a lookup's output
             (same shape and dtype), e.g. an interpolation for integrated gradients; gradients
@@ -114,8 +123,9 @@ def gradients(
         UnsupportedModelError (all :class:`embgrad.EmbgradError`).
     """
     # 1. Check the arguments before touching the model.
-    _check_args(check, mode, loss_fn)
+    _check_args(check, mode, loss_fn, batch_axis, replace, input_grads)
     args, kwargs = _split_inputs(inputs)
+    _check_dense(args, kwargs)
     backend = backend_for(model)
     rng, run_seed = _seeds(seed)
     # 2. Open the model: mode switched, lookups intercepted; everything restored on exit.
@@ -128,11 +138,17 @@ def gradients(
         # on a GPU are checked after the backward is queued): the user hears of that first.
         with _bad_inputs_first(fwd):
             batch = _loss_count(session, fwd.losses)
-            select = _select(fwd.captures, layers)
+            select = _select(fwd.captures, layers, fwd.unsplit)
             caps = [fwd.captures[i] for i in select]
-            # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given).
-            axes = _candidates(caps, batch, batch_axis)
+            # 4. Candidate batch axes per lookup: the axes of the losses' length (or as given);
+            # with none anywhere, a batch folded into a leading axis (B·k rows) is a candidate.
+            caps, axes = _candidates(caps, batch, batch_axis, fwd.captures)
+            caps, axes, folded = _fold_when_no_batch_axis(
+                session, fwd, caps, axes, batch, batch_axis
+            )
             _require_batch_axis(session, fwd, caps, axes, batch, batch_axis)
+            if any(folded) and check in ("exact", "off"):
+                _refuse_unprobed_fold(caps, folded, check)
             if check == "exact" and batch > 1:
                 _verify(session, fwd)
                 return _exact(run, fwd, select, caps, axes, batch, mode, input_grads, layers)
@@ -151,6 +167,7 @@ def gradients(
                 inputs=input_grads and bool(fwd.float_inputs),
                 retain=do_probe and session.retained_backward_is_exact,
             )
+            grads = _shaped(caps, grads)
         # The inputs' deferred checks and the losses' values are read only now: a host read
         # before the backward would make a GPU wait for the forward before queueing it.
         _verify(session, fwd)
@@ -158,12 +175,12 @@ def gradients(
         kept, unreached = _reached(caps, grads, layers)
         n_selected = len(select)
         select, caps, axes = _take(select, kept), _take(caps, kept), _take(axes, kept)
-        grads = _take(grads, kept)
+        grads, folded = _take(grads, kept), _take(folded, kept)
         # 8. The probe: one more backward with signed weights proves independence.
         residual: float | None = None
         if do_probe:
             rng = rng if rng is not None else np.random.default_rng()
-            resolved, residual = _probe(run, fwd, select, caps, axes, grads, rng, batch)
+            resolved, residual = _probe(run, fwd, select, caps, axes, grads, rng, batch, folded)
             _remember(model, key, _spread(resolved, kept, n_selected))
         else:
             resolved = [a[0] if a else None for a in axes]
@@ -173,6 +190,8 @@ def gradients(
             for c, g, ax in zip(caps, grads, resolved, strict=True)
         ]
         how = "single" if batch == 1 else ("probe-cached" if remembered is not None else check)
+        if how == "auto":  # the probe ran: say so (the docstring's values), not the option
+            how = "probe"
         return Gradients(
             losses=fwd.losses,
             lookups=lookups,
@@ -181,7 +200,7 @@ def gradients(
             probe_residual=residual,
             mode=mode,
             framework=session.framework,
-            unreached=unreached,
+            unreached={**unreached, **fwd.unsplit},
         )
 
 
@@ -195,7 +214,17 @@ def _seeds(seed: int | None) -> tuple[np.random.Generator | None, int]:
     return rng, int(rng.integers(2**31 - 1))
 
 
-def _check_args(check: str, mode: str, loss_fn: Any) -> None:
+def _check_args(
+    check: str, mode: str, loss_fn: Any, batch_axis: Any, replace: Any, input_grads: Any
+) -> None:
+    _check_batch_axis(batch_axis)
+    if replace is not None and not callable(replace):
+        raise InputError(
+            f"replace= must be None or a callable replace(name, role, output) -> substitute or "
+            f"None, got {replace!r}"
+        )
+    if not isinstance(input_grads, (bool, np.bool_)):
+        raise InputError(f"input_grads= must be True or False, got {input_grads!r}")
     if check not in CHECKS:
         raise InputError(f"check={check!r} is not one of {', '.join(map(repr, CHECKS))}")
     if mode not in MODES:
@@ -246,6 +275,29 @@ class _Run:
         return fwd if self.session.retained_backward_is_exact else self.forward()
 
 
+def _is_sparse(x: Any) -> bool:
+    """A sparse array, framework-free: torch's sparse layouts, MXNet's csr/row_sparse, scipy."""
+    if getattr(x, "is_sparse", False) is True or getattr(x, "is_sparse_csr", False) is True:
+        return True
+    layout = getattr(x, "layout", None)
+    if layout is not None and str(layout).startswith("torch.sparse"):
+        return True
+    stype = getattr(x, "stype", None)
+    return (isinstance(stype, str) and stype != "default") or hasattr(x, "tocsr")
+
+
+def _check_dense(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """InputError for sparse inputs (ids or floats): lookups and their gradients need dense
+    arrays. Checked before the model is touched."""
+    for key, x in [*enumerate(args), *kwargs.items()]:
+        if _is_sparse(x):
+            label = f"input {key!r}" if isinstance(key, str) else f"input {key}"
+            raise InputError(
+                f"{label} is a sparse array ({type(x).__name__}); embgrad needs dense ids and "
+                "inputs: pass x.to_dense() (torch) or x.tostype('default') (MXNet)"
+            )
+
+
 def _split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(inputs, Mapping):
         bad = [k for k in inputs if not isinstance(k, str)]
@@ -259,6 +311,16 @@ def _split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 def _loss_count(session: Session, losses: Any) -> int:
     """B, from the losses' shape (no read of their values): LossError unless it is (B,)."""
+    if _is_sparse(losses):
+        raise LossError(
+            f"loss_fn returned a sparse array ({type(losses).__name__}); return dense per-sample "
+            "losses of shape (B,) (x.to_dense() in torch, x.tostype('default') in MXNet)"
+        )
+    if "complex" in str(getattr(losses, "dtype", "")):
+        raise LossError(
+            f"loss_fn returned complex losses ({losses.dtype}); gradients are defined for real "
+            "losses: return a real (B,) array, e.g. the absolute value or the real part"
+        )
     shape = getattr(losses, "shape", None)
     if shape is None:
         shape = session.ops.to_numpy(session.ops.work(losses)).shape
@@ -323,7 +385,16 @@ def _matches(c: Capture, spec: LayerSpec) -> bool:
     )
 
 
-def _select(captures: list[Capture], layers: LayerSpec | Sequence[LayerSpec]) -> list[int]:
+def _select(
+    captures: list[Capture],
+    layers: LayerSpec | Sequence[LayerSpec],
+    unsplit: Mapping[str, str] | None = None,
+) -> list[int]:
+    if not captures and unsplit:
+        raise NoLookupError(
+            "the forward performed no embedding lookup embgrad could capture; it saw "
+            f"{', '.join(unsplit)}, which it could not split per sample: {next(iter(unsplit.values()))}."
+        )
     if not captures:
         raise NoLookupError(
             "the forward performed no embedding lookup, so there is nothing to differentiate "
@@ -345,33 +416,183 @@ def _select(captures: list[Capture], layers: LayerSpec | Sequence[LayerSpec]) ->
     return sel
 
 
-def _candidates(caps: list[Capture], batch: int, batch_axis: BatchAxis) -> list[list[int]]:
+#: ``batch_axis`` value (alone or per lookup) for ids whose leading axis holds the batch folded
+#: with another axis: B·k rows, rows b·k … (b+1)·k − 1 belonging to sample b (ELMo's character
+#: CNN looks up ids reshaped from (B, T, C) to (B·T, C)).
+FOLDED = "folded"
+
+
+def _axis_value(value: Any, where: str) -> int | str | None:
+    """A ``batch_axis`` value as the core uses it: an int (numpy integers too), None or
+    ``"folded"``; InputError for anything else (True is not an axis)."""
+    if value is None or value == FOLDED:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise InputError(
+            f"batch_axis{where}={value!r} is not an axis: pass an int (the axis of the ids that "
+            f"indexes samples), None (the ids have no batch axis) or {FOLDED!r} (a batch folded "
+            "into the leading axis, B·k rows, k consecutive rows per sample)"
+        )
+    return int(value)
+
+
+def _check_batch_axis(batch_axis: Any) -> None:
+    """The type of ``batch_axis``, checked before the model is touched."""
+    if isinstance(batch_axis, Mapping):
+        for key, value in batch_axis.items():
+            if not isinstance(key, str):
+                raise InputError(
+                    f"batch_axis keys are lookup names (str), got {key!r}: e.g. "
+                    "batch_axis={'embed': 1}"
+                )
+            _axis_value(value, f"[{key!r}]")
+    else:
+        _axis_value(batch_axis, "")
+
+
+def _candidates(
+    caps: list[Capture], batch: int, batch_axis: BatchAxis, found: list[Capture]
+) -> tuple[list[Capture], list[list[int]]]:
+    """The selected captures (folded ones as their unfolded views) and each one's candidate
+    batch axes: those of size ``batch``, or the one given. ``found``: every captured lookup
+    (a ``batch_axis`` key must name one of them)."""
+    if isinstance(batch_axis, Mapping):
+        names = {c.name for c in found}
+        unknown = [k for k in batch_axis if k not in names]
+        if unknown:
+            raise InputError(
+                f"batch_axis names {', '.join(map(repr, unknown))}, which match no lookup of "
+                f"this forward; the lookups are: {', '.join(repr(c.name) for c in found)} "
+                "(keys are lookup names as in res.layers, not table names or globs)"
+            )
+    out_caps: list[Capture] = []
     out = []
     for c in caps:
         shape = c.out_shape[:-1]
         given: Any = batch_axis
+        where = ""
         if isinstance(batch_axis, Mapping):
             given = batch_axis.get(c.name, "auto")
+            where = f"[{c.name!r}]"
         elif batch_axis is None:
             given = "auto"
+        if given != "auto":
+            given = _axis_value(given, where)
         if given == "auto":
+            out_caps.append(c)
             out.append(probe_mod.candidate_axes(shape, batch))
             continue
         if given is None:
+            out_caps.append(c)
             out.append([])
             continue
-        if not isinstance(given, int) or not -len(shape) <= given < len(shape):
+        if given == FOLDED:
+            out_caps.append(_unfold(c, batch, declared=True))
+            out.append([0])
+            continue
+        if not -len(shape) <= given < len(shape):
             raise InputError(
-                f"batch_axis={given!r} for lookup {c.name!r} whose ids have shape {shape}"
+                f"batch_axis{where}={given!r} for lookup {c.name!r} whose ids have shape "
+                f"{shape}: there is no axis {given}"
             )
-        given %= len(shape)
-        if shape[given] != batch:
+        axis = given % len(shape)
+        said = f"batch_axis{where}={given}" + (f" (axis {axis})" if axis != given else "")
+        if shape[axis] != batch:
             raise InputError(
-                f"batch_axis={given} for lookup {c.name!r}: its ids have shape {shape}, whose "
-                f"axis {given} has size {shape[given]}, not the batch size {batch}"
+                f"{said} for lookup {c.name!r}: its ids have shape {shape}, whose axis {axis} "
+                f"has size {shape[axis]}, not the batch size {batch}"
             )
-        out.append([given])
-    return out
+        out_caps.append(c)
+        out.append([axis])
+    return out_caps, out
+
+
+def _foldable(c: Capture, batch: int) -> bool:
+    """Whether ``c``'s ids can hold a batch of ``batch`` folded into their leading axis."""
+    shape = c.out_shape[:-1]
+    return c.rows is None and len(shape) >= 1 and shape[0] > batch and shape[0] % batch == 0
+
+
+def _unfold(c: Capture, batch: int, *, declared: bool) -> Capture:
+    """``c`` seen with its leading axis (B·k) split into (B, k): ids, output and the shape of
+    its gradient. InputError when a declared fold does not fit the ids."""
+    shape = c.out_shape[:-1]
+    if not _foldable(c, batch):
+        raise InputError(
+            f"batch_axis={{{c.name!r}: {FOLDED!r}}}: lookup {c.name!r} has ids of shape {shape}; "
+            f"a folded batch needs a leading axis that is a multiple of the batch size {batch} "
+            f"(B·k rows, k > 1)"
+            + (" and a plain lookup (not an embedding bag)" if c.rows is not None else "")
+        )
+    k = shape[0] // batch
+    out_shape = (batch, k, *c.out_shape[1:])
+    how = "declared" if declared else "found by the probe"
+    note = (
+        f"ids {shape} hold the batch folded into their leading axis ({how}): rows b·{k} … "
+        f"(b+1)·{k}−1 are sample b's; ids, output and output_grad are reported as {out_shape[:-1]}"
+        f" / {out_shape}"
+    )
+    site = dataclasses.replace(c.site, note="; ".join(filter(None, [c.site.note, note])))
+    view = dataclasses.replace(
+        c,
+        site=site,
+        ids=c.ids.reshape(out_shape[:-1]),
+        out_shape=out_shape,
+        output=c.output.reshape(out_shape) if c.output is not None else None,
+    )
+    _FOLDED.add(view)
+    return view
+
+
+#: The unfolded views made by :func:`_unfold` (by identity; they live for one call).
+_FOLDED: weakref.WeakSet[Capture] = weakref.WeakSet()
+
+
+def _fold_when_no_batch_axis(
+    session: Session,
+    fwd: Forward,
+    caps: list[Capture],
+    axes: list[list[int]],
+    batch: int,
+    batch_axis: BatchAxis,
+) -> tuple[list[Capture], list[list[int]], list[bool]]:
+    """Where no lookup (selected or not) and no float input has an axis of the batch size, the
+    batch may be folded into a leading axis (ELMo's characters: (B·T, C)): such lookups (not
+    declared, not position lookups) become their unfolded views with candidate axis 0, to be
+    confirmed by the probe. Returns the captures, the axes and which were folded so."""
+    folded = [False] * len(caps)
+    if batch <= 1 or any(axes):
+        return caps, axes, folded
+    shapes = [c.out_shape[:-1] for c in fwd.captures] + [
+        tuple(session.ops.work(x).shape) for x in fwd.float_inputs.values()
+    ]
+    if any(probe_mod.candidate_axes(shape, batch) for shape in shapes):
+        return caps, axes, folded
+    given = batch_axis if isinstance(batch_axis, Mapping) else {}
+    caps, axes = list(caps), list(axes)
+    for i, c in enumerate(caps):
+        if c.name not in given and c.role != "position" and _foldable(c, batch):
+            caps[i], axes[i], folded[i] = _unfold(c, batch, declared=False), [0], True
+    return caps, axes, folded
+
+
+def _shaped(caps: list[Capture], grads: list[Any]) -> list[Any]:
+    """The backend's gradients in the shape of the captures (folded lookups unfolded)."""
+    return [
+        g if g is None or tuple(g.shape) == c.out_shape else g.reshape(c.out_shape)
+        for c, g in zip(caps, grads, strict=True)
+    ]
+
+
+def _refuse_unprobed_fold(caps: list[Capture], folded: list[bool], check: str) -> None:
+    """A batch folded into a leading axis is only a guess until the probe confirms it."""
+    names = [c.name for c, f in zip(caps, folded, strict=True) if f]
+    raise BatchAxisError(
+        f"no lookup's ids has an axis of the batch size; the ids of {', '.join(map(repr, names))} "
+        "have a leading axis that is a multiple of it, as when the batch is folded in (B·k rows, "
+        f"k consecutive rows per sample), but check={check!r} runs no probe to confirm that. "
+        f"Declare it with batch_axis={{{names[0]!r}: {FOLDED!r}}}, or use check='auto'/'probe'."
+    )
 
 
 def _require_batch_axis(
@@ -401,7 +622,8 @@ def _require_batch_axis(
     shapes = ", ".join(f"{c.name!r} {c.out_shape[:-1]}" for c in fwd.captures)
     raise LossError(
         f"loss_fn returned {batch} losses, but no lookup's ids has an axis of size {batch}: "
-        f"{shapes}. loss_fn must return one loss per sample, shape (B,) with B the batch size "
+        f"{shapes}. Nor can a batch of {batch} be folded into a leading axis (B·k rows), which "
+        "needs a multiple of it. loss_fn must return one loss per sample, shape (B,) with B the batch size "
         "of the ids (check for a duplicated batch or a wrong concatenation); if the ids really "
         "have no batch axis, say so with batch_axis={name: None}."
     )
@@ -513,10 +735,12 @@ def _probe(
     grads: list[Any],
     rng: np.random.Generator,
     batch: int,
+    folded: list[bool],
 ) -> tuple[list[int | None], float]:
     session = run.session
     v = probe_mod.probe_weights(batch, rng)
     gv, _ = session.backward(run.again(fwd), v, select, inputs=False, retain=False)
+    gv = _shaped(caps, gv)
     resolved: list[int | None] = []
     failed: list[tuple[Capture, float, float]] = []
     worst = 0.0
@@ -537,6 +761,19 @@ def _probe(
         worst = max(worst, scores[best])
         resolved.append(best)
     for c, score, tol in failed:
+        if folded[caps.index(c)]:
+            shape = (c.out_shape[0] * c.out_shape[1], *c.out_shape[2:-1])
+            raise BatchAxisError(
+                f"loss_fn returned {batch} losses, but no lookup's ids has an axis of size "
+                f"{batch}. Lookup {c.name!r} has ids of shape {shape}, whose leading axis "
+                f"{shape[0]} = {batch}·{c.out_shape[1]} could hold the batch folded in (rows "
+                f"b·{c.out_shape[1]} … (b+1)·{c.out_shape[1]}−1 for sample b, as ELMo's "
+                f"character CNN does), but the probe says the gradient is not split so "
+                f"(residual {score:.3g}; < {tol:g} when it is). The rows may be interleaved "
+                f"(row t·{batch} + b), the samples may interact (check='exact' gives the exact "
+                "per-sample loop), or the losses may not match the samples (one loss per "
+                f"sample, shape (B,)). batch_axis={{{c.name!r}: None}} gives batch sums."
+            )
         if not _broadcast_ids(c, caps, resolved):
             raise CouplingError(
                 f"samples interact in lookup {c.name!r}: one backward of the summed losses does "
@@ -564,9 +801,9 @@ def _broadcast_ids(c: Capture, caps: list[Capture], resolved: list[int | None]) 
     lookup's, or a leading axis of size 1), its gradients are batch sums (``batch_axis=None``),
     which are exact.
     """
-    passed = [len(p.out_shape) for p, a in zip(caps, resolved, strict=False) if a is not None]
+    passed = [_rank(p) for p, a in zip(caps, resolved, strict=False) if a is not None]
     shape = c.out_shape[:-1]
-    broadcast = len(c.out_shape) < max(passed, default=0) or (len(shape) > 1 and shape[0] == 1)
+    broadcast = _rank(c) < max(passed, default=0) or (len(shape) > 1 and shape[0] == 1)
     return bool(passed) and (broadcast or c.role == "position")
 
 
@@ -574,12 +811,17 @@ def _broadcast_to_sums(caps: list[Capture], resolved: list[int | None]) -> list[
     """The exact loop's batch axes, less those of broadcast-shaped ids: a lookup whose output has
     fewer dimensions than one with a batch axis (position ids (T,) beside (B, T) word ids) has
     no batch axis even when one of its axes has size B."""
-    batched = [len(c.out_shape) for c, a in zip(caps, resolved, strict=True) if a is not None]
+    batched = [_rank(c) for c, a in zip(caps, resolved, strict=True) if a is not None]
     dims = max(batched, default=0)
     return [
-        None if a is not None and len(c.out_shape) < dims else a
+        None if a is not None and c not in _FOLDED and _rank(c) < dims else a
         for c, a in zip(caps, resolved, strict=True)
     ]
+
+
+def _rank(c: Capture) -> int:
+    """The rank of the lookup's output as the model made it (a folded view has one more)."""
+    return len(c.out_shape) - (1 if c in _FOLDED else 0)
 
 
 def _rows_fast(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> SparseRows:
@@ -654,6 +896,7 @@ def _exact(
             inputs=want_inputs and bool(fwd.float_inputs),
             retain=session.retained_backward_is_exact and not last,
         )
+        grads = _shaped(caps, grads)
         if i == 0:  # what the graph reaches is the same for every sample's backward
             kept, unreached = _reached(caps, grads, layers)
             select, caps, axes = _take(select, kept), _take(caps, kept), _take(axes, kept)
@@ -680,7 +923,7 @@ def _exact(
         probe_residual=None,
         mode=mode,
         framework=session.framework,
-        unreached=unreached,
+        unreached={**unreached, **fwd.unsplit},
     )
 
 

@@ -231,3 +231,102 @@ def test_roberta_masked_lm_decoder_ties_the_word_table(hybridize: bool):
         ("word_embed.0", True),
         ("encoder.position_weight", False),
     ]
+
+
+# -- issue 21 item 13 -------------------------------------------------------------------------
+class SelfProjecting(gluon.HybridBlock):
+    """One block looks its own table up and projects on it: (B, T) ids → (B, T, V) logits."""
+
+    def __init__(self, vocab: int = 30, dim: int = 6, frozen: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._vocab, self._dim = vocab, dim
+        with self.name_scope():
+            req = "null" if frozen else "write"
+            self.weight = self.params.get("weight", shape=(vocab, dim), grad_req=req)
+
+    def hybrid_forward(self, F: Any, x: Any, weight: Any) -> Any:
+        h = F.tanh(F.Embedding(x, weight, input_dim=self._vocab, output_dim=self._dim))
+        return F.FullyConnected(h, weight, no_bias=True, num_hidden=self._vocab, flatten=False)
+
+
+@pytest.mark.parametrize("variant", gm.VARIANTS)
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+def test_one_block_looking_up_and_projecting_ties_its_table(variant, frozen, tmp_path: Path):
+    case = _case(lambda: SelfProjecting(frozen=frozen), 5)
+    reference = oracle.output_grads(case.model, case.inputs, case.loss)
+    model = gm.variant(case, variant, tmp_path)
+    res = embgrad.gradients(model, case.inputs, case.loss)
+    (lk,) = res
+    assert lk.tied and "non-lookup" in lk.note
+    assert_matches_oracle(res, reference)
+    assert case.model.weight.grad_req == ("null" if frozen else "write")
+
+
+class EncoderDecoder(gluon.HybridBlock):
+    """Returns (enc, dec): dec projects on the word table, enc does not use it otherwise."""
+
+    def __init__(self, vocab: int = 30, dim: int = 6, **kw: Any) -> None:
+        super().__init__(**kw)
+        with self.name_scope():
+            self.embed = nn.Embedding(vocab, dim)
+            self.enc = nn.Dense(3, activation="tanh")
+            self.dec = nn.Dense(vocab, flatten=False, in_units=dim, params=self.embed.params)
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        h = self.embed(x)
+        return self.enc(h), self.dec(h)
+
+
+@pytest.mark.parametrize("variant", gm.VARIANTS)
+@pytest.mark.parametrize("uses", ["enc", "dec"])
+def test_tied_is_decided_against_the_losses_not_the_outputs(variant, uses, tmp_path: Path):
+    rng = np.random.default_rng(6)
+    target = nd.array(rng.normal(size=(4, 3)))
+    labels = nd.array(rng.integers(0, 30, size=(4, 5)))
+    ce = gluon.loss.SoftmaxCELoss()
+
+    def loss(out: Any) -> Any:
+        enc, dec = out
+        return ((enc - target) ** 2).sum(axis=1) if uses == "enc" else ce(dec, labels)
+
+    mx.random.seed(0)
+    case = gm._case(EncoderDecoder, (gm.ids((4, 5), 30, rng),), loss)
+    reference = oracle.output_grads(case.model, case.inputs, case.loss)
+    model = gm.variant(case, variant, tmp_path)
+    res = embgrad.gradients(model, case.inputs, case.loss)
+    (lk,) = res
+    assert lk.tied == (uses == "dec")
+    assert_matches_oracle(res, reference)
+
+
+class ProjectingEmbedding(nn.Embedding):
+    """An nn.Embedding that also projects on its own table (``project``)."""
+
+    def project(self, h: Any) -> Any:
+        return nd.dot(h, self.weight.data(), transpose_b=True)
+
+
+class UsesProjectingEmbedding(gluon.Block):
+    def __init__(self, vocab: int = 30, dim: int = 6, frozen: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        with self.name_scope():
+            self.embed = ProjectingEmbedding(vocab, dim)
+        if frozen:  # before initialization: the array is never an autograd variable
+            self.embed.weight.grad_req = "null"
+
+    def forward(self, x: Any) -> Any:
+        return self.embed.project(nd.tanh(self.embed(x)))
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+def test_embedding_block_projecting_on_its_own_table_ties_it(frozen: bool) -> None:
+    """Issue 21 item 13: the block that looks the table up also fetches it to project; frozen,
+    autograd does not record the table, and fetches alone cannot tell the two uses apart."""
+    case = _case(lambda: UsesProjectingEmbedding(frozen=frozen), 7)
+    reference = oracle.output_grads(case.model, case.inputs, case.loss)
+    res = embgrad.gradients(case.model, case.inputs, case.loss)
+    (lk,) = res
+    assert lk.tied and "non-lookup" in lk.note
+    assert_matches_oracle(res, reference)
+    assert case.model.embed.weight.grad_req == ("null" if frozen else "write")
+    assert not case.model.embed.weight._data[0]._fresh_grad

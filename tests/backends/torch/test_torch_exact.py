@@ -48,7 +48,7 @@ def test_one_backward_matches_batch_of_one_loop_on_word_position_and_token_type(
     )
     assert res.layers == ["word", "pos_embed", "token_type"]
     assert [lk.role for lk in res] == ["word", "position", "token_type"]
-    assert res.check == "auto" and res.probe_residual is not None and res.probe_residual < 1e-6
+    assert res.check == "probe" and res.probe_residual is not None and res.probe_residual < 1e-6
     close(res.losses, torch.tensor(ref.losses))
     for name in ("word", "token_type"):
         assert res[name].batch_axis == 0
@@ -469,12 +469,12 @@ def test_lookups_that_appear_on_another_branch_are_all_found_and_probed():
     model = _Branchy()
     loss = ce_loss(_labels(3))
     short = embgrad.gradients(model, _ids(3, 4, vocab=20), loss)
-    assert short.layers == ["word"] and short.check == "auto"
+    assert short.layers == ["word"] and short.check == "probe"
     again = embgrad.gradients(model, _ids(3, 4, vocab=20), loss)
     assert again.check == "probe-cached"
     ids = _ids(3, 6, vocab=20)
     long = embgrad.gradients(model, ids, loss)
-    assert long.layers == ["word", "frozen", "F.embedding"] and long.check == "auto"
+    assert long.layers == ["word", "frozen", "F.embedding"] and long.check == "probe"
     exact = embgrad.gradients(model, ids, loss, check="exact")
     for name in long.layers:
         close(long[name].output_grad, exact[name].output_grad)

@@ -261,6 +261,8 @@ class FakeModel:
         retained_exact: the session's ``retained_backward_is_exact``.
         detach: ``"word"`` / ``"position"``: that lookup's output is cut off the graph (like
             ``.detach()`` / ``no_grad`` / ``BlockGrad``): the losses do not reach it.
+        fold: look the word ids up flattened, (B·T,) (or (T·B,) with ``layout="TB"``), as
+            ELMo's character CNN does (a batch folded into the lookup's leading axis).
     """
 
     def __init__(
@@ -278,6 +280,7 @@ class FakeModel:
         output_lookup: bool = False,
         retained_exact: bool = True,
         detach: str | None = None,
+        fold: bool = False,
         seed: int = 0,
     ) -> None:
         assert layout in ("BT", "TB") and position in (None, "1d", "2d")
@@ -303,6 +306,7 @@ class FakeModel:
         self.lookups = lookups
         self.retained_exact = retained_exact
         self.detach = detach
+        self.fold = fold
         self.training = False
         self.events: list[str] = []  # "open:<mode>" / "close", from FakeBackend.open
         self.seeds: list[int] = []  # the seed of every captured forward
@@ -320,7 +324,11 @@ class FakeModel:
             assert x is not None
             xt = x if isinstance(x, Tensor) else Tensor(x)
             return xt.reshape((xt.shape[0], 1, xt.shape[1]))
-        h = self._lookup(self.word, ids)
+        if self.fold:  # the batch folded into the lookup's leading axis: ids (B·T,)
+            flat = self._lookup(self.word, ids.reshape(-1))
+            h = flat.reshape((*ids.shape, flat.shape[-1]))
+        else:
+            h = self._lookup(self.word, ids)
         if self.detach == "word":
             h = Tensor(h.value)
         if self.decoder is not None:
