@@ -12,7 +12,9 @@ the output inside the model cannot change what is differentiated.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -46,16 +48,70 @@ class LookupRecorder(TorchFunctionMode):
             torch.embedding: self._t_embedding,
             F.embedding_bag: self._f_bag,
             torch.embedding_bag: self._t_bag,
+            torch.Tensor.__getitem__: self._getitem,
+            torch.index_select: self._index_select,
+            torch.Tensor.index_select: self._index_select,
+            torch.take: self._take,
+            torch.Tensor.take: self._take,
         }
+        #: registered tensors (by id) that fed an op other than a lookup: op name, first seen
+        self.used: dict[int, str] = {}
+        self._tables: list[int] = []  # id of each capture's table tensor (as registered)
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
         handler = self._handlers.get(func)
-        if handler is None:
-            return func(*args, **kwargs)
-        return handler(func, args, kwargs)
+        if handler is not None:
+            return handler(func, args, kwargs)
+        out = func(*args, **kwargs)
+        known = self.names.names
+        for a in args:
+            if id(a) in known or (type(a) in (list, tuple) and any(id(x) in known for x in a)):
+                self._used(func, args, kwargs, out)
+                break
+        else:
+            if kwargs and any(id(a) in known for a in kwargs.values()):
+                self._used(func, args, kwargs, out)
+        return out
+
+    def _used(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """Note the registered tensors among a (non-lookup) op's arguments as used otherwise
+        when the op computed from their values: a tensor result, attached to the graph when
+        the tensor requires grad (``.shape``, ``.detach()``, ``new_zeros`` are not uses)."""
+        if not isinstance(out, torch.Tensor) and not (
+            isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)
+        ):
+            return
+        res = out if isinstance(out, torch.Tensor) else out[0]
+        if func in _NOT_USES:
+            return
+        known = self.names.names
+        found = [a for a in args if id(a) in known]
+        found += [x for a in args if type(a) in (list, tuple) for x in a if id(x) in known]
+        found += [a for a in kwargs.values() if id(a) in known]
+        for t in found:
+            if isinstance(t, torch.Tensor) and (res.requires_grad or not t.requires_grad):
+                self.used.setdefault(id(t), _op_name(func))
+
+    def finish(self) -> None:
+        """After the forward: mark each lookup whose table fed an op other than a lookup in
+        this forward as ``tied`` (an output projection, ``F.linear(h, emb.weight)``), with a
+        note naming the op."""
+        if not self.used:
+            return
+        for c, table in zip(self.captures, self._tables, strict=True):
+            op = self.used.get(table)
+            if op is None:
+                continue
+            note = (
+                f"tied: table {c.site.table} also feeds {op} in this forward (e.g. an output "
+                "projection); this lookup's table gradient covers the lookup's path only "
+                "(Gradients.table_grad sums all captured lookups of the table), not the "
+                "table's other uses, so it differs from weight.grad"
+            )
+            c.site = dataclasses.replace(c.site, tied=True, note=_join(c.site.note, note))
 
     def verify(self) -> None:
         """The deferred id checks, in one read from the device: InputError naming the first bad
@@ -143,6 +199,7 @@ class LookupRecorder(TorchFunctionMode):
         ids: torch.Tensor,
         padding_idx: int | None,
         rows: Callable[[Any], tuple[Any, Any, Any]] | None = None,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Record ``out`` as a capture; return the tensor the model should continue with.
 
@@ -158,6 +215,8 @@ class LookupRecorder(TorchFunctionMode):
             target = out if out.requires_grad else out.detach().requires_grad_()
         v, d = weight.shape
         site = CallSite(vocab_size=int(v), dim=int(d), padding_idx=padding_idx, **info)
+        base = weight if table is None else table
+        self._tables.append(id(base if base._base is None else base._base))
         self.captures.append(
             Capture(
                 site=site,
@@ -295,6 +354,149 @@ class LookupRecorder(TorchFunctionMode):
         info["note"] = _join(info["note"], _option_note(a))
         new = self._record(out, weight, info, ids=ids, padding_idx=pad, rows=rows)
         return (new, *rest)
+
+
+    # -- lookups written as indexing -------------------------------------------------------------
+    def _table(self, x: Any) -> bool:
+        """Whether ``x`` is a 2-D parameter of the model (a table indexing can look up)."""
+        return id(x) in self.names.param_ids and x.dim() == 2
+
+    def _getitem(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``table[ids]``, ``table[ids, r]`` (r a slice, an int or ``...``): a row lookup;
+        ``table[i, j]`` (two id tensors): an element lookup. Other integer-tensor indexing of a
+        table is run as written, with a warning that embgrad saw it and did not split it."""
+        weight, index = args[0], args[1]
+        if not self._table(weight):
+            return self._plain(func, args, kwargs)
+        if _is_ids(index):
+            return self._rows(weight, index, "Tensor.__getitem__", None)
+        if type(index) is tuple and len(index) == 2 and _is_ids(index[0]):
+            rest = index[1]
+            if rest is Ellipsis or (
+                isinstance(rest, slice) and rest == slice(None)
+            ):
+                return self._rows(weight, index[0], "Tensor.__getitem__", None)
+            if isinstance(rest, (int, slice)) and not isinstance(rest, bool):
+                return self._rows(weight, index[0], "Tensor.__getitem__", (Ellipsis, rest))
+            if _is_ids(rest):
+                i, j = torch.broadcast_tensors(index[0], rest)
+                d = weight.shape[1]
+                j = torch.where(j < 0, j + d, j)
+                if bool(((j < 0) | (j >= d)).any()):
+                    return self._plain(func, args, kwargs)  # PyTorch's own IndexError
+                flat = torch.where(i < 0, i + weight.shape[0], i) * d + j
+                return self._elements(weight, flat, "Tensor.__getitem__")
+        parts = index if type(index) is tuple else (index,)
+        if any(isinstance(p, torch.Tensor) and not p.dtype.is_floating_point for p in parts):
+            self._unsplit(weight, "Tensor.__getitem__", "an index of this form")
+        return self._plain(func, args, kwargs)
+
+    def _index_select(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        a = _bind(("input", "dim", "index"), args, kwargs)
+        weight, dim, ids = a.get("input"), a.get("dim"), a.get("index")
+        if not isinstance(weight, torch.Tensor) or not self._table(weight):
+            return self._plain(func, args, kwargs)
+        if dim in (0, -2) and _is_ids(ids) and ids.dim() == 1 and "out" not in a:
+            return self._rows(weight, ids, "torch.index_select", None)
+        self._unsplit(weight, "torch.index_select", f"dim={dim}")
+        return self._plain(func, args, kwargs)
+
+    def _take(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        a = _bind(("input", "index"), args, kwargs)
+        weight, ids = a.get("input"), a.get("index")
+        if not isinstance(weight, torch.Tensor) or not self._table(weight) or not _is_ids(ids):
+            return self._plain(func, args, kwargs)
+        if "out" in a:
+            self._unsplit(weight, "torch.take", "out=")
+            return self._plain(func, args, kwargs)
+        return self._elements(weight, ids, "torch.take")
+
+    def _plain(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run an intercepted op that is not a lookup as any other op (its table uses noted)."""
+        out = func(*args, **kwargs)
+        self._used(func, args, kwargs, out)
+        return out
+
+    def _unsplit(self, weight: torch.Tensor, kind: str, what: str) -> None:
+        info = self.names.describe(weight, kind)
+        warnings.warn(
+            f"embgrad: {kind} on table {info['table']} with integer-tensor ids ({what}) is a "
+            "lookup embgrad does not split into per-sample gradients; it runs as written and is "
+            "not in the result. Write it as F.embedding(ids, table) or table[ids] to include it.",
+            UnsupportedLookupWarning,
+            stacklevel=3,
+        )
+
+    def _rows(self, weight: torch.Tensor, ids: torch.Tensor, kind: str, post: Any) -> Any:
+        """``weight[ids]`` (then ``[post]``) as a captured row lookup. Python indexing wraps
+        negative ids; they are made non-negative first (a device op, no read)."""
+        info = self._site(weight, kind)
+        check_dtype(info["name"], ids)
+        rows = torch.where(ids < 0, ids + weight.shape[0], ids)
+        where = (_T_EMB_ARGS, "indices")
+        out, rows = self._call(
+            info["name"], rows, weight, {}, torch.embedding, (weight, rows), {}, where
+        )
+        new = self._record(out, weight, info, ids=rows, padding_idx=None)
+        return new if post is None else new[post]
+
+    def _elements(self, weight: torch.Tensor, flat: torch.Tensor, kind: str) -> Any:
+        """``weight.flatten()[flat]`` as a captured lookup on the (numel, 1) view of the table."""
+        info = self._site(weight, kind)
+        check_dtype(info["name"], flat)
+        n = weight.numel()
+        ids = torch.where(flat < 0, flat + n, flat)
+        column = weight.reshape(n, 1)
+        where = (_T_EMB_ARGS, "indices")
+        out, ids = self._call(
+            info["name"], ids, column, {}, torch.embedding, (column, ids), {}, where
+        )
+        info["note"] = _join(
+            info["note"],
+            f"element lookup: table {info['table']} is read element-wise as its {n} x 1 "
+            "flattening (row k is element k of the flattened table)",
+        )
+        new = self._record(out, column, info, ids=ids, padding_idx=None, table=weight)
+        return new[..., 0]
+
+
+class UnsupportedLookupWarning(UserWarning):
+    """A lookup embgrad saw (integer-tensor indexing of a table) but cannot split per sample."""
+
+
+def _is_ids(x: Any) -> bool:
+    """An integer (not bool) tensor: indexing a table with it is a lookup."""
+    return isinstance(x, torch.Tensor) and x.dtype in (torch.int64, torch.int32)
+
+
+def _op_name(func: Any) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    module = getattr(func, "__module__", None)
+    if name.startswith("_TensorBase."):
+        name = "Tensor." + name.split(".", 1)[1]
+    elif module == "torch.nn.functional":
+        name = "F." + name
+    elif module in ("torch", "torch._C._VariableFunctions") and "." not in name:
+        name = "torch." + name
+    return name
+
+
+#: ops that take a table but compute nothing from its values
+_NOT_USES = frozenset(
+    {
+        torch.Tensor.detach,
+        torch.Tensor.requires_grad_,
+        torch.zeros_like,
+        torch.ones_like,
+        torch.empty_like,
+        torch.full_like,
+        torch.Tensor.new_zeros,
+        torch.Tensor.new_ones,
+        torch.Tensor.new_empty,
+        torch.Tensor.new_full,
+        torch.Tensor.new_tensor,
+    }
+)
 
 
 #: parameter names, in order, of the intercepted functions (torch 2.x signatures)
