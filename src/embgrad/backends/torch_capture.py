@@ -472,11 +472,13 @@ def _is_ids(x: Any) -> bool:
 def _op_name(func: Any) -> str:
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     module = getattr(func, "__module__", None)
-    if name.startswith("_TensorBase."):
+    if name.startswith(("_TensorBase.", "TensorBase.")):
         name = "Tensor." + name.split(".", 1)[1]
-    elif module == "torch.nn.functional":
+    elif module in ("torch.nn.functional", "torch._C._nn"):
         name = "F." + name
-    elif module in ("torch", "torch._C._VariableFunctions") and "." not in name:
+    elif name.startswith("_VariableFunctionsClass."):
+        name = "torch." + name.split(".", 1)[1]
+    elif module == "torch" and "." not in name:
         name = "torch." + name
     return name
 
