@@ -17,7 +17,7 @@ import inspect
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -355,7 +355,6 @@ class LookupRecorder(TorchFunctionMode):
         new = self._record(out, weight, info, ids=ids, padding_idx=pad, rows=rows)
         return (new, *rest)
 
-
     # -- lookups written as indexing -------------------------------------------------------------
     def _table(self, x: Any) -> bool:
         """Whether ``x`` is a 2-D parameter of the model (a table indexing can look up)."""
@@ -372,9 +371,7 @@ class LookupRecorder(TorchFunctionMode):
             return self._rows(weight, index, "Tensor.__getitem__", None)
         if type(index) is tuple and len(index) == 2 and _is_ids(index[0]):
             rest = index[1]
-            if rest is Ellipsis or (
-                isinstance(rest, slice) and rest == slice(None)
-            ):
+            if rest is Ellipsis or (isinstance(rest, slice) and rest == slice(None)):
                 return self._rows(weight, index[0], "Tensor.__getitem__", None)
             if isinstance(rest, (int, slice)) and not isinstance(rest, bool):
                 return self._rows(weight, index[0], "Tensor.__getitem__", (Ellipsis, rest))
@@ -464,7 +461,7 @@ class UnsupportedLookupWarning(UserWarning):
     """A lookup embgrad saw (integer-tensor indexing of a table) but cannot split per sample."""
 
 
-def _is_ids(x: Any) -> bool:
+def _is_ids(x: Any) -> TypeGuard[torch.Tensor]:
     """An integer (not bool) tensor: indexing a table with it is a lookup."""
     return isinstance(x, torch.Tensor) and x.dtype in (torch.int64, torch.int32)
 

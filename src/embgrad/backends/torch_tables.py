@@ -66,11 +66,11 @@ class TableNames:
                         self.param_ids.add(id(t))
                     else:
                         got.append(prefix + key)
-            for key, t in mod._buffers.items():
-                if t is not None:
-                    got = self.names.get(id(t))
+            for key, buf in mod._buffers.items():
+                if buf is not None:
+                    got = self.names.get(id(buf))
                     if got is None:
-                        self.names[id(t)] = [prefix + key]
+                        self.names[id(buf)] = [prefix + key]
                     else:
                         got.append(prefix + key)
             children = [(prefix + k, m) for k, m in mod._modules.items() if m is not None]
@@ -84,7 +84,7 @@ class TableNames:
             get = getattr(self.module, "get_input_embeddings", None)
             try:
                 emb = get() if callable(get) else None
-            except Exception:  # noqa: BLE001 - e.g. CANINE: NotImplementedError; names decide
+            except Exception:  # e.g. CANINE: NotImplementedError; then the names decide
                 emb = None
             weight = getattr(emb, "weight", None) if isinstance(emb, torch.nn.Module) else None
             if isinstance(weight, torch.Tensor):

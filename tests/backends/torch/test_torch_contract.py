@@ -333,9 +333,7 @@ def test_mt5_with_its_own_lm_head_is_not_tied_and_its_table_grad_is_weight_grad(
     words = res.by_role("word")
     assert [lk.name for lk in words] == ["encoder.embed_tokens", "decoder.embed_tokens"]
     assert not any(lk.tied for lk in words)
-    ref = _weight_grad_loop(
-        model, inputs, B, lambda i: loss_at(labels[i : i + 1]), "shared.weight"
-    )
+    ref = _weight_grad_loop(model, inputs, B, lambda i: loss_at(labels[i : i + 1]), "shared.weight")
     close(res.table_grad("shared.weight", dense=True), ref)
 
 
