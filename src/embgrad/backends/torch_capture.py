@@ -27,7 +27,7 @@ from ..core.site import CallSite
 from ..errors import InputError
 from .base import Capture, Replace
 from .torch_bags import bag_rows
-from .torch_tables import TableNames, check_dtype, check_ids, norm_pad
+from .torch_tables import TableNames, check_dtype, check_ids, check_index_ids, norm_pad
 
 _BAG_MODES = ("sum", "mean", "max")
 
@@ -57,6 +57,8 @@ class LookupRecorder(TorchFunctionMode):
         #: registered tensors (by id) that fed an op other than a lookup: op name, first seen
         self.used: dict[int, str] = {}
         self._tables: list[int] = []  # id of each capture's table tensor (as registered)
+        #: ids as written of deferred checks (by index) of lookups written as indexing
+        self._wraps: dict[int, torch.Tensor] = {}
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -126,8 +128,10 @@ class LookupRecorder(TorchFunctionMode):
             read = torch.stack([self.deferred[k][3] for k in ks]).tolist()
             for k, flag in zip(ks, read, strict=True):
                 flags[k] = bool(flag)
-        for (site, ids, vocab, _), flag in zip(self.deferred, flags, strict=True):
+        for k, ((site, ids, vocab, _), flag) in enumerate(zip(self.deferred, flags, strict=True)):
             if flag:
+                if k in self._wraps:  # indexing: negative ids wrap
+                    check_index_ids(site, self._wraps[k], vocab)
                 check_ids(site, ids, vocab)  # names the id and its position
                 raise InputError(  # the model changed its ids in place after the lookup
                     f"lookup {site!r} got an id outside its table of {vocab} rows (valid ids "
@@ -425,29 +429,18 @@ class LookupRecorder(TorchFunctionMode):
         )
 
     def _rows(self, weight: torch.Tensor, ids: torch.Tensor, kind: str, post: Any) -> Any:
-        """``weight[ids]`` (then ``[post]``) as a captured row lookup. Python indexing wraps
-        negative ids; they are made non-negative first (a device op, no read)."""
+        """``weight[ids]`` (then ``[post]``) as a captured row lookup."""
         info = self._site(weight, kind)
-        check_dtype(info["name"], ids)
-        rows = torch.where(ids < 0, ids + weight.shape[0], ids)
-        where = (_T_EMB_ARGS, "indices")
-        out, rows = self._call(
-            info["name"], rows, weight, {}, torch.embedding, (weight, rows), {}, where
-        )
+        out, rows = self._wrapped(info["name"], ids, weight)
         new = self._record(out, weight, info, ids=rows, padding_idx=None)
         return new if post is None else new[post]
 
     def _elements(self, weight: torch.Tensor, flat: torch.Tensor, kind: str) -> Any:
         """``weight.flatten()[flat]`` as a captured lookup on the (numel, 1) view of the table."""
         info = self._site(weight, kind)
-        check_dtype(info["name"], flat)
         n = weight.numel()
-        ids = torch.where(flat < 0, flat + n, flat)
         column = weight.reshape(n, 1)
-        where = (_T_EMB_ARGS, "indices")
-        out, ids = self._call(
-            info["name"], ids, column, {}, torch.embedding, (column, ids), {}, where
-        )
+        out, ids = self._wrapped(info["name"], flat, column)
         info["note"] = _join(
             info["note"],
             f"element lookup: table {info['table']} is read element-wise as its {n} x 1 "
@@ -455,6 +448,26 @@ class LookupRecorder(TorchFunctionMode):
         )
         new = self._record(out, column, info, ids=ids, padding_idx=None, table=weight)
         return new[..., 0]
+
+    def _wrapped(
+        self, site: str, ids: torch.Tensor, table: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``torch.embedding(table, ids)`` with Python's indexing rule: negative ids wrap (made
+        non-negative first, a device op, no read); ids outside ``[-V, V)`` are refused by their
+        value as written. Returns the output and the (non-negative) rows."""
+        check_dtype(site, ids)
+        vocab = int(table.shape[0])
+        rows = torch.where(ids < 0, ids + vocab, ids)
+        where = (_T_EMB_ARGS, "indices")
+        n = len(self.deferred)
+        try:
+            out, rows = self._call(site, rows, table, {}, torch.embedding, (table, rows), {}, where)
+        except InputError:
+            check_index_ids(site, ids, vocab)
+            raise
+        if len(self.deferred) > n:  # the check is deferred: it must name the ids as written
+            self._wraps[n] = ids.detach().clone()
+        return out, rows
 
 
 class UnsupportedLookupWarning(UserWarning):
@@ -484,6 +497,8 @@ def _op_name(func: Any) -> str:
 _NOT_USES = frozenset(
     {
         torch.Tensor.detach,
+        torch.Tensor.data.__get__,  # type: ignore[attr-defined,union-attr]
+        torch.Tensor.grad.__get__,  # type: ignore[attr-defined,union-attr]
         torch.Tensor.requires_grad_,
         torch.zeros_like,
         torch.ones_like,

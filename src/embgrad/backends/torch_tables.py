@@ -212,6 +212,23 @@ def check_ids(site: str, ids: torch.Tensor, vocab: int) -> None:
     )
 
 
+def check_index_ids(site: str, ids: torch.Tensor, vocab: int) -> None:
+    """Raise InputError unless ``ids`` are valid Python indices of ``vocab`` rows, in
+    ``[-vocab, vocab)`` (a lookup written as indexing: negative ids wrap)."""
+    if ids.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()
+    if lo >= -vocab and hi < vocab:
+        return
+    bad = ((ids < -vocab) | (ids >= vocab)).nonzero()[0]
+    where = tuple(int(i) for i in bad)
+    raise InputError(
+        f"lookup {site!r} got id {int(ids[where])} at position {where}, outside its table of "
+        f"{vocab} rows (valid indices are {-vocab}..{vocab - 1}: the lookup is written as "
+        "indexing, where negative ids count from the end). Check that the ids match the table."
+    )
+
+
 def norm_pad(padding_idx: int | None, vocab: int, *, negative_is_none: bool) -> int | None:
     """PyTorch's padding_idx as a row number in [0, vocab), or None."""
     if padding_idx is None or (negative_is_none and padding_idx < 0):

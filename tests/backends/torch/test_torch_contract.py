@@ -553,3 +553,54 @@ def test_torchscript_models_are_refused_with_what_to_pass(how):
         embgrad.gradients(model, ids, lambda o: o)
     assert [m.training for m in model.modules()] == training
     assert embgrad.gradients(eager, ids, lambda o: o).layers == ["emb"]
+
+
+class Frozen(nn.Module):
+    """Indexing a frozen table, and a trainable one reused through ``.t()`` (tied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = nn.Parameter(torch.randn(V, D), requires_grad=False)
+        self.out = nn.Parameter(torch.randn(V, D))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.frozen[ids] + self.out[ids])
+        return (h @ self.out.t()).logsumexp(-1).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("deferred", [False, True], ids=["cpu-check", "deferred-check"])
+def test_indexing_a_frozen_table_and_a_table_used_through_t(dtype, deferred, monkeypatch):
+    from embgrad.backends import torch_capture
+
+    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", deferred)
+    torch.manual_seed(11)
+    model = Frozen()
+    ids = _ids(B, T, V, 15).to(dtype)
+    before = snapshot(model)
+    res = embgrad.gradients(model, ids, lambda o: o)
+    assert_untouched(before, model)
+    assert res.layers == ["frozen", "out"]
+    assert not res["frozen"].tied and res["out"].tied and "Tensor.t" in res["out"].note
+    for i in range(B):
+        a = model.frozen[ids[i : i + 1]].detach().requires_grad_()
+        b = model.out[ids[i : i + 1]].detach().requires_grad_()
+        h = torch.tanh(a + b)
+        ga, gb = torch.autograd.grad((h @ model.out.t()).logsumexp(-1).sum(), (a, b))
+        close(res["frozen"].output_grad[i], ga[0])
+        close(res["out"].output_grad[i], gb[0])
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["cpu-check", "deferred-check"])
+def test_an_indexing_id_outside_the_table_is_refused_by_name(deferred, monkeypatch):
+    from embgrad.backends import torch_capture
+    from embgrad.errors import InputError
+
+    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", deferred)
+    model = Indexed("getitem")
+    ids = _ids(B, T, V, 16)
+    ids[1, 2] = -V - 1  # -V..-1 wrap (Python indexing); below that is outside the table
+    before = snapshot(model)
+    with pytest.raises(InputError, match=rf"lookup 'table' got id {-V - 1} at position \(1, 2\)"):
+        embgrad.gradients(model, ids, lambda o: o)
+    assert_untouched(before, model)
