@@ -16,8 +16,9 @@ remembered — the setting of ``bench_small.py``):
 
 Old and new run in one process, interleaved: the old tree (``git archive REV src``) is imported
 as the package ``embgrad_old``; in every round each variant makes ``--inner`` calls in turn
-(order alternating each round) and the round's ratio is new / old of their medians; the table
-gives the median over rounds. ``recorder`` times the model's forward alone under each
+(order alternating each round) and the round's ratio is new / old of their medians (wall
+time, and the thread's CPU time, less disturbed by other processes on a shared machine); the
+table gives the median over rounds. ``recorder`` times the model's forward alone under each
 version's ``LookupRecorder`` (the mode's share of the per-call path).
 
     python benchmarks/bench_torch_contract.py --old 3046808 --rounds 15 --inner 10
@@ -111,20 +112,24 @@ def main() -> None:
         for p in params:
             p.grad = None
     ratios: dict[str, list[float]] = {k: [] for k in work}
+    cpu_ratios: dict[str, list[float]] = {k: [] for k in work}
     ms: dict[str, dict[str, list[float]]] = {k: {"old": [], "new": []} for k in work}
     for r in range(a.rounds):
         for name, fns in work.items():
             order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
-            med = {}
+            med, cpu = {}, {}
             for v in order:
-                ts = []
+                ts, cs = [], []
                 for _ in range(a.inner):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.thread_time()
                     fns[v]()
                     ts.append(time.perf_counter() - t0)
+                    cs.append(time.thread_time() - c0)
                 med[v] = statistics.median(ts) * 1e3
+                cpu[v] = statistics.median(cs) * 1e3
                 ms[name][v].append(med[v])
             ratios[name].append(med["new"] / med["old"])
+            cpu_ratios[name].append(cpu["new"] / cpu["old"])
             if name != "minilm-B1-T8-grad":
                 for p in params:
                     p.grad = None
@@ -145,11 +150,12 @@ def main() -> None:
             guard()
             ts.append((time.perf_counter() - t0) * 1e4)  # µs per guard
         guard_us[state] = statistics.median(ts)
-    print(f"\n| workload | old ms | new ms | new/old (median of {a.rounds} rounds) |")
-    print("|---|---|---|---|")
+    print(f"\n| workload | old ms | new ms | new/old wall | new/old CPU ({a.rounds} rounds) |")
+    print("|---|---|---|---|---|")
     for k in work:
         o, n = statistics.median(ms[k]["old"]), statistics.median(ms[k]["new"])
-        print(f"| {k} | {o:.2f} | {n:.2f} | {statistics.median(ratios[k]):.3f} |")
+        w, c = statistics.median(ratios[k]), statistics.median(cpu_ratios[k])
+        print(f"| {k} | {o:.2f} | {n:.2f} | {w:.3f} | {c:.3f} |")
     print(
         f"\n.grad guard alone ({len(params)} parameters): {guard_us['none']:.1f} µs with no .grad "
         f"held, {guard_us['held']:.1f} µs with every .grad held"

@@ -54,8 +54,8 @@ class LookupRecorder(TorchFunctionMode):
             torch.take: self._take,
             torch.Tensor.take: self._take,
         }
-        #: registered tensors (by id) that fed an op other than a lookup: op name, first seen
-        self.used: dict[int, str] = {}
+        #: registered tensors (by id) that fed an op other than a lookup: the op, first seen
+        self.used: dict[int, Any] = {}
         self._tables: list[int] = []  # id of each capture's table tensor (as registered)
         #: ids as written of deferred checks (by index) of lookups written as indexing
         self._wraps: dict[int, torch.Tensor] = {}
@@ -70,32 +70,34 @@ class LookupRecorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         known = self.names.names
         for a in args:
-            if id(a) in known or (type(a) in (list, tuple) and any(id(x) in known for x in a)):
-                self._used(func, args, kwargs, out)
-                break
-        else:
-            if kwargs and any(id(a) in known for a in kwargs.values()):
-                self._used(func, args, kwargs, out)
+            if id(a) in known:
+                self._use(a, func, out)
+            elif type(a) is list or type(a) is tuple:
+                for x in a:
+                    if id(x) in known:
+                        self._use(x, func, out)
+        if kwargs:
+            for a in kwargs.values():
+                if id(a) in known:
+                    self._use(a, func, out)
         return out
 
+    def _use(self, t: Any, func: Any, out: Any) -> None:
+        """Note a registered tensor passed to a non-lookup op as used otherwise when the op
+        computed from its values: a tensor result, attached to the graph when the tensor
+        requires grad (``.shape``, ``.detach()``, ``new_zeros`` are not uses)."""
+        if id(t) in self.used or func in _NOT_USES:
+            return
+        res = out[0] if type(out) is tuple and out else out
+        if isinstance(res, torch.Tensor) and (res.requires_grad or not t.requires_grad):
+            self.used[id(t)] = func
+
     def _used(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-        """Note the registered tensors among a (non-lookup) op's arguments as used otherwise
-        when the op computed from their values: a tensor result, attached to the graph when
-        the tensor requires grad (``.shape``, ``.detach()``, ``new_zeros`` are not uses)."""
-        if not isinstance(out, torch.Tensor) and not (
-            isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)
-        ):
-            return
-        res = out if isinstance(out, torch.Tensor) else out[0]
-        if func in _NOT_USES:
-            return
+        """:meth:`_use` for every registered tensor among an op's arguments."""
         known = self.names.names
-        found = [a for a in args if id(a) in known]
-        found += [x for a in args if type(a) in (list, tuple) for x in a if id(x) in known]
-        found += [a for a in kwargs.values() if id(a) in known]
-        for t in found:
-            if isinstance(t, torch.Tensor) and (res.requires_grad or not t.requires_grad):
-                self.used.setdefault(id(t), _op_name(func))
+        for a in (*args, *kwargs.values()):
+            if id(a) in known:
+                self._use(a, func, out)
 
     def finish(self) -> None:
         """After the forward: mark each lookup whose table fed an op other than a lookup in
@@ -104,9 +106,10 @@ class LookupRecorder(TorchFunctionMode):
         if not self.used:
             return
         for c, table in zip(self.captures, self._tables, strict=True):
-            op = self.used.get(table)
-            if op is None:
+            func = self.used.get(table)
+            if func is None:
                 continue
+            op = _op_name(func)
             note = (
                 f"tied: table {c.site.table} also feeds {op} in this forward (e.g. an output "
                 "projection); this lookup's table gradient covers the lookup's path only "
