@@ -384,11 +384,11 @@ class LookupRecorder(TorchFunctionMode):
                 return self._rows(weight, index[0], "Tensor.__getitem__", (Ellipsis, rest))
             if _is_ids(rest):
                 i, j = torch.broadcast_tensors(index[0], rest)
-                d = weight.shape[1]
-                j = torch.where(j < 0, j + d, j)
-                if bool(((j < 0) | (j >= d)).any()):
+                v, d = weight.shape
+                i, j = torch.where(i < 0, i + v, i), torch.where(j < 0, j + d, j)
+                if bool(((i < 0) | (i >= v) | (j < 0) | (j >= d)).any()):  # (a rare form)
                     return self._plain(func, args, kwargs)  # PyTorch's own IndexError
-                flat = torch.where(i < 0, i + weight.shape[0], i) * d + j
+                flat = i * d + j
                 return self._elements(weight, flat, "Tensor.__getitem__")
         parts = index if type(index) is tuple else (index,)
         if any(isinstance(p, torch.Tensor) and not p.dtype.is_floating_point for p in parts):
@@ -401,7 +401,7 @@ class LookupRecorder(TorchFunctionMode):
         if not isinstance(weight, torch.Tensor) or not self._table(weight):
             return self._plain(func, args, kwargs)
         if dim in (0, -2) and _is_ids(ids) and ids.dim() == 1 and "out" not in a:
-            return self._rows(weight, ids, "torch.index_select", None)
+            return self._rows(weight, ids, "torch.index_select", None, wrap=False)
         self._unsplit(weight, "torch.index_select", f"dim={dim}")
         return self._plain(func, args, kwargs)
 
@@ -431,10 +431,20 @@ class LookupRecorder(TorchFunctionMode):
             stacklevel=3,
         )
 
-    def _rows(self, weight: torch.Tensor, ids: torch.Tensor, kind: str, post: Any) -> Any:
-        """``weight[ids]`` (then ``[post]``) as a captured row lookup."""
+    def _rows(
+        self, weight: torch.Tensor, ids: torch.Tensor, kind: str, post: Any, *, wrap: bool = True
+    ) -> Any:
+        """``weight[ids]`` (then ``[post]``) as a captured row lookup; ``wrap``: negative ids
+        count from the end (indexing; ``index_select`` refuses them)."""
         info = self._site(weight, kind)
-        out, rows = self._wrapped(info["name"], ids, weight)
+        if not wrap:
+            where = (_T_EMB_ARGS, "indices")
+            check_dtype(info["name"], ids)
+            out, rows = self._call(
+                info["name"], ids, weight, {}, torch.embedding, (weight, ids), {}, where
+            )
+        else:
+            out, rows = self._wrapped(info["name"], ids, weight)
         new = self._record(out, weight, info, ids=rows, padding_idx=None)
         return new if post is None else new[post]
 

@@ -604,3 +604,37 @@ def test_an_indexing_id_outside_the_table_is_refused_by_name(deferred, monkeypat
     with pytest.raises(InputError, match=rf"lookup 'table' got id {-V - 1} at position \(1, 2\)"):
         embgrad.gradients(model, ids, lambda o: o)
     assert_untouched(before, model)
+
+
+def test_an_element_pair_index_is_an_element_lookup_and_bad_pairs_get_pytorchs_error():
+    class Pairs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(V, D))
+
+        def forward(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.table[i, j]).pow(2).sum(-1)
+
+    torch.manual_seed(12)
+    model = Pairs()
+    i, j = _ids(B, T, V, 17), _ids(B, T, D, 18)
+    i[0, 1], j[2, 3] = -2, -1  # negative indices wrap, as in PyTorch
+    res = embgrad.gradients(model, (i, j), lambda o: o)
+    assert res.layers == ["table"] and res["table"].vocab_size == V * D
+    ref = _weight_grad_loop(model, (i, j), B, lambda k: lambda o: o, "table")
+    close(res["table"].table_grad(dense=True).reshape(B, V, D), ref)
+    i[1, 0] = -V - 1  # would be a valid flat index after wrapping: still refused
+    with pytest.raises(IndexError):
+        embgrad.gradients(model, (i, j), lambda o: o)
+
+
+def test_index_select_refuses_negative_ids_as_pytorch_does():
+    from embgrad.errors import InputError
+
+    model = Indexed("index_select")
+    ids = _ids(B, T, V, 19)
+    ids[1, 0] = -1
+    with pytest.raises(InputError, match=r"got id -1 at position \(1,\)"):
+        embgrad.gradients(model, ids, lambda o: o)
+    with pytest.raises(IndexError):
+        model(ids)
