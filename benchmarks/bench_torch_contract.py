@@ -19,7 +19,8 @@ as the package ``embgrad_old``; in every round each variant makes ``--inner`` ca
 (order alternating each round) and the round's ratio is new / old of their medians (wall
 time, and the thread's CPU time, less disturbed by other processes on a shared machine); the
 table gives the median over rounds. ``recorder`` times the model's forward alone under each
-version's ``LookupRecorder`` (the mode's share of the per-call path).
+version's ``LookupRecorder`` (the mode's share of the per-call path); ``ops-200`` 200 ×
+(``F.linear`` on a registered weight + a slice) under it (the per-torch-call cost alone).
 
     python benchmarks/bench_torch_contract.py --old 3046808 --rounds 15 --inner 10
 """
@@ -91,6 +92,22 @@ def main() -> None:
 
         return run
 
+    def ops(pkg: Any) -> Any:
+        """200 × (F.linear on a registered weight + a slice): the mode's per-call path alone."""
+        capture = importlib.import_module(pkg.__name__ + ".backends.torch_capture")
+        tables = importlib.import_module(pkg.__name__ + ".backends.torch_tables")
+        lin = torch.nn.Linear(16, 16)
+        x = torch.randn(2, 16)
+        names = tables.TableNames(lin)
+
+        def run() -> None:
+            with torch.enable_grad(), capture.LookupRecorder(names):
+                for _ in range(200):
+                    torch.nn.functional.linear(x, lin.weight, lin.bias)
+                    x[:, :8]
+
+        return run
+
     def held(fn: Any) -> Any:
         def run() -> Any:
             for p in params:
@@ -104,6 +121,7 @@ def main() -> None:
         "minilm-B1-T8-grad": {k: held(call(v, 1, 8)) for k, v in versions.items()},
         "minilm-B8-T64": {k: call(v, 8, 64) for k, v in versions.items()},
         "recorder-B1-T8": {k: recorder(v) for k, v in versions.items()},
+        "ops-200": {k: ops(v) for k, v in versions.items()},
     }
     for fns in work.values():
         for fn in fns.values():
