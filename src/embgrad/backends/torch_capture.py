@@ -372,6 +372,8 @@ class LookupRecorder(TorchFunctionMode):
         ``table[i, j]`` (two id tensors): an element lookup. Other integer-tensor indexing of a
         table is run as written, with a warning that embgrad saw it and did not split it."""
         weight, index = args[0], args[1]
+        if id(weight) not in self.names.names:  # the common case: not a registered tensor
+            return func(*args, **kwargs)
         if not self._table(weight):
             return self._plain(func, args, kwargs)
         if _is_ids(index):
