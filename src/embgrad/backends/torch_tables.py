@@ -38,7 +38,7 @@ class TableNames:
         self.modules: dict[int, list[str]] = {}
         self.submodules: list[torch.nn.Module] = []
         self.params: list[torch.Tensor] = []
-        self.param_ids: set[int] = set()
+        self._param_ids: set[int] | None = None
         self.scripted: list[str] = []
         self._words: set[int] | None = None
         script = torch.jit.ScriptModule
@@ -63,7 +63,6 @@ class TableNames:
                     if got is None:
                         self.names[id(t)] = [prefix + key]
                         self.params.append(t)
-                        self.param_ids.add(id(t))
                     else:
                         got.append(prefix + key)
             for key, buf in mod._buffers.items():
@@ -75,6 +74,13 @@ class TableNames:
                         got.append(prefix + key)
             children = [(prefix + k, m) for k, m in mod._modules.items() if m is not None]
             stack.extend(reversed(children))
+
+    @property
+    def param_ids(self) -> set[int]:
+        """ids of the distinct parameters (worked out on first use)."""
+        if self._param_ids is None:
+            self._param_ids = {id(p) for p in self.params}
+        return self._param_ids
 
     def word_tables(self) -> set[int]:
         """ids of the tensors the model itself names as its input (word) embedding: the weight
