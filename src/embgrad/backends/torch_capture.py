@@ -56,6 +56,7 @@ class LookupRecorder(TorchFunctionMode):
         }
         #: registered tensors (by id) that fed an op other than a lookup: the op, first seen
         self.used: dict[int, Any] = {}
+        self._known = names.names  # every registered tensor, by id
         self._tables: list[int] = []  # id of each capture's table tensor (as registered)
         #: ids as written of deferred checks (by index) of lookups written as indexing
         self._wraps: dict[int, torch.Tensor] = {}
@@ -68,14 +69,16 @@ class LookupRecorder(TorchFunctionMode):
         if handler is not None:
             return handler(func, args, kwargs)
         out = func(*args, **kwargs)
-        known = self.names.names
+        known = self._known
         for a in args:
             if id(a) in known:
                 self._use(a, func, out)
-            elif type(a) is list or type(a) is tuple:
-                for x in a:
-                    if id(x) in known:
-                        self._use(x, func, out)
+        if func in _SEQ_OPS:  # tensors passed in a list (torch.cat([emb.weight, extra]))
+            for a in args:
+                if type(a) is list or type(a) is tuple:
+                    for x in a:
+                        if id(x) in known:
+                            self._use(x, func, out)
         if kwargs:
             for a in kwargs.values():
                 if id(a) in known:
@@ -507,6 +510,22 @@ def _op_name(func: Any) -> str:
         name = "torch." + name
     return name
 
+
+#: ops that take tensors in a list or tuple
+_SEQ_OPS = frozenset(
+    {
+        torch.cat,
+        torch.concat,
+        torch.concatenate,
+        torch.stack,
+        torch.hstack,
+        torch.vstack,
+        torch.dstack,
+        torch.block_diag,
+        torch.einsum,
+        torch.broadcast_tensors,
+    }
+)
 
 #: ops that take a table but compute nothing from its values
 _NOT_USES = frozenset(

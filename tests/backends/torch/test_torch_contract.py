@@ -638,3 +638,18 @@ def test_index_select_refuses_negative_ids_as_pytorch_does():
         embgrad.gradients(model, ids, lambda o: o)
     with pytest.raises(IndexError):
         model(ids)
+
+
+def test_a_table_concatenated_into_an_output_projection_is_tied():
+    class Cat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(V, D)
+            self.extra = nn.Parameter(torch.randn(2, D))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.emb(ids))
+            return (h @ torch.cat([self.emb.weight, self.extra]).T).logsumexp(-1).sum(-1)
+
+    res = embgrad.gradients(Cat(), _ids(B, T, V, 20), lambda o: o)
+    assert res["emb"].tied and "torch.cat" in res["emb"].note
