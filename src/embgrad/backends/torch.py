@@ -6,7 +6,9 @@ train mode, snapshots the buffers, which BatchNorm updates) and restores both ex
 active, so every ``F.embedding`` / ``F.embedding_bag`` call is captured without hooks or edits;
 ``torch.compile``d modules run their original module eagerly (``set_stance("force_eager")``).
 ``backward`` is one ``torch.autograd.grad`` w.r.t. the captured lookup outputs (and detached
-copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written;
+copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written
+(a model's own backward that writes ``.grad`` finds every parameter's set aside: ``open``
+puts each back on exit); TorchScript modules are refused (no Python runs in them to see);
 a lookup output autograd reports unused (``no_grad``, ``.detach()`` in the model) comes back
 as None, so the core can say so instead of returning zeros.
 Dropout masks live in the retained graph, so repeated backwards over it are exact.
@@ -88,8 +90,9 @@ def _scripted_error(module: Any, paths: list[str]) -> UnsupportedModelError:
         if paths == [""]
         else f"submodule {paths[0]!r} is a TorchScript module"
     )
+    kind = type(module.get_submodule(paths[0]) if paths[0] else module).__name__
     return UnsupportedModelError(
-        f"{what} ({type(module).__name__}, from torch.jit.script / torch.jit.trace): it runs as a "
+        f"{what} ({kind}, from torch.jit.script / torch.jit.trace): it runs as a "
         "compiled TorchScript graph, in which embgrad cannot see or intercept the embedding "
         "lookups. Pass the eager torch.nn.Module instead (the module before torch.jit.script / "
         "trace; torch.compile'd modules are fine)."

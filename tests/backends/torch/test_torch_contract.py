@@ -549,7 +549,10 @@ def test_torchscript_models_are_refused_with_what_to_pass(how):
     if how == "scripted-submodule":
         model = Holder(model).train()
     training = [m.training for m in model.modules()]
-    with pytest.raises(UnsupportedModelError, match=r"TorchScript.*eager torch\.nn\.Module"):
+    kind = "TopLevelTracedModule" if how == "trace" else "RecursiveScriptModule"
+    with pytest.raises(
+        UnsupportedModelError, match=rf"TorchScript module \({kind}.*eager torch\.nn"
+    ):
         embgrad.gradients(model, ids, lambda o: o)
     assert [m.training for m in model.modules()] == training
     assert embgrad.gradients(eager, ids, lambda o: o).layers == ["emb"]
