@@ -106,6 +106,14 @@ def test_a_backward_that_writes_grad_leaves_every_grad_as_it_was(held):
     assert_untouched(before, model)
     assert all(p.grad is grads[n] for n, p in model.named_parameters())
 
+    def boom(o: torch.Tensor) -> torch.Tensor:  # the user's loss_fn raises mid-call
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        embgrad.gradients(model, ids, boom)
+    assert_untouched(before, model)
+    assert all(p.grad is grads[n] for n, p in model.named_parameters())
+
 
 def _reformer(head: str) -> nn.Module:
     tf = pytest.importorskip("transformers")
