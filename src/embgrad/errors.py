@@ -5,7 +5,8 @@ Each subclass also derives from the builtin a caller would expect, so ``except V
 working for bad input::
 
     EmbgradError
-    ├── UnsupportedModelError (TypeError)   the model's type has no backend
+    ├── UnsupportedModelError (TypeError)   the model's type has no backend, or its
+    │                                       backend cannot see into it (TorchScript)
     ├── MissingExtraError (ImportError)     an optional dependency is not installed
     ├── InputError (ValueError)             bad inputs: ids out of range / non-integral,
     │                                       empty batch, mixed devices, bad options
@@ -27,7 +28,8 @@ class EmbgradError(Exception):
 
 
 class UnsupportedModelError(EmbgradError, TypeError):
-    """The model's type is not handled by any backend."""
+    """The model's type is not handled by any backend, or is one its backend cannot see the
+    lookups of (a TorchScript module: pass the eager ``torch.nn.Module``)."""
 
 
 class MissingExtraError(EmbgradError, ImportError):

@@ -6,7 +6,9 @@ train mode, snapshots the buffers, which BatchNorm updates) and restores both ex
 active, so every ``F.embedding`` / ``F.embedding_bag`` call is captured without hooks or edits;
 ``torch.compile``d modules run their original module eagerly (``set_stance("force_eager")``).
 ``backward`` is one ``torch.autograd.grad`` w.r.t. the captured lookup outputs (and detached
-copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written;
+copies of floating-point inputs) only: no parameter gradient is computed, no ``.grad`` written
+(a model's own backward that writes ``.grad`` finds every parameter's set aside: ``open``
+puts each back on exit); TorchScript modules are refused (no Python runs in them to see);
 a lookup output autograd reports unused (``no_grad``, ``.detach()`` in the model) comes back
 as None, so the core can say so instead of returning zeros.
 Dropout masks live in the retained graph, so repeated backwards over it are exact.
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..core.ops import Ops
-from ..errors import InputError, LossError
+from ..errors import InputError, LossError, UnsupportedModelError
 from .base import Backend, Forward, Mode, Replace, Session
 
 
@@ -60,9 +62,12 @@ class TorchBackend(Backend):
 
         module = _unwrap(model)
         names = TableNames(module)
+        if names.scripted:
+            raise _scripted_error(module, names.scripted)
         want = mode == "train"
         flipped = [m for m in names.submodules if m.training != want]
         saved = _snapshot_buffers(module) if want else []
+        grads = _hide_grads(names.params)
         try:
             for m in flipped:
                 m.training = want
@@ -71,11 +76,46 @@ class TorchBackend(Backend):
             for m in flipped:
                 m.training = not want
             _restore_buffers(saved)
+            _restore_grads(names.params, grads)
 
     def array(self, model: Any, a: Any) -> Any:
         first = next(_unwrap(model).parameters(), None)
         device = None if first is None else first.device
         return _torch().as_tensor(np.ascontiguousarray(a), device=device)
+
+
+def _scripted_error(module: Any, paths: list[str]) -> UnsupportedModelError:
+    what = (
+        "the model is a TorchScript module"
+        if paths == [""]
+        else f"submodule {paths[0]!r} is a TorchScript module"
+    )
+    kind = type(module.get_submodule(paths[0]) if paths[0] else module).__name__
+    return UnsupportedModelError(
+        f"{what} ({kind}, from torch.jit.script / torch.jit.trace): it runs as a "
+        "compiled TorchScript graph, in which embgrad cannot see or intercept the embedding "
+        "lookups. Pass the eager torch.nn.Module instead (the module before torch.jit.script / "
+        "trace; torch.compile'd modules are fine)."
+    )
+
+
+def _hide_grads(params: list[Any]) -> list[Any]:
+    """Each parameter's ``.grad`` (None included), in ``params`` order; those holding a tensor
+    are set to None for the call, so a model whose own backward writes ``.grad`` (reversible
+    layers calling ``.backward()`` inside an autograd Function) can neither add into the user's
+    accumulated gradients nor leave new ones: :func:`_restore_grads` puts back every one."""
+    saved = [p.grad for p in params]
+    for p, g in zip(params, saved, strict=True):
+        if g is not None:
+            p.grad = None
+    return saved
+
+
+def _restore_grads(params: list[Any], saved: list[Any]) -> None:
+    """Put back each parameter's ``.grad`` object (values and identity; None where it was)."""
+    for p, g in zip(params, saved, strict=True):
+        if p.grad is not g:
+            p.grad = g
 
 
 def _snapshot_buffers(module: Any) -> list[tuple[Any, Any]]:
@@ -165,6 +205,7 @@ class TorchSession:
         recorder = LookupRecorder(self.names, replace)
         with torch.enable_grad(), _eager(), recorder:
             outputs = self.module(*args, **kwargs)
+        recorder.finish()
         with torch.enable_grad():
             losses = loss_fn(outputs)
         if not isinstance(losses, torch.Tensor):

@@ -17,13 +17,21 @@ ROLES = ("word", "position", "token_type", "input", "output")
 _ROLE_WORDS = (
     ("position", ("position", "wpe", "pos_emb", "pos_embed", "positional", "relative_attention")),
     ("token_type", ("token_type", "segment", "type_emb")),
-    ("word", ("word", "wte", "tok", "shared", "embed_tokens", "input_embed")),
+    (
+        "word",
+        ("word", "wte", "tok", "shared", "embed_tokens", "input_embed", "embed_in", "hashbucket"),
+    ),
 )
 
 
 @functools.lru_cache(maxsize=4096)  # a model's few table names, asked on every call
 def guess_role(name: str) -> str:
-    """Role of a lookup from its table's name: 'position', 'token_type', 'word' or 'input'."""
+    """Role of a lookup from its table's name: 'position', 'token_type', 'word' or 'input'.
+
+    Names come second: a backend first asks the model which table is its input embedding
+    (HuggingFace's ``get_input_embeddings()``); ``embed_in`` (GPT-NeoX) and ``hashbucket``
+    (CANINE's hash embeddings, which ``get_input_embeddings`` does not name) are word tables.
+    """
     low = name.lower()
     for role, words in _ROLE_WORDS:
         if any(w in low for w in words):
