@@ -3,21 +3,57 @@ per ``rows_per_shard`` input rows, skipping the shards a previous run finished.
 
 Within a shard the rows are batched by length (``batch.explain_by_length``), so a batch pads
 little; the shard's rows are written in file order, and a shard is still the unit of
-resumption."""
+resumption. The rows of an unfinished shard are saved aside (``.state/partial``) every
+:data:`SAVE_SECONDS` and when the run is stopped by Ctrl-C or SIGTERM, and the next run of the
+same command starts the shard from them: an interrupted run loses at most the batch it was in
+(a kill -9 at most :data:`SAVE_SECONDS` of work)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from .._progress import Bar
 from .badrows import InputRow, RowError
-from .batch import explain_by_length, split_rows
+from .batch import drop_duplicate_ids, explain_by_length, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
-from .prepare import Prepared, begin, prepare
+from .prepare import Prepared, begin, prepare, writing
 from .progress import run_bar
 from .writer import output_schema, to_table
+
+#: an unfinished shard's rows are saved aside at most this often (and when interrupted)
+SAVE_SECONDS = 60.0
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; ``saved`` rows of ``total`` are kept on disk."""
+
+    def __init__(self, saved: int, total: int) -> None:
+        super().__init__(f"{saved} of {total} rows are saved")
+        self.saved, self.total = saved, total
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the run works, so the work done
+    is saved; the previous handler is restored after (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shards(prep: Prepared, skip: set[int]) -> Iterator[tuple[int, list[InputRow | RowError]]]:
@@ -35,16 +71,42 @@ def process(
     bar: Bar,
 ) -> None:
     """Explain and commit every shard not in ``done``, updating ``summary``."""
-    config = prep.config
+    config, out = prep.config, prep.out
     schema = output_schema(config)
+    names = list(schema.names)
+    saved = summary.skipped
     for shard, rows in _shards(prep, done):
-        good, bad = split_rows(rows)
+        records, failed = out.load_partial(shard, {r.row for r in rows}, names)
+        before = (len(records), len(failed))
+        have = {r["row"] for r in records} | {e.row for e in failed}
+        summary.skipped += len(have)
+        bar.update(len(have))
+        good, bad = split_rows([r for r in rows if r.row not in have])
         bar.update(len(bad))
-        records, failed = explain_by_length(explainer, good, config, bar.update)
-        errors = sorted(bad + failed, key=lambda e: e.row)
-        prep.out.commit_shard(shard, to_table(records, schema), errors)
-        summary.explained += len(records)
-        summary.errors += len(errors)
+        failed += bad
+        last_save = time.monotonic()
+
+        def progress(n: int) -> None:
+            nonlocal last_save
+            bar.update(n)
+            if time.monotonic() - last_save >= SAVE_SECONDS:
+                out.save_partial(shard, to_table(records, schema), failed)  # noqa: B023
+                last_save = time.monotonic()
+
+        try:
+            explain_by_length(explainer, good, config, progress, records=records, errors=failed)
+        except KeyboardInterrupt:
+            with writing(prep):
+                out.save_partial(shard, to_table(records, schema), failed)
+            raise RunInterrupted(saved + len(records) + len(failed), prep.total) from None
+        prep.check_input()
+        records.sort(key=lambda r: r["row"])
+        records, dupes = drop_duplicate_ids(records, prep.seen_ids, config.id_column is not None)
+        errors = sorted(failed + dupes, key=lambda e: e.row)
+        out.commit_shard(shard, to_table(records, schema), errors)
+        saved += len(records) + len(errors)
+        summary.explained += max(0, len(records) - before[0])
+        summary.errors += max(0, len(errors) - before[1])
         summary.truncated += sum(
             1 for r in records if r.get("truncated") or r.get("pair_truncated")
         )
@@ -59,7 +121,7 @@ def run_local(
 ) -> RunSummary:
     """Run ``config`` in this process; see ``embgrad.data.run``."""
     prep, explainer = prepare(config, factory)
-    with prep.out.lock():
+    with writing(prep), prep.out.lock(), _sigterm_interrupts():
         done = begin(prep, command)
         summary = RunSummary(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)

@@ -30,9 +30,9 @@ from typing import Any
 from ..errors import EmbgradError, InputError
 from ._deps import require
 from .badrows import Columns, InputRow, RowError
-from .batch import explain_by_length, split_rows
+from .batch import drop_duplicate_ids, explain_by_length, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
-from .prepare import Prepared, begin, columns_of, load_explainer, prepare
+from .prepare import Prepared, begin, columns_of, load_explainer, prepare, writing
 from .readers import parse_bytes, rows_from_table
 from .writer import output_schema, to_table
 
@@ -363,7 +363,7 @@ def run_ray(
     finished = prep.out.manifest.is_file() and len(prep.out.done()) >= prep.n_shards
     # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
     session = contextlib.nullcontext(None) if finished else ray_session(config.ray_address)
-    with session as ray, prep.out.lock():
+    with writing(prep), session as ray, prep.out.lock():
         done = begin(prep, command)
         summary = RunSummary(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
@@ -428,6 +428,9 @@ def _commit(
         for r in records
         if r["error_kind"] is not None
     ]
+    prep.check_input()
+    good, dupes = drop_duplicate_ids(good, prep.seen_ids, prep.config.id_column is not None)
+    errors = sorted(errors + dupes, key=lambda e: e.row)
     prep.out.commit_shard(shard, to_table(good, schema), errors)
     summary.explained += len(good)
     summary.errors += len(errors)
