@@ -97,7 +97,7 @@ def test_existing_outputs_are_refused_before_the_work_unless_overwrite(tmp_path,
     monkeypatch.setattr("embgrad.explain.load", never)
     (tmp_path / "attributions.json").write_text("{}")
     assert cli.main(["explain", "--text", "hi", "--out", str(tmp_path), "--format", "json"]) == 1
-    assert "exist(s); pass --overwrite" in capsys.readouterr().err
+    assert "already there; add --overwrite" in capsys.readouterr().err
     a_file = tmp_path / "attributions.json"
     assert cli.main(["explain", "--text", "hi", "--out", str(a_file), "--format", "json"]) == 1
     assert "is an existing file" in capsys.readouterr().err

@@ -210,4 +210,5 @@ def writing(prep: Prepared) -> Iterator[None]:
     except OSError as exc:
         if isinstance(exc, EmbgradError):
             raise
+        prep.out.ensure_present()  # a folder deleted under the run says so, not ENOENT
         raise write_failure(exc, prep.out.path) from exc
