@@ -315,7 +315,8 @@ class OutDir:
         n_shards = -(-total // size)
         ray_files = {dest for c in self._commits() for _, dest in c["moves"]}
         notes = []
-        for entry in sorted(self.data.iterdir()):
+        shards: list[tuple[int, Path]] = []
+        for entry in sorted(self.data.iterdir()):  # first every stray, before changing anything
             if f"data/{entry.name}" in ray_files:
                 continue
             shard = _shard_number(entry.name)
@@ -325,6 +326,8 @@ class OutDir:
                     f"{str(self.data)!r} is read as this run's output, so move it out of "
                     "there and run the same command again"
                 )
+            shards.append((shard, entry))
+        for shard, entry in shards:
             problem = self._shard_problem(shard, entry, total, size, columns)
             if problem:
                 notes.append(f"{entry} {problem}: its rows are explained again")
