@@ -22,7 +22,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 from data_fakes import BAD_ROWS, make_fake, write_corpus  # noqa: E402
 from embgrad.data import RunConfig, run  # noqa: E402
 from embgrad.data.cli import main  # noqa: E402
-from embgrad.data.outdir import KILL_AT  # noqa: E402
+KILL_AT = "EMBGRAD_TEST_KILL_AT"  # embgrad.data.outdir.KILL_AT
 from embgrad.errors import InputError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parent.parent / "shared"
