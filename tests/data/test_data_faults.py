@@ -469,3 +469,83 @@ def test_single_text_runs_have_no_pair_columns(tmp_path: Path) -> None:
                 explainer_factory=make_fake) == 0  # fmt: skip
     names = pq.read_schema(next((tmp_path / "two" / "data").glob("*.parquet"))).names
     assert "pair" in names and "pair_scores" in names
+
+
+# -- 15. a killed Ray driver takes its local Ray with it --------------------------------------------
+
+_RAY_DRIVER = """
+import sys
+sys.path.insert(0, {shared!r})
+import data_fakes
+from embgrad.data.ray_engine import import_ray
+import_ray().cloudpickle.register_pickle_by_value(data_fakes)
+from embgrad.data.cli import main
+sys.exit(main(sys.argv[1:], explainer_factory=data_fakes.make_fake))
+"""
+
+
+def _descendants(root: int) -> dict[int, str]:
+    children: dict[int, list[tuple[int, str]]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                parts = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(parts[1]), []).append((int(name), parts[19]))
+    out: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            out[pid] = start
+            todo.append(pid)
+    return out
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return parts[19] == start and parts[0] != "Z"
+
+
+@pytest.mark.ray
+def test_kill_9_of_a_ray_driver_ends_the_ray_it_started(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    script = tmp_path / "driver.py"
+    script.write_text(_RAY_DRIVER.format(shared=str(SHARED)))
+    data = write_corpus(tmp_path / "c.jsonl", 400)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SHARED), *sys.path]))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *_args(data, out, "--engine", "ray", "--workers", "1",
+                                             "--model", "fake:delay=0.05")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "manifest.json").exists():  # Ray has started (before the manifest)
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(2)  # its agents are up
+        ray_processes = _descendants(proc.pid)
+        assert ray_processes
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a user's kill -9 <pid>
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 40
+        while any(_alive(p, s) for p, s in ray_processes.items()):
+            assert time.monotonic() < deadline, [
+                Path(f"/proc/{p}/cmdline").read_bytes()[:80]
+                for p, s in ray_processes.items()
+                if _alive(p, s)
+            ]
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid, start in _descendants(proc.pid).items():
+            if _alive(pid, start):
+                os.kill(pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +51,80 @@ def import_ray() -> Any:
     return ray
 
 
+#: the watchdog of a local Ray this run started: it records the driver's descendants (gcs,
+#: raylet, agents, workers) every half second and, when the driver's pipe closes (the driver
+#: ended, kill -9 included), SIGKILLs those still alive (matched by start time, so a reused pid
+#: is never hit) and removes Ray's session folder. Ray's own agents otherwise outlive a killed
+#: driver by 60-90 s (docs/data-runs.md).
+_WATCHDOG = r"""
+import os, select, shutil, signal, sys
+driver, temp, me = int(sys.argv[1]), sys.argv[2], os.getpid()
+
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return int(parts[1]), parts[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+def descendants():
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            got = stat(int(name))
+            if got is not None:
+                children.setdefault(got[0], []).append((int(name), got[1]))
+    out, todo = {}, [driver]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            if pid != me and pid not in out:
+                out[pid] = start
+                todo.append(pid)
+    return out
+
+seen = {}
+while True:
+    seen.update(descendants())
+    ready, _, _ = select.select([0], [], [], 0.5)
+    if ready and not os.read(0, 4096):
+        break
+for pid, start in seen.items():
+    got = stat(pid)
+    if got is not None and got[1] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+shutil.rmtree(temp, ignore_errors=True)
+"""
+
+
+def _start_watchdog(temp: str) -> subprocess.Popen[bytes] | None:
+    """The watchdog of a local Ray (Linux, where /proc lists processes); None elsewhere."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), temp],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a signal to the driver's process group does not reach it
+    )
+
+
+def _stop_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:
+    if watchdog is None:
+        return
+    with contextlib.suppress(OSError):
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
     """Use the running Ray, join ``address``, or start a private local one (stopped after)."""
@@ -59,6 +134,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
         return
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     temp = None
+    watchdog = None
     if address:
         try:
             ray.init(address=address, **quiet)
@@ -66,13 +142,22 @@ def ray_session(address: str | None) -> Iterator[Any]:
             raise InputError(f"--ray-address {address}: cannot join the cluster: {exc}") from exc
     else:
         temp = tempfile.mkdtemp(prefix="embgrad-ray-")
-        ray.init(
-            num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, _temp_dir=temp, **quiet
-        )
+        watchdog = _start_watchdog(temp)
+        try:
+            ray.init(
+                num_cpus=max(2, os.cpu_count() or 2),
+                include_dashboard=False,
+                _temp_dir=temp,
+                **quiet,
+            )
+        except BaseException:
+            _stop_watchdog(watchdog)
+            raise
     try:
         yield ray
     finally:
         ray.shutdown()
+        _stop_watchdog(watchdog)
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
