@@ -22,6 +22,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 from data_fakes import BAD_ROWS, make_fake, write_corpus  # noqa: E402
 from embgrad.data import RunConfig, run  # noqa: E402
 from embgrad.data.cli import main  # noqa: E402
+
 KILL_AT = "EMBGRAD_TEST_KILL_AT"  # embgrad.data.outdir.KILL_AT
 from embgrad.errors import InputError  # noqa: E402
 
@@ -292,7 +293,7 @@ def test_a_full_disk_is_an_error_and_the_same_command_resumes_exactly_once(
     rng = __import__("random").Random(0)
     with data.open("w") as f:
         for i in range(600):
-            f.write(json.dumps({"text": f"r{i} " + "%x" % rng.getrandbits(4 * 12000)}) + "\n")
+            f.write(json.dumps({"text": f"r{i} " + f"{rng.getrandbits(4 * 12000):x}"}) + "\n")
     out = small_disk / "out"
     args = ["run", "--data", str(data), "--text-column", "text", "--out", str(out),
             "--rows-per-shard", "50", "--batch-size", "50"]  # fmt: skip
@@ -413,14 +414,20 @@ def test_colliding_ids_are_refused_never_merged(tmp_path: Path) -> None:
     assert sorted(zip(table["row"], table["id"], strict=True)) == [
         (0, "7"), (5, "x"), (6, "8"), (8, "y")
     ]  # fmt: skip
-    errors = {e["row"]: e["kind"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    errors = {
+        e["row"]: e["kind"]
+        for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())
+    }
     assert errors == {1: "duplicate_id", 2: "bad_id", 3: "bad_id", 4: "duplicate_id",
                       7: "bad_id", 9: "duplicate_id"}  # fmt: skip
     # a resumed run remembers the ids of the shards already written
     (out / "data" / "part-000003.parquet").unlink()
     assert main(_args(data, out, "--id-column", "key", "--rows-per-shard", "3"),
                 explainer_factory=make_fake) == 0  # fmt: skip
-    errors = {e["row"]: e["kind"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    errors = {
+        e["row"]: e["kind"]
+        for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())
+    }
     assert errors[9] == "duplicate_id"
 
 

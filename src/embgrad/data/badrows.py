@@ -126,10 +126,10 @@ def _id(get: Callable[[str], Any], column: str) -> str:
     integer column with nulls) in decimal, other numbers as Python writes them; true/false,
     lists and objects are refused (their text would be Python's, and collide)."""
     value = _decode(get(column))
-    if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
-        if value is not MISSING:
-            kind = "true/false" if isinstance(value, bool) else f"a {type(value).__name__}"
-            raise _Bad("bad_id", f"column {column!r} holds {kind}; an id is text or a number")
+    scalar = isinstance(value, (str, int, float, type(None))) and not isinstance(value, bool)
+    if not scalar and value is not MISSING:
+        kind = "true/false" if isinstance(value, bool) else f"a {type(value).__name__}"
+        raise _Bad("bad_id", f"column {column!r} holds {kind}; an id is text or a number")
     return _scalar(get, column)
 
 

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -431,23 +430,25 @@ class OutDir:
     def _commits(self) -> list[dict[str, Any]]:
         out = []
         for file in sorted(self.ray.glob("commit-*.json")):
+            problem = "fields missing"
             try:
-                record = json.loads(file.read_text(encoding="utf-8"))
+                record: Any = json.loads(file.read_text(encoding="utf-8"))
                 ok = (
                     isinstance(record, dict)
                     and isinstance(record.get("run"), str)
-                    and all(isinstance(s, int) for s in record.get("shards", None))
-                    and all(len(m) == 2 for m in record.get("moves", None))
+                    and isinstance(record.get("shards"), list)
+                    and all(isinstance(s, int) for s in record["shards"])
+                    and isinstance(record.get("moves"), list)
+                    and all(isinstance(m, list) and len(m) == 2 for m in record["moves"])
                 )
             except (OSError, ValueError, TypeError) as exc:
-                ok, record = False, exc
+                ok, problem = False, f"{type(exc).__name__}: {exc}"
             if not ok:
                 run = file.stem.removeprefix("commit-")
                 raise InputError(
-                    f"{str(file)!r} is damaged ({record if not isinstance(record, dict) else 'fields missing'}): "
-                    f"it records a finished Ray run. To redo that run's rows, delete it, "
-                    f"{str(self.data / f'part-ray-{run}-*')} and "
-                    f"{str(self._ray_errors(run))}, then run the same command again."
+                    f"{str(file)!r} is damaged ({problem}): it records a finished Ray run. To "
+                    f"redo that run's rows, delete it, {self.data / f'part-ray-{run}-*'!s} and "
+                    f"{self._ray_errors(run)!s}, then run the same command again."
                 )
             out.append(record)
         return out

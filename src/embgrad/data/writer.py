@@ -54,6 +54,8 @@ def output_format(config: RunConfig) -> int:
     if config.pair_column is not None or config.continuation_column is not None:
         return 2
     return OUTPUT_FORMAT
+
+
 _SIDE = ("tokens", "scores", "table_grad_norm", "delta", "hotflip", "truncated")
 
 
