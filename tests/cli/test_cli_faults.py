@@ -106,3 +106,19 @@ def test_a_folder_the_user_names_is_not_overwritten_and_messages_speak_cli(
         assert "already there; add --overwrite" in err
         assert "exist(s)" not in err and "overwrite=True" not in err
     assert (own / "report.html").read_text() == "mine"
+
+
+@pytest.mark.hf
+def test_a_full_disk_while_writing_the_outputs_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    import errno
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "x"))
+
+    monkeypatch.setattr(write, "save", full)
+    assert cli.main(["explain", "--text", "a fine day", "--labels", "good,bad",
+                     "--out", str(tmp_path / "o"), "--format", "json"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "choose another --out" in err

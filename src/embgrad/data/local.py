@@ -10,50 +10,20 @@ same command starts the shard from them: an interrupted run loses at most the ba
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import signal
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from .._progress import Bar
 from .badrows import InputRow, RowError
 from .batch import drop_duplicate_ids, explain_by_length, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
-from .prepare import Prepared, begin, prepare, writing
+from .prepare import Prepared, RunInterrupted, begin, prepare, sigterm_interrupts, writing
 from .progress import run_bar
 from .writer import output_schema, to_table
 
 #: an unfinished shard's rows are saved aside at most this often (and when interrupted)
 SAVE_SECONDS = 60.0
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run; ``saved`` rows of ``total`` are kept on disk."""
-
-    def __init__(self, saved: int, total: int) -> None:
-        super().__init__(f"{saved} of {total} rows are saved")
-        self.saved, self.total = saved, total
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the run works, so the work done
-    is saved; the previous handler is restored after (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _shards(prep: Prepared, skip: set[int]) -> Iterator[tuple[int, list[InputRow | RowError]]]:
@@ -121,7 +91,7 @@ def run_local(
 ) -> RunSummary:
     """Run ``config`` in this process; see ``embgrad.data.run``."""
     prep, explainer = prepare(config, factory)
-    with writing(prep), prep.out.lock(), _sigterm_interrupts():
+    with writing(prep), prep.out.lock(), sigterm_interrupts():
         done = begin(prep, command)
         summary = RunSummary(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -156,18 +158,49 @@ def prepare(config: RunConfig, factory: ExplainerFactory) -> tuple[Prepared, Exp
     out.check(fp, ignore=("weights",) if by_module else ())
     check_method(config)
     explainer = load_explainer(config, factory)
-    if by_module:  # the factory's code made the model: fingerprint what it made
-        digest = parameters_digest(getattr(explainer, "model", None))
+    preflight(explainer, source, config)
+    if by_module:  # the factory's code made the model: fingerprint what it made (after the
+        # preflight, so that parameters whose shapes a first forward fixes exist)
+        try:
+            digest = parameters_digest(getattr(explainer, "model", None))
+        except Exception:  # parameters that cannot be read: not fingerprinted
+            digest = None
         fp["weights"] = {"parameters_sha256": digest} if digest is not None else None
         out.check(fp)
-    preflight(explainer, source, config)
     return Prepared(config, source, out, total, fp, started), explainer
 
 
-def begin(prep: Prepared, command: str | None) -> set[int]:
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; ``saved`` rows of ``total`` are kept on disk."""
+
+    def __init__(self, saved: int, total: int) -> None:
+        super().__init__(f"{saved} of {total} rows are saved")
+        self.saved, self.total = saved, total
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the run works, so the work done
+    is saved; the previous handler is restored after (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def begin(prep: Prepared, command: str | None, *, partial: bool = True) -> set[int]:
     """Under the folder lock: write the manifest, recover, verify the committed shards (a
     damaged one is redone, a stray file refused), and return the shards done; says on stderr
-    how many rows a resumed run already has."""
+    how many rows a resumed run already has (``partial``: counting the rows saved from
+    unfinished shards, which the local engine resumes from)."""
     out, config = prep.out, prep.config
     out.check(prep.fingerprint)
     description = {"command": command, "config": config.described(), "total_rows": prep.total}
@@ -179,7 +212,7 @@ def begin(prep: Prepared, command: str | None) -> set[int]:
     done = {s for s in out.done() if s < prep.n_shards}
     if config.id_column is not None:
         prep.seen_ids.update(_written_ids(out, done))
-    already = sum(prep.shard_rows(s) for s in done) + out.partial_rows(done)
+    already = sum(prep.shard_rows(s) for s in done) + (out.partial_rows(done) if partial else 0)
     if already:
         print(
             f"embgrad run: resuming: {already} of {prep.total} rows already done",

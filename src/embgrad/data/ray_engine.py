@@ -33,7 +33,16 @@ from ._deps import require
 from .badrows import Columns, InputRow, RowError
 from .batch import drop_duplicate_ids, explain_by_length, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
-from .prepare import Prepared, begin, columns_of, load_explainer, prepare, writing
+from .prepare import (
+    Prepared,
+    RunInterrupted,
+    begin,
+    columns_of,
+    load_explainer,
+    prepare,
+    sigterm_interrupts,
+    writing,
+)
 from .readers import parse_bytes, rows_from_table
 from .writer import output_schema, to_table
 
@@ -448,8 +457,8 @@ def run_ray(
     finished = prep.out.manifest.is_file() and len(prep.out.done()) >= prep.n_shards
     # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
     session = contextlib.nullcontext(None) if finished else ray_session(config.ray_address)
-    with writing(prep), session as ray, prep.out.lock():
-        done = begin(prep, command)
+    with writing(prep), sigterm_interrupts(), session as ray, prep.out.lock():
+        done = begin(prep, command, partial=False)
         summary = RunSummary(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
         )
@@ -457,8 +466,12 @@ def run_ray(
         todo = [s for s in range(prep.n_shards) if s not in done]
         if todo:
             # after Ray started: its daemons must not inherit the filter's pipe
-            with data_context(ray, show), drop_ray_log_lines():
-                _execute(ray, prep, factory, done, todo, summary)
+            try:
+                with data_context(ray, show), drop_ray_log_lines():
+                    _execute(ray, prep, factory, done, todo, summary)
+            except KeyboardInterrupt:
+                saved = summary.skipped + summary.explained + summary.errors
+                raise RunInterrupted(saved, prep.total) from None
         summary.errors_total = prep.out.rebuild_errors()
     summary.work_seconds = time.perf_counter() - started
     summary.seconds = time.perf_counter() - prep.started
