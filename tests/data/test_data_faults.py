@@ -556,3 +556,21 @@ def test_kill_9_of_a_ray_driver_ends_the_ray_it_started(tmp_path: Path) -> None:
         for pid, start in _descendants(proc.pid).items():
             if _alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.ray
+def test_a_finished_run_with_a_damaged_shard_is_repaired_by_the_ray_engine(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    script = tmp_path / "driver.py"
+    script.write_text(_RAY_DRIVER.format(shared=str(SHARED)))
+    data = write_corpus(tmp_path / "c.jsonl", N)
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    assert main(_args(data, ref), explainer_factory=make_fake) == 0
+    assert main(_args(data, out), explainer_factory=make_fake) == 0
+    (out / "data" / "part-000002.parquet").write_bytes(b"garbage")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SHARED), *sys.path]))
+    done = subprocess.run([sys.executable, str(script), *_args(data, out, "--engine", "ray")],
+                          env=env, capture_output=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert _table(out).equals(_table(ref))
+    assert _rows(out) == list(range(N))

@@ -219,7 +219,9 @@ class OutDir:
             names = pq.read_schema(first).names
         except (OSError, ValueError) as exc:
             raise InputError(f"{str(first)!r} is unreadable: {exc}") from exc
-        return 1 if "loss" in names else mine
+        if "loss" in names:
+            return 1
+        return 2 if "pair_tokens" in names and mine == 3 else mine
 
     def create(self, fingerprint: dict[str, Any], description: dict[str, Any]) -> None:
         """Write the manifest (once), then create the folders: a start cut short before the
@@ -236,6 +238,11 @@ class OutDir:
             raise InputError(
                 f"{str(self.data)!r} is a file, not embgrad's data folder; move it away and "
                 "run the same command again"
+            )
+        if self.errors.exists() and not self.errors.is_file():
+            raise InputError(
+                f"{str(self.errors)!r} is not a file (embgrad writes the bad rows there); move "
+                "it away and run the same command again"
             )
         for folder in (self.data, self.error_pieces, self.ray, self.partial):
             folder.mkdir(exist_ok=True)
@@ -307,10 +314,10 @@ class OutDir:
     def verify(self, total: int, size: int, columns: list[str]) -> list[str]:
         """Check every file in ``data/`` before a run goes on: a shard of this run must be
         readable, have this run's columns and hold exactly the rows of its range that its error
-        piece does not. A damaged shard (truncated, emptied, garbage, its error piece
-        unreadable) is removed so that its rows are explained again; the returned lines say
-        which. A file the run did not write (another name, a shard past the input's end, a
-        folder) stops the run with an InputError naming it."""
+        piece does not. A damaged shard (truncated, emptied, garbage, other rows, its error
+        piece unreadable) is removed so that its rows are explained again; the returned lines
+        say which. A file the run did not write (another name, a shard past the input's end, a
+        folder, other columns) stops the run with an InputError naming it."""
         n_shards = -(-total // size)
         ray_files = {dest for c in self._commits() for _, dest in c["moves"]}
         notes = []
@@ -345,7 +352,11 @@ class OutDir:
         except Exception as exc:  # pyarrow raises several types for a damaged file
             return f"is unreadable ({type(exc).__name__}: {exc})"
         if names != list(columns):
-            return "does not have this run's columns"
+            raise InputError(
+                f"{str(file)!r} does not have this run's columns, so this run did not write it; "
+                f"every file in {str(self.data)!r} is read as this run's output: move it out "
+                "of there and run the same command again"
+            )
         piece = self._shard_errors(shard)
         try:
             text = piece.read_text(encoding="utf-8")

@@ -455,9 +455,10 @@ def run_ray(
     del explainer  # checked here; every actor loads its own
     show = sys.stderr.isatty() if progress is None else progress
     finished = prep.out.manifest.is_file() and len(prep.out.done()) >= prep.n_shards
-    # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
-    session = contextlib.nullcontext(None) if finished else ray_session(config.ray_address)
-    with writing(prep), sigterm_interrupts(), session as ray, prep.out.lock():
+    with writing(prep), sigterm_interrupts(), contextlib.ExitStack() as stack:
+        # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
+        ray = None if finished else stack.enter_context(ray_session(config.ray_address))
+        stack.enter_context(prep.out.lock())
         done = begin(prep, command, partial=False)
         summary = RunSummary(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
@@ -465,6 +466,8 @@ def run_ray(
         started = time.perf_counter()
         todo = [s for s in range(prep.n_shards) if s not in done]
         if todo:
+            if ray is None:  # a shard found damaged on a finished run: redo it
+                ray = stack.enter_context(ray_session(config.ray_address))
             # after Ray started: its daemons must not inherit the filter's pipe
             try:
                 with data_context(ray, show), drop_ray_log_lines():
