@@ -97,8 +97,14 @@ def run_local(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
         )
         work_started = time.perf_counter()
-        with run_bar(prep.total, summary.skipped, progress) as bar:
-            process(prep, explainer, done, summary, bar)
+        try:
+            with run_bar(prep.total, summary.skipped, progress) as bar:
+                process(prep, explainer, done, summary, bar)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:  # between shards: every committed row is saved
+            saved = summary.skipped + summary.explained + summary.errors
+            raise RunInterrupted(saved, prep.total) from None
         summary.errors_total = prep.out.rebuild_errors()
     summary.work_seconds = time.perf_counter() - work_started
     summary.seconds = time.perf_counter() - prep.started
