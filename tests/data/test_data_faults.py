@@ -441,13 +441,13 @@ def test_an_interrupt_saves_the_rows_done_and_the_rerun_says_it_resumes(
     data = write_corpus(tmp_path / "c.jsonl", 120)
     out, ref = tmp_path / "out", tmp_path / "ref"
     args = ["run", "--data", str(data), "--text-column", "text", "--out", str(out),
-            "--batch-size", "4", "--model", "fake:delay=0.02"]  # fmt: skip
+            "--batch-size", "4", "--model", "fake:delay=0.05"]  # fmt: skip
     proc = _proc(args)
     deadline = time.monotonic() + 60
     while not (out / "manifest.json").exists():  # the run has started its work
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.01)
-    time.sleep(0.5)
+    time.sleep(1.5)  # the work takes >= 6 s of sleeps (0.05 s a row): the signal lands in it
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     text = err.decode()
