@@ -137,8 +137,11 @@ def files_digest(folder: Path) -> str:
     path order: any change to the weights, config or tokenizer files changes it."""
     outer = hashlib.sha256()
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        inner_hash = hashlib.sha256()
         with file.open("rb") as stream:
-            inner = hashlib.file_digest(stream, "sha256").hexdigest()
+            for chunk in iter(lambda: stream.read(1 << 20), b""):  # file_digest is 3.11+
+                inner_hash.update(chunk)
+        inner = inner_hash.hexdigest()
         outer.update(f"{file.relative_to(folder).as_posix()}\0{inner}\n".encode())
     return outer.hexdigest()
 
