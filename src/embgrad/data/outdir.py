@@ -9,6 +9,8 @@
     OUT/.state/errors/…jsonl         per-shard (per Ray run) error pieces
     OUT/.state/ray/commit-<run>.json a committed Ray run: its shards and file renames
     OUT/.state/tmp/, .state/ray/<run>/   temp files and Ray staging (never read as results)
+    OUT/.state/partial/part-N.*      rows of an unfinished shard saved on Ctrl-C / SIGTERM / every
+                                     60 s (local engine; the next run starts the shard from them)
 
 A shard is done when its data file exists: its error piece is written first, then the data
 file appears by an atomic rename, so a run killed at any moment leaves every shard either done

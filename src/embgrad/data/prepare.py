@@ -144,13 +144,10 @@ def prepare(config: RunConfig, factory: ExplainerFactory) -> tuple[Prepared, Exp
     """Check everything (see the module docstring); the loaded explainer is returned too."""
     started = time.perf_counter()
     source = Source(config.data, columns_of(config))
+    source.check_columns()
     total = source.count()
     if total == 0:
-        blank = source.path.stat().st_size > 0
-        raise InputError(
-            f"--data {str(source.path)!r} has no rows" + (" (blank lines only)" if blank else "")
-        )
-    source.check_columns()
+        source.no_rows()
     out = OutDir(config.out)
     check_writable(out.path)
     fp = fingerprint(config, source)

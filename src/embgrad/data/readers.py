@@ -263,6 +263,8 @@ class Source:
     def check_columns(self) -> None:
         """InputError when a used column is absent from the whole file."""
         have, where = self.available_columns()
+        if not have and self.fmt != "parquet" and where in ("the first 0 lines", "the header line"):
+            self.no_rows()
         missing = [c for c in self.columns.used() if c not in have]
         if missing:
             shown = ", ".join(repr(c) for c in have[:20]) or "none"
@@ -270,6 +272,13 @@ class Source:
                 f"column {', '.join(repr(c) for c in missing)} not found in "
                 f"{str(self.path)!r} ({where} have: {shown})"
             )
+
+    def no_rows(self) -> None:
+        """InputError: the file has no rows (says so for a file of blank lines)."""
+        blank = self.path.stat().st_size > 0
+        raise InputError(
+            f"--data {str(self.path)!r} has no rows" + (" (blank lines only)" if blank else "")
+        )
 
     def count(self) -> int:
         """Rows in the file, counted as the parsers count them."""
