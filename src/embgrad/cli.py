@@ -8,6 +8,7 @@ on stderr, no traceback), 2 a usage error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import re
@@ -228,10 +229,11 @@ def _default_out(args: argparse.Namespace) -> bool:
 
 def _mark_own(folder: Path) -> None:
     if folder.is_dir():
-        (folder / OWN_MARK).write_text(
-            "embgrad explain's default output folder: each run replaces its files\n",
-            encoding="utf-8",
-        )
+        with contextlib.suppress(OSError):  # the outputs are written; the mark is a courtesy
+            (folder / OWN_MARK).write_text(
+                "embgrad explain's default output folder: each run replaces its files\n",
+                encoding="utf-8",
+            )
 
 
 def _check_utf8(args: argparse.Namespace) -> None:
