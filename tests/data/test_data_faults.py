@@ -158,6 +158,7 @@ def test_a_module_spec_with_other_weights_is_not_resumed(tmp_path: Path, monkeyp
 # -- 3. code in a model folder never runs -----------------------------------------------------
 
 
+@pytest.mark.hf
 def test_a_folder_that_needs_its_own_code_is_refused_and_its_code_never_runs(
     tmp_path: Path, capsys: Any
 ) -> None:
@@ -465,6 +466,26 @@ def test_an_interrupt_saves_the_rows_done_and_the_rerun_says_it_resumes(
                  "--batch-size", "4"], explainer_factory=make_fake) == 0  # fmt: skip
     assert _table(out).equals(_table(ref))
     assert _rows(out) == list(range(120))
+
+
+# -- 1. an input edited during a run stops it ------------------------------------------------------
+
+
+def test_an_input_edited_during_the_run_stops_it(tmp_path: Path) -> None:
+    data = write_corpus(tmp_path / "c.jsonl", N)
+    fake = make_fake(None)
+
+    class Editing:
+        max_length = fake.max_length
+
+        def explain(self, *a: Any, **k: Any) -> Any:
+            with data.open("ab") as f:  # someone appends to the input while it is read
+                f.write(b'{"text": "late"}\n')
+            return fake.explain(*a, **k)
+
+    config = RunConfig(data=data, text_column="text", out=tmp_path / "out", rows_per_shard=10)
+    with pytest.raises(InputError, match="changed while the run was reading it"):
+        run(config, explainer_factory=lambda spec, fw: Editing())
 
 
 # -- 23.8: single-text runs have no pair columns ---------------------------------------------------
