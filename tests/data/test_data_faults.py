@@ -598,3 +598,36 @@ def test_a_finished_run_with_a_damaged_shard_is_repaired_by_the_ray_engine(tmp_p
     assert done.returncode == 0, done.stderr.decode()
     assert _table(out).equals(_table(ref))
     assert _rows(out) == list(range(N))
+
+
+@pytest.mark.ray
+def test_sigterm_to_a_ray_run_keeps_its_committed_shards(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    script = tmp_path / "driver.py"
+    script.write_text(_RAY_DRIVER.format(shared=str(SHARED)))
+    data = write_corpus(tmp_path / "c.jsonl", 120)
+    out = tmp_path / "out"
+    args = [*_args(data, out, "--engine", "ray", "--workers", "1", "--model", "fake:delay=0.03")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SHARED), *sys.path]))
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("data/*.parquet")):  # the first shard is committed
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    saved = int(text.split("interrupted: ")[1].split(" of 120 rows are saved")[0])
+    assert saved >= 10 and saved % 10 == 0
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"resuming: {saved} of 120 rows already done" in done.stderr.decode()
+    assert _rows(out) == list(range(120))

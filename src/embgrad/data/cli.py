@@ -38,8 +38,8 @@ same input bytes (SHA-256 of the whole file) and the same model weights (SHA-256
 folder's files, or of a module: model's parameters); a different command, input or model into
 the same OUT is refused (the engine and batch size may change: a run started locally can be
 finished with --engine ray). Committed shards are checked on every start; a damaged one is
-redone. With --engine ray the output is committed when the Ray job ends; an interrupted Ray
-job is redone from its start. See docs/data-runs.md.
+redone. With --engine ray each shard is committed as soon as all its rows are in; the rows
+of a shard not complete when a Ray job is stopped are redone. See docs/data-runs.md.
 
 What is explained: with --pair-column, each pair's cosine similarity; on a sentence encoder
 (the bundled model) without one, log p(label | text) zero-shot among --labels (default

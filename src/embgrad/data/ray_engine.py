@@ -455,9 +455,11 @@ def run_ray(
     del explainer  # checked here; every actor loads its own
     show = sys.stderr.isatty() if progress is None else progress
     finished = prep.out.manifest.is_file() and len(prep.out.done()) >= prep.n_shards
-    with writing(prep), sigterm_interrupts(), contextlib.ExitStack() as stack:
+    with writing(prep), contextlib.ExitStack() as stack:
         # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
         ray = None if finished else stack.enter_context(ray_session(config.ray_address))
+        # after ray.init, which installs a SIGTERM handler that aborts the driver
+        stack.enter_context(sigterm_interrupts())
         stack.enter_context(prep.out.lock())
         done = begin(prep, command, partial=False)
         summary = RunSummary(
@@ -468,6 +470,7 @@ def run_ray(
         if todo:
             if ray is None:  # a shard found damaged on a finished run: redo it
                 ray = stack.enter_context(ray_session(config.ray_address))
+                stack.enter_context(sigterm_interrupts())
             # after Ray started: its daemons must not inherit the filter's pipe
             try:
                 with data_context(ray, show), drop_ray_log_lines():
@@ -489,17 +492,27 @@ def _execute(
     todo: list[int],
     summary: RunSummary,
 ) -> None:
-    """Run the pipeline, then commit each shard as the local engine does (``part-NNNNNN``):
-    rows are gathered per shard from the job's output and a shard is written as soon as all
-    its rows are in, so the driver holds about one shard at a time (order is preserved)."""
-    try:
-        mat = _pipeline(ray, prep, factory, done).materialize()
-    except Exception as exc:  # RayTaskError wraps the actor's exception
-        raise EmbgradError(f"the Ray job failed; nothing was committed: {exc}") from exc
+    """Stream the pipeline's output and commit each shard as the local engine does
+    (``part-NNNNNN``) as soon as all its rows are in (order is preserved), so the driver holds
+    about one shard at a time and a job stopped midway (Ctrl-C, SIGTERM, a failure) keeps the
+    shards it committed."""
     schema = output_schema(prep.config)
     size = prep.config.rows_per_shard
     pending: dict[int, list[dict[str, Any]]] = {}
-    for batch in mat.iter_batches(batch_format="pyarrow", batch_size=None):
+    batches = iter(
+        _pipeline(ray, prep, factory, done).iter_batches(batch_format="pyarrow", batch_size=None)
+    )
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # RayTaskError wraps the actor's exception
+            raise EmbgradError(
+                f"the Ray job failed; the {summary.explained + summary.errors} rows of the "
+                f"shards committed before are kept (run the same command again to redo the "
+                f"rest): {exc}"
+            ) from exc
+        if batch is None:
+            break
         for record in batch.to_pylist():
             shard = int(record["row"]) // size
             rows = pending.setdefault(shard, [])
