@@ -5,6 +5,7 @@ errors, odd input files and ids are refused clearly; Ctrl-C / SIGTERM keep the w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -307,6 +308,25 @@ def test_a_full_disk_is_an_error_and_the_same_command_resumes_exactly_once(
     assert code == 0, text
     rows = pq.read_table(out / "data", columns=["row"]).column("row").to_pylist()
     assert sorted(rows) == list(range(600))
+
+
+def test_a_disk_full_at_the_start_is_resumed_by_the_same_command(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    data = write_corpus(tmp_path / "c.jsonl", N)
+    filler = small_disk / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    out = small_disk / "out"
+    code, text = _run_proc(_args(data, out))
+    assert code == 1, text
+    assert "No space left on device" in text and "Traceback" not in text
+    filler.unlink()
+    code, text = _run_proc(_args(data, out))
+    assert code == 0, text
+    assert _rows(out) == list(range(N))
 
 
 def test_a_read_only_out_and_out_below_a_file_stop_before_the_model_loads(
