@@ -8,6 +8,7 @@ on stderr, no traceback), 2 a usage error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import re
@@ -22,11 +23,15 @@ from .cli_generation import run as run_generation
 from .cli_generation import wanted as wants_generation
 from .errors import EmbgradError, InputError
 from .methods import get_method, list_methods
-from .models.load import FRAMEWORKS
+from .models.load import FRAMEWORKS, cannot_load
 from .render import write
 
 FORMATS = write.FORMATS
 DEFAULT_FORMATS = ("terminal", "html", "png")
+#: explain's output folder when --out is not given: embgrad's own, refreshed by every run
+DEFAULT_OUT = "embgrad-out"
+#: the file that marks a folder as embgrad's default output folder (so it may be refreshed)
+OWN_MARK = ".embgrad-default-out"
 
 
 def _formats(value: str) -> list[str]:
@@ -50,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact per-sample gradients w.r.t. word embeddings, and token attributions.",
     )
     parser.add_argument("--version", action="version", version=f"embgrad {__version__}")
+    parser.epilog = (
+        "--model module:pkg.mod:factory imports that module and runs its factory, by design: "
+        "name only code you trust. Code in an hf: model folder is never run."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_explain(sub)
@@ -75,8 +84,9 @@ def _add_explain(sub: Any) -> None:
     p.add_argument(
         "--model",
         metavar="SPEC",
-        help="hf:PATH (HF sequence classifier or encoder folder) or module:pkg.mod:factory "
-        "(returns (model, tokenizer)); default: the bundled all-MiniLM-L6-v2",
+        help="hf:PATH (HF sequence classifier or encoder folder; code in the folder is never "
+        "run) or module:pkg.mod:factory (returns (model, tokenizer); imports and runs that "
+        "code, by design); default: the bundled all-MiniLM-L6-v2",
     )
     p.add_argument("--framework", choices=FRAMEWORKS, default="torch",
                    help="gluon: the same BERT weights in gluonnlp's BERTModel (default torch)")  # fmt: skip
@@ -94,8 +104,10 @@ def _add_explain(sub: Any) -> None:
     add_label_args(p)
     add_method_args(p)
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward (default 16)")
-    p.add_argument("--out", default="embgrad-out", metavar="DIR",
-                   help="folder for the html/json/png outputs (default ./embgrad-out)")  # fmt: skip
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the html/json/png outputs (default ./embgrad-out, embgrad's "
+                   "own: each run replaces the files there; a folder you name is never "
+                   "overwritten without --overwrite)")  # fmt: skip
     p.add_argument(
         "--format", action="append", type=_formats, metavar="FORMATS",
         help=f"outputs: {', '.join(FORMATS)}; repeatable or a comma list "
@@ -120,8 +132,13 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from .tasks import check_request, task_for
 
     formats = [f for group in (args.format or [list(DEFAULT_FORMATS)]) for f in group]
+    own = _default_out(args)
+    _check_utf8(args)
     if wants_generation(args):
-        return run_generation(args, parser, formats)
+        code = run_generation(args, parser, formats)
+        if own and code == 0:
+            _mark_own(Path(args.out))
+        return code
     texts, pairs = args.text, args.pair
     if pairs and not texts:
         parser.error("--pair needs --text (one --text per --pair)")
@@ -142,7 +159,12 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         check_request(texts, pairs, args.target, labels)
     write.check_folder(formats, args.out, args.overwrite)
 
-    explainer = Explainer.from_spec(args.model, framework=args.framework)
+    try:
+        explainer = Explainer.from_spec(args.model, framework=args.framework)
+    except EmbgradError:
+        raise
+    except Exception as exc:  # transformers / OSError / a factory: as `embgrad run` says it
+        raise cannot_load(args.model, exc) from exc
     explainer.batch_size = max(2, args.batch_size)
     task = explainer.task(texts, pairs, args.target, labels)
     if task.note:
@@ -177,9 +199,58 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     )
     if "terminal" in formats:
         write.show(view)
-    for path in write.save_all(view, formats, Path(args.out), overwrite=args.overwrite):
+    try:
+        paths = write.save_all(view, formats, Path(args.out), overwrite=args.overwrite)
+    except OSError as exc:
+        raise InputError(
+            f"writing to --out {args.out!r} failed: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; free some space or choose another --out folder, then run the command again"
+        ) from exc
+    if own and paths:
+        _mark_own(Path(args.out))
+    for path in paths:
         print(f"embgrad: wrote {path}")
     return 0
+
+
+def _default_out(args: argparse.Namespace) -> bool:
+    """Without --out: ``./embgrad-out``, embgrad's own folder, whose files each run replaces
+    (so the README's commands run one after another); True when that applies. A folder of that
+    name that embgrad did not make is treated as one the user named."""
+    if args.out is not None:
+        return False
+    args.out = DEFAULT_OUT
+    folder = Path(DEFAULT_OUT)
+    if folder.exists() and not (folder / OWN_MARK).is_file():
+        return False
+    args.overwrite = True
+    return True
+
+
+def _mark_own(folder: Path) -> None:
+    if folder.is_dir():
+        with contextlib.suppress(OSError):  # the outputs are written; the mark is a courtesy
+            (folder / OWN_MARK).write_text(
+                "embgrad explain's default output folder: each run replaces its files\n",
+                encoding="utf-8",
+            )
+
+
+def _check_utf8(args: argparse.Namespace) -> None:
+    """InputError for a --text/--pair/--target holding bytes that are not UTF-8 (the shell
+    passes them through as lone surrogates), as ``embgrad run`` refuses such rows."""
+    for flag in ("text", "pair", "target", "continuation"):
+        for i, value in enumerate(getattr(args, flag, None) or []):
+            if not isinstance(value, str):
+                continue
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(
+                    f"--{flag} number {i + 1} holds bytes that are not valid UTF-8; give it as "
+                    "UTF-8 text"
+                ) from None
 
 
 #: "(default 3)", "(default: all)", ", default" in an option's help: the listing says it once

@@ -48,9 +48,16 @@ class TokenAttribution:
         return asdict(self)
 
 
+def _json_item(item: TokenAttribution) -> dict[str, Any]:
+    """An item as written to JSON: the explained quantity is ``value``, as in ``embgrad run``'s
+    Parquet shards (the attribute is ``loss``)."""
+    return {("value" if k == "loss" else k): v for k, v in item.to_dict().items()}
+
+
 def items_to_json(items: list[TokenAttribution], meta: dict[str, Any] | None = None) -> str:
-    """``{"embgrad_version", ...meta, "items": [TokenAttribution as dict, ...]}`` as JSON text."""
-    doc = {"embgrad_version": __version__, **(meta or {}), "items": [i.to_dict() for i in items]}
+    """``{"embgrad_version", ...meta, "items": [TokenAttribution as dict, ...]}`` as JSON text
+    (the explained quantity under ``value``, as in the Parquet shards)."""
+    doc = {"embgrad_version": __version__, **(meta or {}), "items": [_json_item(i) for i in items]}
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
 
 

@@ -97,7 +97,7 @@ def test_existing_outputs_are_refused_before_the_work_unless_overwrite(tmp_path,
     monkeypatch.setattr("embgrad.explain.load", never)
     (tmp_path / "attributions.json").write_text("{}")
     assert cli.main(["explain", "--text", "hi", "--out", str(tmp_path), "--format", "json"]) == 1
-    assert "exist(s); pass --overwrite" in capsys.readouterr().err
+    assert "already there; add --overwrite" in capsys.readouterr().err
     a_file = tmp_path / "attributions.json"
     assert cli.main(["explain", "--text", "hi", "--out", str(a_file), "--format", "json"]) == 1
     assert "is an existing file" in capsys.readouterr().err
@@ -134,7 +134,7 @@ def test_explain_writes_json_html_and_png(tmp_path, capsys):
     } <= set(doc)
     assert doc["method"] == "gradient" and doc["quantity"] == "cosine similarity"
     assert len(doc["items"]) == 2
-    types_ = {"text": str, "tokens": list, "scores": list, "loss": float, "table_grad_norm": float,
+    types_ = {"text": str, "tokens": list, "scores": list, "value": float, "table_grad_norm": float,
               "hotflip": list, "truncated": bool, "method": str}  # fmt: skip
     for item in doc["items"]:
         assert set(item) == set(types_) | {"delta", "target", "n_tokens"}
@@ -189,7 +189,7 @@ def test_explain_a_single_text_with_the_bundled_model(tmp_path, capsys):
     assert "zero-shot" in captured.out and "target positive" in captured.out
     doc = json.loads((tmp_path / "attributions.json").read_text())
     assert doc["labels"] == ["positive", "negative"] and "zero-shot" in doc["quantity"]
-    assert doc["items"][0]["target"] == "positive" and doc["items"][0]["loss"] < 0
+    assert doc["items"][0]["target"] == "positive" and doc["items"][0]["value"] < 0
     argv = ["explain", "--text", "I loved this movie", "--labels", "cinema,sport,cooking",
             "--out", str(tmp_path), "--format", "json", "--overwrite"]  # fmt: skip
     assert cli.main(argv) == 0

@@ -9,6 +9,9 @@ reason. The kinds (``RowError.kind``):
 - ``undecodable``: the bytes are not valid UTF-8 (or the JSON holds lone surrogates);
 - ``not_a_string``: the text (or pair) is a number, list, object, ...;
 - ``invalid_json`` / ``not_an_object``: a jsonl line that is not a JSON object;
+- ``bad_id``: the id column holds true/false, a list or an object (an id is text or a number);
+- ``duplicate_id``: an earlier row already has this id (ids are compared as written in the
+  output: ``7`` and ``7.0`` are both ``"7"``), so the two rows are never merged;
 - ``explain_failed``: the explainer rejected this row alone (its message is the reason).
 
 Text longer than the model's limit is not an error: it is truncated by the explainer and the
@@ -118,6 +121,18 @@ def _scalar(get: Callable[[str], Any], column: str) -> str:
     return text
 
 
+def _id(get: Callable[[str], Any], column: str) -> str:
+    """An id as text: strings as they are, integers (and integral floats, as pandas writes an
+    integer column with nulls) in decimal, other numbers as Python writes them; true/false,
+    lists and objects are refused (their text would be Python's, and collide)."""
+    value = _decode(get(column))
+    scalar = isinstance(value, (str, int, float, type(None))) and not isinstance(value, bool)
+    if not scalar and value is not MISSING:
+        kind = "true/false" if isinstance(value, bool) else f"a {type(value).__name__}"
+        raise _Bad("bad_id", f"column {column!r} holds {kind}; an id is text or a number")
+    return _scalar(get, column)
+
+
 def make_row(row: int, get: Callable[[str], Any], columns: Columns) -> InputRow | RowError:
     """Validate one record; ``get(column)`` returns its value or :data:`MISSING`.
 
@@ -128,7 +143,7 @@ def make_row(row: int, get: Callable[[str], Any], columns: Columns) -> InputRow 
     id_problem: _Bad | None = None
     if columns.id is not None:
         try:
-            row_id = _scalar(get, columns.id)
+            row_id = _id(get, columns.id)
         except _Bad as bad:
             row_id, id_problem = None, bad
     try:

@@ -154,12 +154,16 @@ def explain_by_length(
     rows: Sequence[InputRow],
     config: RunConfig,
     done: Callable[[int], None] | None = None,
+    *,
+    records: list[dict[str, Any]] | None = None,
+    errors: list[RowError] | None = None,
 ) -> tuple[list[dict[str, Any]], list[RowError]]:
     """:func:`explain_rows` over ``rows`` in batches of ``config.batch_size`` formed by length
     (:func:`by_length`); records and errors come back in file order. ``done(n)`` is called
-    after each batch of n rows (progress)."""
-    records: list[dict[str, Any]] = []
-    errors: list[RowError] = []
+    after each batch of n rows (progress). ``records`` / ``errors``: lists to append to (the
+    caller keeps what was done if a batch is interrupted)."""
+    records = [] if records is None else records
+    errors = [] if errors is None else errors
     ordered = by_length(rows, explainer)
     for start in range(0, len(ordered), config.batch_size):
         batch = ordered[start : start + config.batch_size]
@@ -208,6 +212,26 @@ def _lengths(explainer: Any, texts: list[str]) -> list[int]:
     except ROW_FAILURES:  # a text the tokenizer refuses: its row fails on its own later
         return [len(t) for t in texts]
     return out
+
+
+def drop_duplicate_ids(
+    records: list[dict[str, Any]], seen: dict[str, int], check: bool = True
+) -> tuple[list[dict[str, Any]], list[RowError]]:
+    """Records in row order whose id no earlier row has; the others as ``duplicate_id`` errors
+    (``seen``: id → first row, updated). Two input rows are never written under one id."""
+    if not check:
+        return records, []
+    keep: list[dict[str, Any]] = []
+    dupes: list[RowError] = []
+    for r in records:
+        key = str(r["id"])
+        first = seen.setdefault(key, r["row"])
+        if first != r["row"]:
+            reason = f"id {key!r} is also row {first}'s; ids must be unique (--id-column)"
+            dupes.append(RowError(r["row"], r["id"], "duplicate_id", reason))
+        else:
+            keep.append(r)
+    return keep, dupes
 
 
 def split_rows(rows: Sequence[InputRow | RowError]) -> tuple[list[InputRow], list[RowError]]:

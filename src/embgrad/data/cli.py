@@ -32,10 +32,14 @@ are in each file's metadata (key "embgrad"). Each output row carries "row", the 
 input's own "id" column (as a string) when it has one, else the row index.
 
 Resumable: a run that is stopped or killed (even kill -9) is finished by running the same
-command again; every input row ends up exactly once in OUT/data or in OUT/errors.jsonl. A
-different command into the same OUT is refused (the engine and batch size may change: a run
-started locally can be finished with --engine ray). With --engine ray the output is committed
-when the Ray job ends; an interrupted Ray job is redone from its start.
+command again; every input row ends up exactly once in OUT/data or in OUT/errors.jsonl. Ctrl-C
+or SIGTERM saves the rows done so far (locally also every minute). A run resumes only on the
+same input bytes (SHA-256 of the whole file) and the same model weights (SHA-256 of the model
+folder's files, or of a module: model's parameters); a different command, input or model into
+the same OUT is refused (the engine and batch size may change: a run started locally can be
+finished with --engine ray). Committed shards are checked on every start; a damaged one is
+redone. With --engine ray each shard is committed as soon as all its rows are in; the rows
+of a shard not complete when a Ray job is stopped are redone. See docs/data-runs.md.
 
 What is explained: with --pair-column, each pair's cosine similarity; on a sentence encoder
 (the bundled model) without one, log p(label | text) zero-shot among --labels (default
@@ -108,7 +112,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         metavar="SPEC",
         default=None,
-        help="hf:PATH or module:pkg.mod:factory (default: the bundled all-MiniLM-L6-v2)",
+        help="hf:PATH or module:pkg.mod:factory (default: the bundled all-MiniLM-L6-v2); a "
+        "module: spec imports that module and runs its factory, by design (only name code you "
+        "trust); code inside an hf: folder is never run",
     )
     m.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     add_method_args(m)
@@ -239,8 +245,12 @@ def run_command(
     except EmbgradError as exc:
         print(f"embgrad run: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("embgrad run: interrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        saved = f": {exc}" if getattr(exc, "saved", None) is not None else ""
+        print(
+            f"embgrad run: interrupted{saved}; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     print(summary.format())
     return 0

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,9 +31,18 @@ from typing import Any
 from ..errors import EmbgradError, InputError
 from ._deps import require
 from .badrows import Columns, InputRow, RowError
-from .batch import explain_by_length, split_rows
+from .batch import drop_duplicate_ids, explain_by_length, split_rows
 from .config import ExplainerFactory, ExplainerLike, RunConfig, RunSummary
-from .prepare import Prepared, begin, columns_of, load_explainer, prepare
+from .prepare import (
+    Prepared,
+    RunInterrupted,
+    begin,
+    columns_of,
+    load_explainer,
+    prepare,
+    sigterm_interrupts,
+    writing,
+)
 from .readers import parse_bytes, rows_from_table
 from .writer import output_schema, to_table
 
@@ -50,6 +60,80 @@ def import_ray() -> Any:
     return ray
 
 
+#: the watchdog of a local Ray this run started: it records the driver's descendants (gcs,
+#: raylet, agents, workers) every half second and, when the driver's pipe closes (the driver
+#: ended, kill -9 included), SIGKILLs those still alive (matched by start time, so a reused pid
+#: is never hit) and removes Ray's session folder. Ray's own agents otherwise outlive a killed
+#: driver by 60-90 s (docs/data-runs.md).
+_WATCHDOG = r"""
+import os, select, shutil, signal, sys
+driver, temp, me = int(sys.argv[1]), sys.argv[2], os.getpid()
+
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return int(parts[1]), parts[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+def descendants():
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            got = stat(int(name))
+            if got is not None:
+                children.setdefault(got[0], []).append((int(name), got[1]))
+    out, todo = {}, [driver]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            if pid != me and pid not in out:
+                out[pid] = start
+                todo.append(pid)
+    return out
+
+seen = {}
+while True:
+    seen.update(descendants())
+    ready, _, _ = select.select([0], [], [], 0.5)
+    if ready and not os.read(0, 4096):
+        break
+for pid, start in seen.items():
+    got = stat(pid)
+    if got is not None and got[1] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+shutil.rmtree(temp, ignore_errors=True)
+"""
+
+
+def _start_watchdog(temp: str) -> subprocess.Popen[bytes] | None:
+    """The watchdog of a local Ray (Linux, where /proc lists processes); None elsewhere."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), temp],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a signal to the driver's process group does not reach it
+    )
+
+
+def _stop_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:
+    if watchdog is None:
+        return
+    with contextlib.suppress(OSError):
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
     """Use the running Ray, join ``address``, or start a private local one (stopped after)."""
@@ -59,6 +143,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
         return
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     temp = None
+    watchdog = None
     if address:
         try:
             ray.init(address=address, **quiet)
@@ -66,13 +151,22 @@ def ray_session(address: str | None) -> Iterator[Any]:
             raise InputError(f"--ray-address {address}: cannot join the cluster: {exc}") from exc
     else:
         temp = tempfile.mkdtemp(prefix="embgrad-ray-")
-        ray.init(
-            num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, _temp_dir=temp, **quiet
-        )
+        watchdog = _start_watchdog(temp)
+        try:
+            ray.init(
+                num_cpus=max(2, os.cpu_count() or 2),
+                include_dashboard=False,
+                _temp_dir=temp,
+                **quiet,
+            )
+        except BaseException:
+            _stop_watchdog(watchdog)
+            raise
     try:
         yield ray
     finally:
         ray.shutdown()
+        _stop_watchdog(watchdog)
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
@@ -361,19 +455,29 @@ def run_ray(
     del explainer  # checked here; every actor loads its own
     show = sys.stderr.isatty() if progress is None else progress
     finished = prep.out.manifest.is_file() and len(prep.out.done()) >= prep.n_shards
-    # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
-    session = contextlib.nullcontext(None) if finished else ray_session(config.ray_address)
-    with session as ray, prep.out.lock():
-        done = begin(prep, command)
+    with writing(prep), contextlib.ExitStack() as stack:
+        # Ray starts (or joins) before the manifest is written: a bad address leaves no trace.
+        ray = None if finished else stack.enter_context(ray_session(config.ray_address))
+        # after ray.init, which installs a SIGTERM handler that aborts the driver
+        stack.enter_context(sigterm_interrupts())
+        stack.enter_context(prep.out.lock())
+        done = begin(prep, command, partial=False)
         summary = RunSummary(
             prep.out.path, prep.total, skipped=sum(prep.shard_rows(s) for s in done)
         )
         started = time.perf_counter()
         todo = [s for s in range(prep.n_shards) if s not in done]
         if todo:
+            if ray is None:  # a shard found damaged on a finished run: redo it
+                ray = stack.enter_context(ray_session(config.ray_address))
+                stack.enter_context(sigterm_interrupts())
             # after Ray started: its daemons must not inherit the filter's pipe
-            with data_context(ray, show), drop_ray_log_lines():
-                _execute(ray, prep, factory, done, todo, summary)
+            try:
+                with data_context(ray, show), drop_ray_log_lines():
+                    _execute(ray, prep, factory, done, todo, summary)
+            except KeyboardInterrupt:
+                saved = summary.skipped + summary.explained + summary.errors
+                raise RunInterrupted(saved, prep.total) from None
         summary.errors_total = prep.out.rebuild_errors()
     summary.work_seconds = time.perf_counter() - started
     summary.seconds = time.perf_counter() - prep.started
@@ -388,17 +492,27 @@ def _execute(
     todo: list[int],
     summary: RunSummary,
 ) -> None:
-    """Run the pipeline, then commit each shard as the local engine does (``part-NNNNNN``):
-    rows are gathered per shard from the job's output and a shard is written as soon as all
-    its rows are in, so the driver holds about one shard at a time (order is preserved)."""
-    try:
-        mat = _pipeline(ray, prep, factory, done).materialize()
-    except Exception as exc:  # RayTaskError wraps the actor's exception
-        raise EmbgradError(f"the Ray job failed; nothing was committed: {exc}") from exc
+    """Stream the pipeline's output and commit each shard as the local engine does
+    (``part-NNNNNN``) as soon as all its rows are in (order is preserved), so the driver holds
+    about one shard at a time and a job stopped midway (Ctrl-C, SIGTERM, a failure) keeps the
+    shards it committed."""
     schema = output_schema(prep.config)
     size = prep.config.rows_per_shard
     pending: dict[int, list[dict[str, Any]]] = {}
-    for batch in mat.iter_batches(batch_format="pyarrow", batch_size=None):
+    batches = iter(
+        _pipeline(ray, prep, factory, done).iter_batches(batch_format="pyarrow", batch_size=None)
+    )
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # RayTaskError wraps the actor's exception
+            raise EmbgradError(
+                f"the Ray job failed; the {summary.explained + summary.errors} rows of the "
+                f"shards committed before are kept (run the same command again to redo the "
+                f"rest): {exc}"
+            ) from exc
+        if batch is None:
+            break
         for record in batch.to_pylist():
             shard = int(record["row"]) // size
             rows = pending.setdefault(shard, [])
@@ -428,6 +542,9 @@ def _commit(
         for r in records
         if r["error_kind"] is not None
     ]
+    prep.check_input()
+    good, dupes = drop_duplicate_ids(good, prep.seen_ids, prep.config.id_column is not None)
+    errors = sorted(errors + dupes, key=lambda e: e.row)
     prep.out.commit_shard(shard, to_table(good, schema), errors)
     summary.explained += len(good)
     summary.errors += len(errors)

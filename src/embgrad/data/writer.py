@@ -17,7 +17,8 @@ One output row per explained input row (all columns nullable except ``row``)::
                       verified: float, direction: string>>  (estimated and measured change
                       of ``loss``; verified null where not run; the ranking direction)
     truncated         bool           the text was longer than the model's limit and was cut
-    pair_*            the same six fields for the pair's side (null without --pair-column)
+    pair, pair_*      the pair's text and the same six fields for its side (only in runs
+                      with --pair-column: single-text runs have no pair columns)
 
 With ``--continuation-column`` the rows hold generation matrices instead (see
 :func:`generation_fields`).
@@ -43,8 +44,18 @@ from .config import RunConfig
 METADATA_KEY = b"embgrad"
 #: the shards' layout, in the manifest: an output folder is only resumed by a version writing the
 #: same (1: the explained quantity in a ``loss`` column; 2: ``value``, with ``quantity`` saying
-#: what it is). Bump it with any change to the columns.
-OUTPUT_FORMAT = 2
+#: what it is; 3: 2 without the pair columns in single-text runs). Bump it with any change to
+#: the columns. Runs with a pair or continuation column still write format 2.
+OUTPUT_FORMAT = 3
+
+
+def output_format(config: RunConfig) -> int:
+    """The layout ``config``'s shards have (see :data:`OUTPUT_FORMAT`)."""
+    if config.pair_column is not None or config.continuation_column is not None:
+        return 2
+    return OUTPUT_FORMAT
+
+
 _SIDE = ("tokens", "scores", "table_grad_norm", "delta", "hotflip", "truncated")
 
 
@@ -126,21 +137,23 @@ def output_schema(config: RunConfig) -> Any:
     meta = {METADATA_KEY: json.dumps(run_metadata(config), sort_keys=True).encode()}
     if config.continuation_column is not None:
         return pa.schema(generation_fields(pa, config), metadata=meta)
+    paired = config.pair_column is not None
     fields = [
         pa.field("row", pa.int64(), nullable=False),
         pa.field("id", pa.string() if config.id_column is not None else pa.int64()),
         pa.field("text", pa.string()),
-        pa.field("pair", pa.string()),
+        *([pa.field("pair", pa.string())] if paired else []),
         pa.field("target", pa.string()),
         pa.field("value", pa.float64()),
         *_side_fields(pa, ""),
-        *_side_fields(pa, "pair_"),
+        *(_side_fields(pa, "pair_") if paired else []),
     ]
     return pa.schema(fields, metadata=meta)
 
 
 def to_table(records: Sequence[Mapping[str, Any]], schema: Any) -> Any:
-    """A pyarrow Table of ``records`` in ``schema`` (metadata kept)."""
+    """A pyarrow Table of ``records`` in ``schema`` (metadata kept; keys the schema does not
+    have, such as a single-text run's pair fields, are left out)."""
     pa = require("pyarrow", "data")
     return pa.Table.from_pylist(list(records), schema=schema)
 
@@ -159,13 +172,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _temp_path(dest: Path, tmp_dir: Path) -> Path:
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    # the folders are made once at the start: a folder deleted during a run is not recreated
     return tmp_dir / f"{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
 
 
 def commit_file(tmp: Path, dest: Path) -> None:
     """Rename a finished temp file into place (atomic on one filesystem) and sync the folder."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, dest)
     _fsync_dir(dest.parent)
 

@@ -4,6 +4,7 @@ weights are read."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass
@@ -74,8 +75,11 @@ def load(spec: str | None = None, *, framework: str = "torch") -> Loaded:
     if framework == "gluon":
         from .minilm_gluon import load_gluon_bert
 
+        minilm.refuse_remote_code(Path(path))
         model, _ = load_gluon_bert(path)
-        tokenizer = minilm.quiet_transformers().AutoTokenizer.from_pretrained(path)
+        tokenizer = minilm.quiet_transformers().AutoTokenizer.from_pretrained(
+            path, trust_remote_code=False
+        )
         limit = minilm.max_length_of(Path(path), tokenizer, model_config(path))
         return Loaded(model, tokenizer, None, "encoder", limit, name)
     model, tokenizer, limit = minilm.load_hf(path)
@@ -115,3 +119,64 @@ def _from_factory(target: str) -> Loaded:
 def model_config(path: str | Path) -> Any:
     """The HF config of a folder as an object with attributes (for limits)."""
     return SimpleNamespace(**json.loads((Path(path) / "config.json").read_text()))
+
+
+def cannot_load(spec: str | None, exc: Exception) -> InputError:
+    """One clear error for a model that failed to load (transformers, OSError, a user's
+    factory): what ``embgrad explain`` and ``embgrad run`` both say."""
+    shown = spec or "the bundled all-MiniLM-L6-v2"
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return InputError(f"--model {shown}: cannot load it: {message}")
+
+
+# -- weights fingerprints (what a data run resumes only with) -----------------------------
+
+
+def files_digest(folder: Path) -> str:
+    """SHA-256 over every regular file below ``folder`` (relative path, size, content), in
+    path order: any change to the weights, config or tokenizer files changes it."""
+    outer = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        inner_hash = hashlib.sha256()
+        with file.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):  # file_digest is 3.11+
+                inner_hash.update(chunk)
+        inner = inner_hash.hexdigest()
+        outer.update(f"{file.relative_to(folder).as_posix()}\0{inner}\n".encode())
+    return outer.hexdigest()
+
+
+def spec_folder(spec: str | None) -> Path | None:
+    """The folder a spec loads from (the bundled model's, ``hf:PATH``), else None."""
+    if spec is None:
+        from . import minilm
+
+        return Path(minilm.model_path())
+    if spec.startswith("module:"):
+        return None
+    folder = Path(spec.removeprefix("hf:"))
+    return folder if (spec.startswith("hf:") or folder.is_dir()) and folder.is_dir() else None
+
+
+def parameters_digest(model: Any) -> str | None:
+    """SHA-256 over a loaded model's parameters and buffers (name, dtype, shape, bytes): a
+    PyTorch module's ``state_dict()`` or a Gluon block's ``collect_params()``; None for a model
+    that has neither."""
+    digest = hashlib.sha256()
+    if callable(getattr(model, "state_dict", None)):
+        for name, value in model.state_dict().items():
+            array = value.detach().cpu()
+            try:
+                data = array.contiguous().numpy()
+            except TypeError:  # bfloat16 and other types numpy lacks: exact in float32
+                data = array.float().contiguous().numpy()
+            digest.update(f"{name}\0{data.dtype}\0{data.shape}\n".encode())
+            digest.update(data.tobytes())
+        return digest.hexdigest()
+    if callable(getattr(model, "collect_params", None)):
+        for name, param in sorted(model.collect_params().items()):
+            data = param.data().asnumpy()
+            digest.update(f"{name}\0{data.dtype}\0{data.shape}\n".encode())
+            digest.update(data.tobytes())
+        return digest.hexdigest()
+    return None

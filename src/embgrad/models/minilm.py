@@ -72,13 +72,34 @@ def load_hf(path: str | Path, *, classifier: bool | None = None) -> tuple[Any, A
             f"no model found at {str(path)!r}: expected a folder with config.json "
             "(a HuggingFace model saved with save_pretrained)"
         )
+    refuse_remote_code(folder)
     return _load_hf(str(folder.resolve()), classifier)
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """InputError for a folder whose model would need its own Python code (an ``auto_map`` in
+    its config for a ``model_type`` transformers does not know): embgrad never runs code from
+    a model folder (every ``from_pretrained`` here passes ``trust_remote_code=False``)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{str(folder / 'config.json')!r} is unreadable: {exc}") from None
+    if not isinstance(config, dict) or "auto_map" not in config:
+        return
+    if config.get("model_type") not in quiet_transformers().CONFIG_MAPPING:
+        raise InputError(
+            f"the model in {str(folder)!r} needs its own Python code (config.json has "
+            f"auto_map for model_type {config.get('model_type')!r}, which transformers does "
+            "not know); embgrad never runs code from a model folder. Use a model of a type "
+            "transformers ships, or load it yourself and pass it with --model "
+            "module:pkg.mod:factory"
+        )
 
 
 @functools.lru_cache(maxsize=4)
 def _load_hf(folder: str, classifier: bool | None) -> tuple[Any, Any, int]:
     tf = quiet_transformers()
-    config = tf.AutoConfig.from_pretrained(folder)
+    config = tf.AutoConfig.from_pretrained(folder, trust_remote_code=False)
     if classifier is None:
         archs = getattr(config, "architectures", None) or []
         classifier = any(a.endswith("ForSequenceClassification") for a in archs)
@@ -88,9 +109,9 @@ def _load_hf(folder: str, classifier: bool | None) -> tuple[Any, Any, int]:
         auto = {"causal_lm": tf.AutoModelForCausalLM, "seq2seq_lm": tf.AutoModelForSeq2SeqLM}.get(
             lm or "", auto
         )
-    model = auto.from_pretrained(folder)
+    model = auto.from_pretrained(folder, trust_remote_code=False)
     model.eval()
-    tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+    tokenizer = tf.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     return model, tokenizer, max_length_of(Path(folder), tokenizer, config)
 
 

@@ -1,5 +1,7 @@
 """One self-contained HTML report (inline CSS and one small inline script, no network): every
-token and text is escaped with :func:`html.escape`, so a token such as ``<script>`` shows as text.
+token and text is escaped with :func:`html.escape`, so a token such as ``<script>`` shows as text,
+and Unicode's bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE, ...) are shown as visible
+marks such as ``⟨U+202E⟩`` instead of reordering the page's text.
 
 Hovering (or focusing) a token shows its score and its HotFlip candidates with their verified
 and estimated changes in a tooltip; the script reads them from the token's ``data-score`` and
@@ -10,11 +12,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
 from ..items import TokenAttribution
 from .scale import BLUE, LEGEND, RED, WHITE, change, heading, ink, normalized, rgb, summary
+
+#: Unicode's bidirectional formatting characters: raw, they reorder the text around them
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def visible(text: str) -> str:
+    """``text`` with every bidirectional control replaced by a visible mark (``⟨U+202E⟩``)."""
+    if not BIDI_CONTROLS.intersection(text):
+        return text
+    return "".join(f"⟨U+{ord(c):04X}⟩" if c in BIDI_CONTROLS else c for c in text)
+
+
+def escape(text: str, quote: bool = True) -> str:
+    """HTML-escaped, with bidirectional controls made visible (see :func:`visible`)."""
+    return _html_escape(visible(text), quote=quote)
+
 
 _CSS = (
     """

@@ -59,8 +59,10 @@ def _figure(
     for i, (item, rows) in enumerate(zip(items, blocks, strict=True)):
         head = titles[i] if titles is not None else f"[{i + 1}]"
         text = textwrap.shorten(f"{head} {item.text}", 130)
-        ax.text(0, y + 0.5, text, fontsize=9, fontweight="bold", va="center")
-        ax.text(0, y + 1.2, summary(item, quantity), fontsize=8, color="#555", va="center")
+        # parse_math=False: a "$" in a text is a dollar sign, not the start of mathtext
+        ax.text(0, y + 0.5, text, fontsize=9, fontweight="bold", va="center", parse_math=False)
+        ax.text(0, y + 1.2, summary(item, quantity), fontsize=8, color="#555", va="center",
+                parse_math=False)  # fmt: skip
         y += 1.7
         for j, (tok, v) in enumerate(zip(item.tokens, normalized(item.scores), strict=True)):
             r, c = divmod(j, per_row)
@@ -68,7 +70,7 @@ def _figure(
             ax.add_patch(Rectangle((c, y + r), 0.96, 0.9, facecolor=colour, edgecolor="#ccc"))
             label = tok if len(tok) <= 12 else tok[:11] + "…"
             ax.text(c + 0.48, y + r + 0.45, label, ha="center", va="center", fontsize=8,
-                    color=ink(v))  # fmt: skip
+                    color=ink(v), parse_math=False)  # fmt: skip
         y += rows + 0.5
     ax.set_xlim(-0.05, per_row)
     ax.set_ylim(y, -0.2)
@@ -80,7 +82,7 @@ def _figure(
 
     bar_ax = fig.add_axes((0.3, 0.55 / height, 0.4, 0.14 / height))
     bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=bar_ax, orientation="horizontal")
-    bar.set_label(LEGEND, fontsize=8)
+    bar.set_label(LEGEND, fontsize=8, parse_math=False)
     bar.ax.tick_params(labelsize=7)
     return fig
 

@@ -61,13 +61,36 @@ def check_folder(formats: Sequence[str], folder: str | Path, overwrite: bool) ->
         raise InputError(
             f"--out {str(out)!r} is an existing file; --out names a folder for the outputs"
         )
+    if files:
+        _check_creatable(out)
     existing = [str(f) for f in files if f.exists()]
     if existing and not overwrite:
+        these = "it" if len(existing) == 1 else "them"
         raise InputError(
-            f"{', '.join(map(repr, existing))} exist(s); pass --overwrite (overwrite=True) to "
-            "replace, or choose another --out folder"
+            f"{', '.join(map(repr, existing))} {'is' if len(existing) == 1 else 'are'} already "
+            f"there; add --overwrite to replace {these}, or choose another --out folder"
         )
     return files
+
+
+def _check_creatable(out: Path) -> None:
+    """InputError when ``out`` cannot be made or written: a file stands where a parent folder
+    should be, or the nearest existing parent is on a read-only file system."""
+    import os
+
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"--out {str(out)!r} cannot be made: {str(probe)!r} is a file")
+    try:
+        readonly = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        readonly = False
+    if readonly:
+        raise InputError(
+            f"--out {str(out)!r} is on a read-only file system; choose another --out folder"
+        )
 
 
 def text(view: View, fmt: str, path: str | Path | None = None, *, overwrite: bool = False) -> str:
