@@ -20,6 +20,7 @@ import pytest
 
 pq = pytest.importorskip("pyarrow.parquet")
 
+import mounts  # noqa: E402
 from data_fakes import BAD_ROWS, make_fake, write_corpus  # noqa: E402
 from embgrad.data import RunConfig, run  # noqa: E402
 from embgrad.data.cli import main  # noqa: E402
@@ -272,20 +273,10 @@ def test_deleting_out_during_a_run_fails_clearly(tmp_path: Path) -> None:
 # -- 8. full disk, read-only, --out below a file -------------------------------------------------
 
 
-def _mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Any:
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)):
-        pytest.skip("mounting a tmpfs needs root (and permission to mount)")
-    try:
+    with mounts.small_disk(tmp_path / "disk") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def test_a_full_disk_is_an_error_and_the_same_command_resumes_exactly_once(
@@ -303,7 +294,7 @@ def test_a_full_disk_is_an_error_and_the_same_command_resumes_exactly_once(
     assert code == 1, text
     assert "No space left on device" in text and "free some space" in text
     assert "Traceback" not in text
-    assert _mount("-o", "remount,size=64m", str(small_disk))
+    assert mounts.mount("-o", "remount,size=64m", str(small_disk))
     code, text = _run_proc(args)
     assert code == 0, text
     rows = pq.read_table(out / "data", columns=["row"]).column("row").to_pylist()
@@ -338,21 +329,11 @@ def test_a_read_only_out_and_out_below_a_file_stop_before_the_model_loads(
     # "missing..." makes the fake factory fail: the --out message must come first
     assert main(_args(data, a_file / "out", "--model", "missing"), explainer_factory=make_fake) == 1
     assert "is a file" in capsys.readouterr().err
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if os.geteuid() == 0:
-        if not (_mount("--bind", str(ro), str(ro)) and _mount("-o", "remount,ro,bind", str(ro))):
-            pytest.skip("a read-only bind mount needs permission to mount")
-    else:
-        ro.chmod(0o555)
-    try:
+    with mounts.read_only(tmp_path / "ro") as ro:
         assert main(_args(data, ro / "out", "--model", "missing"),
                     explainer_factory=make_fake) == 1  # fmt: skip
         err = capsys.readouterr().err
         assert "read-only" in err or "not writable" in err
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["umount", str(ro)], capture_output=True)
     assert not (ro / "out").exists()
 
 

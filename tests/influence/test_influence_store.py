@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pyarrow")
 
+import mounts  # noqa: E402
 from embgrad import InfluenceIndex  # noqa: E402
 from embgrad.errors import InputError  # noqa: E402
 from embgrad.influence import shards  # noqa: E402
@@ -238,13 +239,9 @@ def test_a_second_build_into_a_folder_being_written_is_refused(tmp_path):
 
 
 def test_a_read_only_folder_is_an_embgrad_error_not_a_traceback(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        with pytest.raises(InputError, match="cannot write the index"):
-            InfluenceIndex.build(_model(0), _data()[0], labels=_data()[1], path=ro / "idx")
-    finally:
-        ro.chmod(0o700)
+    with (
+        mounts.read_only(tmp_path / "ro") as ro,
+        pytest.raises(InputError, match="cannot write the index"),
+    ):
+        InfluenceIndex.build(_model(0), _data()[0], labels=_data()[1], path=ro / "idx")
+    assert not (tmp_path / "ro" / "idx").exists()
