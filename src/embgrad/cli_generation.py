@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list
         loaded.model, inputs, targets, target_mask=tmask, generate=args.generate,
         method=args.method, tokenizer=loaded.tokenizer, **dict(args.option),
     )  # fmt: skip
+    res.prompts = list(args.text)  # the headings and JSON "text": the prompts as given
     items = res.items
     meta: dict[str, Any] = {"model": loaded.name, "method": args.method, "kind": res.kind}
     if "terminal" in formats:
