@@ -109,7 +109,7 @@ class HotFlip(Method):
         "max_bytes": "memory bound of one block of the score matrix (default 256 MiB)",
         "verify": "candidates per sample run through the model, f(x')-f(x) (0: estimates only)",
         "verify_rows": "flipped rows per verification forward (memory bound)",
-        "replacements": "'words' (default: a word by a word, a ##piece by a piece) or 'pieces' (any token)",
+        "replacements": "'words' (a word by a word, a ##piece by a piece) or 'pieces' (any token)",
     }
     single_pass = True
     array_options: ClassVar[tuple[str, ...]] = ("mask", "exclude_ids", "continues")

@@ -75,7 +75,7 @@ class HotFlipSearch(Method):
         "mask": "(B, T) bool positions that may be flipped",
         "verify_rows": "rows per verification forward (memory bound)",
         "max_bytes": "memory bound of one block of the score matrix",
-        "replacements": "'words' (default: a word by a word, a ##piece by a piece) or 'pieces' (any token)",
+        "replacements": "'words' (a word by a word, a ##piece by a piece) or 'pieces' (any token)",
     }
     array_options: ClassVar[tuple[str, ...]] = ("mask", "exclude_ids", "continues")
 
