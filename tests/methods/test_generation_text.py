@@ -114,6 +114,19 @@ def test_cli_continuation_shows_text_tokens_and_the_prompt_everywhere(gpt2, tmp_
     assert "4 generated tokens" in printed and "asked" not in printed
 
 
+def test_cli_generation_records_the_integrated_gradients_baseline(gpt2, tmp_path):
+    out = tmp_path / "out"
+    code = main([
+        "explain", "--model", f"hf:{gpt2}", "--text", "The cat", "--continuation", " sat",
+        "--method", "integrated_gradients", "-O", "n_steps=4", "--format", "json,html",
+        "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    doc = json.loads((out / "attributions.json").read_text())
+    assert doc["options"] == {"baseline": "zeros", "n_steps": 4, "rule": "gausslegendre"}
+    assert "baseline=zeros, n_steps=4" in (out / "report.html").read_text()
+
+
 def test_generation_stopped_by_eos_says_so(gpt2_eos, tmp_path, capsys):
     out = tmp_path / "out"
     code = main([

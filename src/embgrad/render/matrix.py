@@ -95,13 +95,17 @@ def _table(item: StepAttribution) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def to_html(items: Sequence[StepAttribution], *, title: str = "embgrad generation") -> str:
-    """One HTML page: per generation a heading (the prompt), a summary and the matrix."""
+def to_html(
+    items: Sequence[StepAttribution], *, title: str = "embgrad generation", subtitle: str = ""
+) -> str:
+    """One HTML page: per generation a heading (the prompt), a summary and the matrix;
+    ``subtitle`` (model, method options) under the title."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
+        *([f'<p class="meta">{escape(subtitle)}</p>'] if subtitle else []),
         f'<p class="meta">{escape(LEGEND)}; rows: generated tokens, columns: input tokens</p>',
     ]
     for i, item in enumerate(items):
@@ -109,6 +113,16 @@ def to_html(items: Sequence[StepAttribution], *, title: str = "embgrad generatio
         parts.append(f'<p class="meta">{escape(_summary(item))}</p>{_table(item)}</section>')
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def subtitle(meta: dict[str, Any]) -> str:
+    """``model M · method X: baseline=zeros, n_steps=50, ...`` from the JSON metadata."""
+    parts = [f"model {meta['model']}"] if meta.get("model") else []
+    if meta.get("method"):
+        opts = meta.get("options") or {}
+        said = ", ".join(f"{k}={v}" for k, v in opts.items())
+        parts.append(f"method {meta['method']}" + (f": {said}" if said else ""))
+    return " · ".join(parts)
 
 
 def notebook_html(items: Sequence[StepAttribution], *, title: str = "embgrad generation") -> str:
@@ -218,7 +232,7 @@ def save(items: Sequence[StepAttribution], fmt: str, path: str | Path, **meta: A
         with _quiet():
             fig.savefig(p, dpi=110)
     elif fmt == "html":
-        p.write_text(to_html(items), encoding="utf-8")
+        p.write_text(to_html(items, subtitle=subtitle(meta)), encoding="utf-8")
     elif fmt == "json":
         p.write_text(to_json(items, meta), encoding="utf-8")
     else:
