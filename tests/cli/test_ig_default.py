@@ -72,6 +72,22 @@ def test_cli_explainer_and_attribute_give_the_same_numbers_and_record_the_baseli
     scale = np.abs(py_scores).max()
     np.testing.assert_allclose(cli_scores, py_scores, rtol=1e-5, atol=1e-5 * scale)
     np.testing.assert_allclose(ex_scores, py_scores, rtol=1e-5, atol=1e-5 * scale)
+    # embgrad run: the same numbers in the Parquet rows, the baseline in the file metadata
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from embgrad.data import RunConfig, run
+
+    data = tmp_path / "texts.jsonl"
+    data.write_text(json.dumps({"text": TEXT}) + "\n")
+    run(RunConfig(data=data, text_column="text", out=tmp_path / "run",
+                  method="integrated_gradients", options={"n_steps": 8}, hotflip_k=0,
+                  candidate_labels=tuple(LABELS)), progress=False)  # fmt: skip
+    table = pq.read_table(tmp_path / "run" / "data")
+    run_scores = np.asarray(table.column("scores").to_pylist()[0])
+    np.testing.assert_allclose(run_scores, py_scores, rtol=1e-5, atol=1e-5 * scale)
+    meta = json.loads(table.schema.metadata[b"embgrad"])
+    assert meta["options"] == RECORDED
     # and the numbers are IG from zeros: the explicit baseline gives the same
     again = embgrad.attribute(
         model, dict(tok([TEXT], return_tensors="pt")), candidate_labels=LABELS,
