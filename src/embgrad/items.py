@@ -78,6 +78,9 @@ class StepAttribution:
         method: the method's registry name; ``kind``: decoder, seq2seq or custom.
         delta: the integrated-gradients completeness delta per row, else None.
         source_length: how many of the columns are source tokens (encoder–decoder), else 0.
+        requested: the steps asked for (``generate=K``, or the longest continuation of the
+            batch), else None; ``stopped_at_eos``: the end-of-sequence token ended this
+            generation before them (its last row is that token).
     """
 
     text: str
@@ -90,6 +93,8 @@ class StepAttribution:
     kind: str
     delta: list[float] | None = None
     source_length: int = 0
+    requested: int | None = None
+    stopped_at_eos: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

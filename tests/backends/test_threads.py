@@ -1,10 +1,22 @@
-"""Concurrent calls from several threads return exactly what sequential calls return (issue 14).
+"""Concurrent calls from several threads return what sequential calls return (issue 14, 23).
 
 Gluon calls are serialized by one process-wide lock (``backends.gluon.GLUON_LOCK``); PyTorch
 calls run concurrently (the interception is a thread-local TorchFunctionMode). Every thread
 cycles through all the models, so threads share models, as a service with one model per
 process does: without the lock the Gluon tests fail (MXNet errors, ``NoLookupError``,
-``mx.nd.Embedding`` left replaced). Results are compared bit for bit.
+``mx.nd.Embedding`` left replaced).
+
+What is compared, and why (the guarantee the docs state, docs/threads.md):
+
+- Gluon: bit for bit. Calls never overlap (the lock), and MXNet's operators split their work
+  over a fixed number of OpenMP threads, so a call does the same arithmetic with or without
+  other threads waiting.
+- PyTorch with one intra-op thread (``torch.set_num_threads(1)``, the ``one_intra_op_thread``
+  fixture): bit for bit — each call does the same arithmetic in the same order.
+- PyTorch with its default intra-op threads: to float32 rounding (``assert_close``: 1e-5 of the
+  array's largest magnitude), not bit for bit. Calls that compete for the cores may split a
+  reduction differently (MKL and OpenMP adapt the split to the load), which changes the last
+  bits; a bit-for-bit comparison there failed under load (issue 23).
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ def run_threads(
 
 
 def assert_same(got: list[Any], want: list[Any]) -> None:
+    """Bit for bit."""
     assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):
         if isinstance(b, np.ndarray):
@@ -56,15 +69,49 @@ def assert_same(got: list[Any], want: list[Any]) -> None:
             assert a == b
 
 
+RTOL = 1e-5
+
+
+def assert_close(got: list[Any], want: list[Any]) -> None:
+    """Arrays equal to float32 rounding: within RTOL of the array's largest magnitude (a
+    reduction split differently moves the last bits of every element by about that much,
+    small elements included); everything else exactly."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        if isinstance(b, np.ndarray) and b.dtype.kind == "f":
+            assert a.shape == b.shape
+            scale = float(np.abs(b).max()) if b.size else 0.0
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * scale)
+        elif isinstance(b, np.ndarray):
+            assert a.shape == b.shape and np.array_equal(a, b), f"{a!r} != {b!r}"[:400]
+        else:
+            assert a == b
+
+
 def assert_threads_match_sequential(
-    fn: Callable[[int], list[Any]], n_models: int, calls: int = CALLS
+    fn: Callable[[int], list[Any]],
+    n_models: int,
+    calls: int = CALLS,
+    compare: Callable[[list[Any], list[Any]], None] = assert_same,
 ) -> None:
     want = [fn(j) for j in range(n_models)]
     results, errors = run_threads(fn, n_models, calls)
     assert not errors, [f"{type(e).__name__}: {e}"[:300] for e in errors[:3]]
     assert len(results) == THREADS * calls
     for j, got in results:
-        assert_same(got, want[j])
+        compare(got, want[j])
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """torch.set_num_threads(1) for the test (the worker threads pick it up: torch applies the
+    process-wide setting to each thread lazily), restored after."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
 
 
 def summary(res: Any) -> list[Any]:
@@ -266,7 +313,7 @@ def torch_cases():
     return cases
 
 
-def test_torch_gradients_and_integrated_gradients_from_threads_equal_sequential(torch_cases):
+def _torch_call(torch_cases: list[Any]) -> Callable[[int], list[Any]]:
     def call(j: int) -> list[Any]:
         model, ids, loss, labels = torch_cases[j]
         res = summary(embgrad.gradients(model, ids, loss))
@@ -275,7 +322,24 @@ def test_torch_gradients_and_integrated_gradients_from_threads_equal_sequential(
         )
         return res + attribution(att)
 
-    assert_threads_match_sequential(call, len(torch_cases))
+    return call
+
+
+def test_torch_gradients_and_integrated_gradients_from_threads_equal_sequential(
+    torch_cases, one_intra_op_thread
+):
+    """One intra-op thread: the same arithmetic in every call, so bit for bit."""
+    assert_threads_match_sequential(_torch_call(torch_cases), len(torch_cases))
+
+
+def test_torch_from_threads_with_default_intra_op_threads_equal_sequential_to_rounding(
+    torch_cases,
+):
+    """Torch's own intra-op threads (however many this process has): equal to float32 rounding,
+    the guarantee the docs state for that setting; bit equality is not promised there."""
+    assert_threads_match_sequential(
+        _torch_call(torch_cases), len(torch_cases), compare=assert_close
+    )
 
 
 @pytest.fixture(scope="module")
@@ -298,10 +362,10 @@ PAIRS = [
 
 @pytest.mark.hf
 def test_minilm_gradients_from_threads_equal_sequential_and_spare_a_plain_forward(
-    minilm_explainer,
+    minilm_explainer, one_intra_op_thread
 ):
     """One MiniLM, three batch shapes, 3 threads x 4 calls; meanwhile a plain forward of the
-    same model in another thread gives its usual output."""
+    same model in another thread gives its usual output. One intra-op thread: bit for bit."""
     import torch
 
     model, tok = minilm_explainer.model, minilm_explainer.tokenizer
@@ -334,7 +398,11 @@ def test_minilm_gradients_from_threads_equal_sequential_and_spare_a_plain_forwar
 
 
 @pytest.mark.hf
-def test_minilm_explainer_from_threads_equals_sequential_calls(minilm_explainer):
+def test_minilm_explainer_from_threads_equals_sequential_calls(
+    minilm_explainer, one_intra_op_thread
+):
+    """Bit for bit with one intra-op thread (HotFlip's choices included)."""
+
     def call(j: int) -> list[Any]:
         return explained(minilm_explainer.explain(*PAIRS[j], hotflip_k=1))
 

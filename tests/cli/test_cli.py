@@ -22,7 +22,7 @@ def test_methods_command_and_help_come_from_the_registry(capsys):
     helptext = capsys.readouterr().out
     for name in list_methods():
         assert f"{name}:" in listed and name in helptext
-    assert "-O n_steps=... (default 50): number of quadrature points\n" in listed
+    assert "-O n_steps=... (default 50): number of quadrature points, at most 10,000\n" in listed
     assert "truncated" in helptext
     for line in listed.splitlines():
         assert line.count("default") <= 1 or "(default:" in line, line  # said once

@@ -57,13 +57,15 @@ def test_continuation_writes_the_matrix_views(gpt2, tmp_path, capsys):
     assert code == 0
     doc = json.loads((out / "attributions.json").read_text())
     first, second = doc["items"]
-    assert first["generated"] == ["on", "the", "mat"] and second["kind"] == "decoder"
+    # tokens as text, each as the tokenizer decodes it after the ones before (issue 23)
+    assert first["generated"] == [" on", " the", " mat"] and second["kind"] == "decoder"
     # [CLS] a cat sat [SEP] then the targets but the last
-    assert first["tokens"][:5] == ["[CLS]", "a", "cat", "sat", "[SEP]"]
+    assert first["tokens"][:5] == ["[CLS]", " a", " cat", " sat", " [SEP]"]
+    assert first["text"] == "a cat sat"  # the prompt as given
     assert np.array(first["scores"]).shape == (3, 5 + 2)
     assert (out / "report.html").is_file() and (out / "heatmap.png").is_file()
     printed = capsys.readouterr().out
-    assert "'mat' (probability" in printed
+    assert "'␣mat' (probability" in printed
 
 
 def test_generate_on_a_seq2seq_model(t5, tmp_path):

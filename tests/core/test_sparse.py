@@ -122,3 +122,27 @@ def test_rows_match_dense_oracle_for_drawn_shapes(b, t, v, d, seed):
         rows.to_dense(), dense_oracle(sample, ids, grads, shape), rtol=1e-5, atol=1e-6
     )
     assert rows.nnz == len(np.unique(sample * v + ids))
+
+
+def test_without_scipy_to_scipy_names_the_sparse_extra_that_holds_it(monkeypatch):
+    """scipy is a runtime extra of its own (and in gluon's, whose snippet uses to_scipy):
+    the hint installs it, not the dev tools (issue 23)."""
+    import sys
+    from pathlib import Path
+
+    import tomllib
+
+    from embgrad.errors import MissingExtraError
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())[
+        "project"
+    ]["optional-dependencies"]
+    assert any(r.startswith("scipy") for r in extras["sparse"])
+    assert any(r.startswith("scipy") for r in extras["gluon"])
+    rng = np.random.default_rng(6)
+    sample, ids, grads, shape = random_case(rng)
+    rows = build_rows(OPS, [(sample, ids, grads)], shape)
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'embgrad\[sparse\]'"):
+        rows.to_scipy()

@@ -112,7 +112,11 @@ def test_schema_and_file_metadata(corpus: Path, tmp_path: Path) -> None:
     assert schema.field("tokens").type.value_type == pa.string()
     assert schema.field("id").type == pa.int64()
     meta = json.loads(schema.metadata[b"embgrad"])
-    assert meta["method"] == "integrated_gradients" and meta["options"] == {"n_steps": 8}
+    assert meta["method"] == "integrated_gradients" and meta["options"] == {
+        "baseline": "zeros",  # the default, recorded though not given (issue 23)
+        "n_steps": 8,
+        "rule": "gausslegendre",
+    }
     assert meta["hotflip_k"] == 2 and meta["embgrad_version"]
     assert meta["model"] == "bundled:all-MiniLM-L6-v2" and meta["columns"]["text"] == "text"
     table = pq.read_table(out / "data")

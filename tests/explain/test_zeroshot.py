@@ -70,8 +70,10 @@ def test_single_texts_without_labels_explain_the_stated_default(explainer):
 
 
 def test_integrated_gradients_on_zero_shot_are_complete(explainer):
+    # the default baseline is zeros (issue 23): a longer path than [PAD]'s, so 64 steps
+    # (delta 5e-4; 32 steps: 1.4e-2, where [PAD] gave 5e-4)
     (item,) = explainer.explain(TEXTS[1:], candidate_labels=LABELS, method="integrated_gradients",
-                                n_steps=32, hotflip_k=1)  # fmt: skip
+                                n_steps=64, hotflip_k=1)  # fmt: skip
     assert item.delta is not None and item.delta < 0.05 * abs(item.loss) + 1e-2
     assert len(item.hotflip) == 1
 

@@ -38,6 +38,10 @@ def test_example_notebook_shows_html_report_and_png_heatmap(tmp_path, monkeypatc
     )
     client.execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
+    # no red warnings: huggingface_hub's tqdm.auto warns "IProgress not found" in a kernel
+    # without ipywidgets (issue 23); nothing is written to stderr at all
+    stderr = [o["text"] for c in code for o in c.outputs if o.get("name") == "stderr"]
+    assert not stderr, stderr
     printed = "".join(o["text"] for o in code[0].outputs if o.get("name") == "stdout")
     assert (
         printed.startswith("<Attribution method='grad_x_input': 2 text(s)") and len(printed) < 200

@@ -128,8 +128,8 @@ class SparseRows:
         """A ``scipy.sparse.csr_array`` of shape (B·V, D): row ``b*V + token``."""
         try:
             import scipy.sparse as sp
-        except ImportError as e:  # pragma: no cover - scipy ships with the dev extra
-            raise missing_extra("scipy", "dev") from e
+        except ImportError as e:  # scipy: the sparse extra (and gluon's, whose snippet uses it)
+            raise missing_extra("scipy", "sparse") from e
         _, _, values = self.numpy()
         keys = self.keys()
         b, v, d = self.shape

@@ -91,7 +91,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "options", dict(self.options))
+        object.__setattr__(self, "options", _as_run(self.method, dict(self.options)))
         if self.engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
         for name in ("batch_size", "rows_per_shard"):
@@ -202,3 +202,12 @@ class RunSummary:
             f"{self.rows_per_s:.1f} rows/s",
         ]
         return "\n".join(lines)
+
+
+def _as_run(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options plus the defaults every output records (integrated gradients' baseline):
+    the manifest, the fingerprint and the Parquet metadata say what the rows were made with.
+    An unknown method is left to the run's own check (which names it)."""
+    from ..methods import get_method, list_methods
+
+    return get_method(method).as_run(options) if method in list_methods() else options

@@ -49,7 +49,9 @@ def attribute(
         method: one of :func:`embgrad.list_methods`.
         tokenizer: optional, to display tokens (``convert_ids_to_tokens``) and to exclude its
             special tokens from HotFlip.
-        layer, mode, check: which lookup, the model's mode, the independence check.
+        layer: which lookup to attribute to (default the word lookup).
+        mode: the model's mode, ``"eval"`` (default) or ``"train"``.
+        check: the independence check of :func:`embgrad.gradients`.
         **options: the method's options (``embgrad methods`` lists them). With ``target``, a
             HuggingFace or gluonnlp model and an ``attention_mask`` among the inputs,
             integrated gradients and SmoothGrad skip the padding (their ``mask=`` option).

@@ -109,6 +109,9 @@ class Method:
     #: options that take arrays or id lists made from the batch (the Explainer sets them):
     #: settable from Python, not from the command line, and not listed there
     array_options: ClassVar[tuple[str, ...]] = ("mask", "exclude_ids")
+    #: options every output records with their value as run, given or not (they change the
+    #: numbers and a reader must know them: integrated gradients' baseline)
+    recorded_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, model: Any, *, layer: str = "word", mode: str = "eval", check: str = "auto"
@@ -155,6 +158,13 @@ class Method:
     def cli_options(cls) -> dict[str, Any]:
         """The options settable from the command line (all but :attr:`array_options`)."""
         return {k: v for k, v in cls.options().items() if k not in cls.array_options}
+
+    @classmethod
+    def as_run(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` plus the defaults of :attr:`recorded_options` not given: what outputs
+        record (JSON ``options``, Parquet metadata, the HTML report's header)."""
+        defaults = cls.options()
+        return {**{k: defaults[k] for k in cls.recorded_options}, **options}
 
     @classmethod
     def validate(cls, options: dict[str, Any]) -> dict[str, Any]:

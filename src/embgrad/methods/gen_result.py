@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,45 @@ import numpy as np
 from ..items import StepAttribution
 from ..render import matrix
 
+#: prompts longer than this are decoded token by token (each alone), not in context
+CONTEXT_DECODE_TOKENS = 1024
 
-@dataclass
+
+def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token's text as the tokenizer decodes it in its context: piece k is what token k
+    adds to the decoded text of the tokens before it (GPT-2's ``Ġtime`` → ``" time"``,
+    WordPiece's ``##s`` → ``"s"``, SentencePiece's ``▁the`` → ``" the"``), so the pieces join
+    into the decoded text. A token whose bytes complete a character begun by the one before,
+    or any other piece the prefix rule cannot split, is decoded alone."""
+    ids = [int(i) for i in ids]
+
+    def decode(part: list[int]) -> str:
+        return str(
+            tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        )
+
+    if len(ids) > CONTEXT_DECODE_TOKENS:
+        return [decode([i]) for i in ids]
+    out, before = [], ""
+    for k in range(len(ids)):
+        now = decode(ids[: k + 1])
+        out.append(now[len(before) :] if now.startswith(before) else decode([ids[k]]))
+        before = now
+    return out
+
+
+def _ids(tokenizer: Any, tokens: Sequence[str]) -> list[int] | None:
+    """The ids of token strings the tokenizer made (None if it cannot say)."""
+    try:
+        ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    except Exception:  # a tokenizer without a vocabulary lookup: the raw tokens stay
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        return None
+    return ids
+
+
+@dataclass(repr=False)
 class GenerationAttribution:
     """Per step (generated token) of each sample, one score per attributed token.
 
@@ -41,6 +79,11 @@ class GenerationAttribution:
             (B, K, K, D) for encoder–decoders.
         delta: (B, K) completeness deltas (integrated gradients), else None.
         info: the passes run ((rows, width) each) and method facts.
+        tokenizer: the tokenizer given, else None: with it, :attr:`items` show every token as
+            text (the tokenizer's own decoding, in context) and say when the end-of-sequence
+            token ended a generation early.
+        prompts: per sample the prompt as given (the headings and each item's ``text``);
+            None: the prompt decoded from its tokens (or its tokens joined).
     """
 
     method: str
@@ -62,6 +105,8 @@ class GenerationAttribution:
     target_signed: np.ndarray | None = field(default=None, repr=False)
     target_grads: np.ndarray | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+    prompts: list[str] | None = None
 
     @property
     def items(self) -> list[StepAttribution]:
@@ -77,9 +122,15 @@ class GenerationAttribution:
                 if self.target_tokens is not None
                 else [str(int(t)) for t in self.targets[b, steps]]
             )
+            text = " ".join(names[j] for j in self._prompt_cols(b))
+            decoded = self._decoded(b, steps)
+            if decoded is not None:
+                names, gen, text = decoded
+            if self.prompts is not None and b < len(self.prompts):
+                text = str(self.prompts[b])
             out.append(
                 StepAttribution(
-                    text=" ".join(names[j] for j in self._prompt_cols(b)),
+                    text=text,
                     tokens=[names[j] for j in np.flatnonzero(cols)],
                     generated=list(gen),
                     scores=mat[:, cols].tolist(),
@@ -89,9 +140,52 @@ class GenerationAttribution:
                     kind=self.kind,
                     delta=None if self.delta is None else self.delta[b, steps].tolist(),
                     source_length=int(self.column_mask[b].sum()) if src else 0,
+                    requested=int(self.targets.shape[1]),
+                    stopped_at_eos=self._stopped_at_eos(b, steps),
                 )
             )
         return out
+
+    def _stopped_at_eos(self, b: int, steps: np.ndarray) -> bool:
+        """The tokenizer's end-of-sequence token ended sample ``b`` before the steps asked."""
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if not isinstance(eos, int) or not 0 < steps.size < self.targets.shape[1]:
+            return False
+        return int(self.targets[b, steps[-1]]) == eos
+
+    def _decoded(self, b: int, steps: np.ndarray) -> tuple[list[str], list[str], str] | None:
+        """(column texts, generated texts, prompt text) of sample ``b`` by the tokenizer's own
+        decoding in context, or None without a tokenizer (or tokens it cannot map back)."""
+        tok = self.tokenizer
+        if tok is None or not hasattr(tok, "decode") or self.tokens is None:
+            return None
+        raw = list(self.tokens[b])
+        ids = _ids(tok, raw)
+        if ids is None:
+            return None
+        names = list(raw)
+        if self.kind == "decoder":
+            real = [j for j in np.flatnonzero(self.column_mask[b, : self.prompt_length])]
+            prompt_ids = [ids[j] for j in real]
+            gen_ids = [int(t) for t in self.targets[b, steps]]
+            pieces = token_texts(tok, prompt_ids + gen_ids)
+            for j, piece in zip(real, pieces, strict=False):
+                names[j] = piece
+            gen = pieces[len(prompt_ids) :]
+            for k, piece in zip(steps, gen, strict=True):  # the targets' columns
+                if self.prompt_length + k < len(names):
+                    names[self.prompt_length + k] = piece
+        elif self.kind == "seq2seq":
+            real = [j for j in np.flatnonzero(self.column_mask[b])]
+            prompt_ids = [ids[j] for j in real]
+            for j, piece in zip(real, token_texts(tok, prompt_ids), strict=True):
+                names[j] = piece
+            gen = token_texts(tok, [int(t) for t in self.targets[b, steps]])
+            names = names + ["<start>", *gen][: self.targets.shape[1]]
+        else:
+            return None
+        text = str(tok.decode(prompt_ids, skip_special_tokens=True)).strip()
+        return names, gen, text
 
     def _prompt_cols(self, b: int) -> np.ndarray:
         if self.kind == "decoder":
@@ -130,29 +224,74 @@ class GenerationAttribution:
             ]
         return [f"#{j}" for j in range(self.scores.shape[2])]
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The items as JSON text (``{"embgrad_version", "method", "kind", "items": [...]}``)."""
-        text = matrix.to_json(self.items, {"method": self.method, "kind": self.kind})
+    def _view_meta(self) -> dict[str, Any]:
+        return {"method": self.method, "kind": self.kind}
+
+    def to_json(self, path: str | Path | None = None, *, overwrite: bool = False) -> str:
+        """The items as JSON text (``{"embgrad_version", "method", "kind", "items": [...]}``);
+        written to ``path`` when given (an existing file only with ``overwrite=True``)."""
+        from ..render import write
+
+        if path is not None:
+            write.check_path(path, overwrite)
+        text = matrix.to_json(self.items, self._view_meta())
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
 
-    def to_html(self, path: str | Path | None = None, *, title: str = "embgrad generation") -> str:
-        """One self-contained HTML report (a matrix per generation); written to ``path``."""
+    def to_html(
+        self,
+        path: str | Path | None = None,
+        *,
+        title: str = "embgrad generation",
+        overwrite: bool = False,
+    ) -> str:
+        """One self-contained HTML report (a matrix per generation); written to ``path`` when
+        given (an existing file only with ``overwrite=True``)."""
+        from ..render import write
+
+        if path is not None:
+            write.check_path(path, overwrite)
         text = matrix.to_html(self.items, title=title)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
 
-    def plot(self, path: str | Path | None = None) -> Any:
-        """The heatmaps (matplotlib Figure); saved as PNG when ``path`` is given."""
+    def plot(self, path: str | Path | None = None, *, overwrite: bool = False) -> Any:
+        """The heatmaps, with the colour bar and each step's scores; saved as PNG when
+        ``path`` is given (an existing file only with ``overwrite=True``). Returns a
+        :class:`~embgrad.render.png.Heatmap` (shown as a PNG in Jupyter; ``.figure`` is the
+        matplotlib Figure)."""
+        from ..render import write
+        from ..render.png import Heatmap
+
         if path is not None:
-            matrix.save(self.items, "png", path)
-        return matrix.figure(self.items)
+            write.check_path(path, overwrite)
+        items = self.items
+        if path is not None:
+            matrix.save(items, "png", path)
+        return Heatmap(matrix.figure(items))
 
     def show(self, console: Any = None, *, top: int = 3) -> None:
         """Print, for each generated token, its top input tokens (plain text when not a TTY)."""
         matrix.show(self.items, console=console, top=top)
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        """The HTML report in a sandboxed ``<iframe srcdoc>`` (its styles stay out of the
+        notebook's), as :class:`~embgrad.methods.result.Attribution` shows itself."""
+        items = self.items
+        return matrix.notebook_html(items)
+
+    def __repr__(self) -> str:
+        items = self.items
+        texts = ", ".join(
+            repr(i.text if len(i.text) <= 40 else i.text[:39] + "…") for i in items[:3]
+        )
+        more = f", … ({len(items) - 3} more)" if len(items) > 3 else ""
+        steps = sum(len(i.generated) for i in items)
+        return (
+            f"<GenerationAttribution method={self.method!r} kind={self.kind!r}: "
+            f"{len(items)} generation(s), {steps} step(s): {texts}{more}>"
+        )
+
+    __str__ = __repr__

@@ -326,6 +326,7 @@ class _Runner:
             column_mask=_column_mask(kind, prompt, steps, self.scores[main].shape[2]),
             tokens=tokens,
             target_tokens=target_tokens,
+            tokenizer=tokenizer,
             grads=self.grads.get(main),
             delta=self.delta,
             info=self.info,

@@ -14,6 +14,8 @@ it in the requested direction (see :func:`verify_flips`).
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -26,6 +28,44 @@ from ._passes import Base, LossFn, bind_rows, forward_losses
 from .base import Context, Method, Scores, choice, register
 
 Direction = Literal["increase", "decrease", "abs"]
+Replacements = Literal["words", "pieces"]
+
+#: the marks tokenizers put on pieces: WordPiece continues a word with "##"; byte-level BPE
+#: (GPT-2, RoBERTa) and SentencePiece start a word with "Ġ" / "▁"
+_CONTINUES, _STARTS = ("##",), ("Ġ", "▁")
+_KINDS: weakref.WeakKeyDictionary[Any, np.ndarray | None] = weakref.WeakKeyDictionary()
+
+
+def continuing_pieces(tokenizer: Any) -> np.ndarray | None:
+    """(V,) bool over the tokenizer's vocabulary: True where a token continues a word rather
+    than starting one (WordPiece's ``##ay``; for byte-level BPE and SentencePiece, a token
+    without the word-start mark ``Ġ`` / ``▁``), or None where the tokenizer marks neither
+    (then HotFlip cannot tell, and proposes any token). Cached per tokenizer."""
+    try:
+        return _KINDS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    out = _continuing(tokenizer)
+    with contextlib.suppress(TypeError):  # a tokenizer that takes no weak reference
+        _KINDS[tokenizer] = out
+    return out
+
+
+def _continuing(tokenizer: Any) -> np.ndarray | None:
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    try:
+        size = len(tokenizer)
+        tokens = [str(t) for t in convert(list(range(size)))] if convert else []
+    except Exception:  # not an HF-like tokenizer: no classification
+        return None
+    if not tokens:
+        return None
+    for marks, starts in ((_CONTINUES, False), (_STARTS, True)):
+        for mark in marks:
+            hit = np.fromiter((t.startswith(mark) for t in tokens), dtype=bool, count=len(tokens))
+            if hit.mean() >= 0.05:  # the vocabulary uses this mark (a few stray ones do not)
+                return ~hit if starts else hit
+    return None
 
 
 @register
@@ -44,6 +84,13 @@ class HotFlip(Method):
             f(x') − f(x): the best of each position first (positions by their best estimate),
             then the second best of each, ... (default 4; 0: estimates only).
         verify_rows: flipped rows per verification forward (memory bound; default 64).
+        replacements: ``"words"`` (default): a token is replaced only by a token of its own
+            kind — a word (or a word's first piece) by a word, a piece that continues a word
+            (WordPiece's ``##ay``, a BPE token without ``Ġ``) by such a piece — so a whole
+            word is never swapped for a fragment that glues onto its neighbour (``movie →
+            ##ay``); ``"pieces"``: any token. Needs to know the kinds: ``continues``, set from
+            the tokenizer (:func:`continuing_pieces`); without it every token is proposed.
+        continues: (V,) bool, the tokens that continue a word (set from the tokenizer).
 
     ``scores`` (B, T) is the best candidate's estimate per position (0 where not flipped);
     ``hotflip[b]`` lists ``{"position", "token_id", "replacement_id", "estimate", "verified",
@@ -62,8 +109,10 @@ class HotFlip(Method):
         "max_bytes": "memory bound of one block of the score matrix (default 256 MiB)",
         "verify": "candidates per sample run through the model, f(x')-f(x) (0: estimates only)",
         "verify_rows": "flipped rows per verification forward (memory bound)",
+        "replacements": "'words' (a word by a word, a ##piece by a piece) or 'pieces' (any token)",
     }
     single_pass = True
+    array_options: ClassVar[tuple[str, ...]] = ("mask", "exclude_ids", "continues")
 
     @classmethod
     def defaults(cls, ctx: Context) -> dict[str, Any]:
@@ -82,6 +131,10 @@ class HotFlip(Method):
                 out["verify_rows"] = max(1, ctx.tokens_per_pass // max(1, ctx.mask.shape[1]))
         if ctx.flips_shown is not None:
             out["verify"] = ctx.flips_shown  # every suggestion shown is measured
+        if ctx.tokenizer is not None:
+            kinds = continuing_pieces(ctx.tokenizer)
+            if kinds is not None:
+                out["continues"] = kinds
         return out
 
     def _attribute(
@@ -97,8 +150,11 @@ class HotFlip(Method):
         max_bytes: int = 256 * 2**20,
         verify: int = 4,
         verify_rows: int = 64,
+        replacements: Replacements = "words",
+        continues: Any = None,
     ) -> Scores:
         choice("direction", direction, ("increase", "decrease", "abs"))
+        choice("replacements", replacements, ("words", "pieces"))
         if not isinstance(k, int) or k < 1:
             raise InputError(f"k must be an integer ≥ 1, got {k!r}")
         for name, value, low in (("verify", verify, 0), ("verify_rows", verify_rows, 1)):
@@ -129,14 +185,16 @@ class HotFlip(Method):
             raise InputError(
                 f"exclude_ids leave no replacement token in a table of {vocab} rows; exclude fewer"
             )
-        cand, score = self._top(
-            base, table, where, excluded, max(1, min(k, allowed)), direction, max_bytes
-        )
+        kinds = _kinds(continues, vocab) if replacements == "words" else None
+        cand, score, ok = self._top(
+            base, table, where, excluded, max(1, min(k, allowed)), direction, max_bytes,
+            kinds=kinds,
+        )  # fmt: skip
         best = np.zeros(base.ids.shape)
         lists: list[list[dict[str, Any]]] = [[] for _ in range(base.batch)]
-        for (b, t), row_ids, row_scores in zip(where, cand, score, strict=True):
-            best[b, t] = row_scores[0]
-            for r, (w, s) in enumerate(zip(row_ids, row_scores, strict=True)):
+        for (b, t), row_ids, row_scores, row_ok in zip(where, cand, score, ok, strict=True):
+            best[b, t] = row_scores[0] if row_ok[0] else 0.0
+            for r, (w, s) in enumerate(zip(row_ids[row_ok], row_scores[row_ok], strict=True)):
                 lists[b].append(
                     {
                         "position": int(t),
@@ -168,7 +226,12 @@ class HotFlip(Method):
             losses=base.losses,
             ids=base.ids,
             hotflip=lists,
-            info={"k": k, "direction": direction, "verify": int(verify)},
+            info={
+                "k": k,
+                "direction": direction,
+                "verify": int(verify),
+                "replacements": replacements if kinds is not None else "pieces",
+            },
         )
 
     @staticmethod
@@ -180,13 +243,18 @@ class HotFlip(Method):
         k: int,
         direction: str,
         max_bytes: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k candidate ids and their signed scores (N, k) for the positions ``where``."""
+        *,
+        kinds: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k candidate ids, their signed scores and whether each is a real candidate
+        (N, k) for the positions ``where``; with ``kinds`` (V,) bool, only tokens of the
+        current token's kind are candidates (a position may then have fewer than k)."""
         n, vocab = where.shape[0], table.shape[0]
         cand = np.zeros((n, k), dtype=np.int64)
         score = np.zeros((n, k), dtype=np.float64)
+        ok = np.ones((n, k), dtype=bool)
         if n == 0:
-            return cand, score
+            return cand, score, ok
         g = base.grad[where[:, 0], where[:, 1]].astype(table.dtype)  # (N, D)
         cur_ids = base.ids[where[:, 0], where[:, 1]]
         cur = np.einsum("nd,nd->n", g, table[cur_ids])  # e_w · g
@@ -197,12 +265,26 @@ class HotFlip(Method):
             key = {"increase": full, "decrease": -full, "abs": np.abs(full)}[direction]
             key[:, excluded] = -np.inf
             key[np.arange(e - s), cur_ids[s:e]] = -np.inf
+            if kinds is not None:  # another kind of token than the current one: not proposed
+                key[kinds[cur_ids[s:e]][:, None] != kinds[None, :]] = -np.inf
             top = np.argpartition(-key, k - 1, axis=1)[:, :k]
             order = np.argsort(-np.take_along_axis(key, top, axis=1), axis=1, kind="stable")
             top = np.take_along_axis(top, order, axis=1)
             cand[s:e] = top
             score[s:e] = np.take_along_axis(full, top, axis=1)
-        return cand, score
+            ok[s:e] = np.isfinite(np.take_along_axis(key, top, axis=1))
+        return cand, score, ok
+
+
+def _kinds(continues: Any, vocab: int) -> np.ndarray | None:
+    """``continues`` as (V,) bool over the table's rows (rows past the tokenizer's vocabulary:
+    word starts), or None."""
+    if continues is None:
+        return None
+    arr = np.asarray(to_numpy(continues)).astype(bool).reshape(-1)
+    out = np.zeros(vocab, dtype=bool)
+    out[: min(vocab, arr.shape[0])] = arr[:vocab]
+    return out
 
 
 _TRAIN_VERIFY = (

@@ -27,7 +27,14 @@ from ..errors import InputError
 from ._arrays import repeat_samples, to_numpy
 from ._passes import Base, LossFn, base_pass, takes_rows
 from .base import Context, Method, Scores, choice, register
-from .hotflip import _TRAIN_VERIFY, HotFlip, _replace_ids, rank_value, word_ids_input
+from .hotflip import (
+    _TRAIN_VERIFY,
+    HotFlip,
+    Replacements,
+    _replace_ids,
+    rank_value,
+    word_ids_input,
+)
 
 Direction = Literal["increase", "decrease"]
 
@@ -68,7 +75,9 @@ class HotFlipSearch(Method):
         "mask": "(B, T) bool positions that may be flipped",
         "verify_rows": "rows per verification forward (memory bound)",
         "max_bytes": "memory bound of one block of the score matrix",
+        "replacements": "'words' (a word by a word, a ##piece by a piece) or 'pieces' (any token)",
     }
+    array_options: ClassVar[tuple[str, ...]] = ("mask", "exclude_ids", "continues")
 
     @classmethod
     def defaults(cls, ctx: Context) -> dict[str, Any]:
@@ -94,6 +103,8 @@ class HotFlipSearch(Method):
         mask: Any = None,
         verify_rows: int = 64,
         max_bytes: int = 256 * 2**20,
+        replacements: Replacements = "words",
+        continues: Any = None,
     ) -> Scores:
         choice("direction", direction, ("increase", "decrease"))
         if not isinstance(goal, (int, float)) or isinstance(goal, bool) or not goal > 0:
@@ -109,7 +120,8 @@ class HotFlipSearch(Method):
                 raise InputError(f"mask has shape {mask.shape}, expected (B, T) {base.ids.shape}")
         flip = HotFlip(self.model, layer=self.layer, mode=self.mode, check=self.check)
         opts = {"k": k, "direction": direction, "exclude_ids": exclude_ids, "mask": mask,
-                "max_bytes": max_bytes, "verify": verify, "verify_rows": verify_rows}  # fmt: skip
+                "max_bytes": max_bytes, "verify": verify, "verify_rows": verify_rows,
+                "replacements": replacements, "continues": continues}  # fmt: skip
         ids_in = word_ids_input(inputs, base)  # fails early if flips cannot be made
         f0 = base.losses
         # a state: (sample, flipped ids (T,), steps so far); the first beam holds the inputs

@@ -27,19 +27,25 @@ RULES: tuple[str, ...] = get_args(Rule)
 NAMED_BASELINES = ("zeros", "pad", "mask")
 
 
+#: the most quadrature points: each point is one forward and one backward per sample, so
+#: 10,000 points already cost 10,000 passes per text, while Gauss–Legendre's completeness delta
+#: stops shrinking at float32 rounding after a few hundred at most
+MAX_N_STEPS = 10_000
+
+
 def quadrature(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
     """Points α (n,) in [0, 1] and weights w (n,) of ``rule`` with ``n_steps`` points.
 
-    Exactly Captum's (``captum.attr._utils.approximation_methods``), so results match
+    Captum's (``captum.attr._utils.approximation_methods``), so results match
     ``LayerIntegratedGradients``; note that its ``riemann_trapezoid`` weights are 1/n with the
-    two end points halved, summing to 1 − 1/n.
+    two end points halved, summing to 1 − 1/n. Gauss–Legendre's nodes come from
+    :func:`gauss_legendre` in O(n) memory (numpy's ``leggauss``, which Captum calls, builds an
+    n × n matrix: 7 GB and minutes at 30,000 points).
     """
-    choice("rule", rule, RULES)
-    if not isinstance(n_steps, int) or n_steps < 1 or (rule != "gausslegendre" and n_steps < 2):
-        raise InputError(f"n_steps must be an integer ≥ 1 (≥ 2 for Riemann rules), got {n_steps!r}")
-    n = n_steps
+    check_steps(n_steps, rule)
+    n = int(n_steps)
     if rule == "gausslegendre":
-        x, w = np.polynomial.legendre.leggauss(n)
+        x, w = gauss_legendre(n)
         return 0.5 * (x + 1.0), 0.5 * w
     if rule == "riemann_trapezoid":  # Captum's step sizes: 1/n, halved at both ends
         w = np.full(n, 1.0 / n)
@@ -49,16 +55,69 @@ def quadrature(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
     return start + np.arange(n) / n, np.full(n, 1.0 / n)
 
 
+def check_steps(n_steps: Any, rule: str) -> None:
+    """InputError unless ``rule`` is known and ``n_steps`` a whole number in its range."""
+    choice("rule", rule, RULES)
+    least = 1 if rule == "gausslegendre" else 2
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < least:
+        raise InputError(f"n_steps must be an integer ≥ 1 (≥ 2 for Riemann rules), got {n_steps!r}")
+    if n_steps > MAX_N_STEPS:
+        raise InputError(
+            f"n_steps={n_steps} is more than {MAX_N_STEPS:,}: every step is one forward and one "
+            "backward per sample, and the completeness delta stops shrinking at float32 "
+            "rounding long before (50 is Captum's default; check the `delta` of a few hundred)"
+        )
+
+
+def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes x (ascending, in (−1, 1)) and weights w of ``n`` points, as numpy's
+    ``leggauss`` (to ~1e-15), in O(n) memory: Newton's method on P_n from Tricomi's
+    approximation of the nodes (error O(n⁻⁴), so two or three steps converge), P_n by its
+    three-term recurrence, half the nodes by symmetry. O(n²) time (10,000 points: about a
+    second), against ``leggauss``'s O(n²) memory and O(n³) time."""
+    m = (n + 1) // 2  # the nodes in [0, 1), largest first
+    k = np.arange(1, m + 1, dtype=np.float64)
+    x = (1.0 - 1.0 / (8.0 * n**2) + 1.0 / (8.0 * n**3)) * np.cos(np.pi * (4 * k - 1) / (4 * n + 2))
+    dp = np.ones_like(x)
+    for _ in range(100):
+        p0, p1 = np.ones_like(x), x.copy()
+        for j in range(2, n + 1):
+            p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
+        dp = n * (x * p1 - p0) / (x * x - 1.0)
+        step = p1 / dp
+        x = x - step
+        if np.max(np.abs(step)) < 1e-15:
+            break
+    p0, p1 = np.ones_like(x), x.copy()  # P_n' at the converged nodes, for the weights
+    for j in range(2, n + 1):
+        p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
+    dp = n * (x * p1 - p0) / (x * x - 1.0)
+    w = 2.0 / ((1.0 - x * x) * dp * dp)
+    if n % 2:  # the middle node is 0 exactly
+        x[-1] = 0.0
+    nodes = np.concatenate([-x, x[::-1][n % 2 :]])
+    weights = np.concatenate([w, w[::-1][n % 2 :]])
+    return nodes, weights
+
+
 @register
 class IntegratedGradients(Method):
     """Integrated gradients from a baseline b to the word-embedding outputs x.
 
     Options:
-        n_steps: quadrature points (default 50, as Captum).
+        n_steps: quadrature points (default 50, as Captum; at most :data:`MAX_N_STEPS`).
         rule: ``"gausslegendre"`` (default) or ``"riemann_left|right|middle|trapezoid"``.
-        baseline: ``"zeros"`` (default), ``"pad"`` / ``"mask"`` (that token's embedding at every
-            position; ids from ``pad_id`` / ``mask_id`` or the lookup's ``padding_idx``), an
-            int token id, or an array (D,), (T, D) or (B, T, D) (numpy or native).
+        baseline: ``"zeros"`` (the default everywhere: ``embgrad.attribute``, the
+            ``Explainer``, ``embgrad explain`` and ``embgrad run``), ``"pad"`` / ``"mask"``
+            (that token's embedding at every position; ids from ``pad_id`` / ``mask_id``, the
+            tokenizer's where one is known, or the lookup's ``padding_idx``), an int token id,
+            or an array (D,), (T, D) or (B, T, D) (numpy or native). Why zeros: it needs
+            nothing the model may lack (GPT-2 has no pad token; many lookups no
+            ``padding_idx``), so one text gives the same numbers through every front door and
+            framework; it is Captum's default and the original paper's choice for text; and a
+            transformer's position (and token type) embeddings are still added after the word
+            lookup, so the baseline is "the positions without words", while a ``[PAD]`` row
+            is a vector the model only ever saw at masked-out positions, no more neutral.
         internal_batch_size: rows (sample × step) per forward/backward; None: as many as fit
             in ``_passes.PASS_TOKENS`` (4096) rows × tokens, so memory stays bounded.
         mask: (B, T), 1 at real tokens (the attention mask): passes run only up to their
@@ -76,27 +135,36 @@ class IntegratedGradients(Method):
     name = "integrated_gradients"
     summary = "integrated gradients from a baseline embedding (Gauss-Legendre / Riemann steps)"
     option_help: ClassVar[dict[str, str]] = {
-        "n_steps": "number of quadrature points (default 50)",
+        "n_steps": f"number of quadrature points, at most {MAX_N_STEPS:,} (default 50)",
         "rule": "quadrature: " + ", ".join(RULES),
-        "baseline": "'zeros', 'pad', 'mask', a token id, or an array (D,)/(T,D)/(B,T,D)",
-        "pad_id": "token id for baseline='pad' (default: the lookup's padding_idx)",
-        "mask_id": "token id for baseline='mask'",
+        "baseline": "'zeros' (default: the same for the CLI and Python), 'pad', 'mask', a token id, or an array (D,)/(T,D)/(B,T,D)",
+        "pad_id": "token id for baseline='pad' (default: the tokenizer's pad token, else the lookup's padding_idx)",
+        "mask_id": "token id for baseline='mask' (default: the tokenizer's mask token)",
         "internal_batch_size": "rows (sample x step) per forward+backward (default: at most 4096 rows x tokens)",
         "mask": MASK_HELP,
     }
 
+    recorded_options: ClassVar[tuple[str, ...]] = ("baseline", "n_steps", "rule")
+
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """As every method's, plus ``n_steps`` and ``rule`` in range (before any pass runs)."""
+        super().validate(options)
+        if "n_steps" in options or "rule" in options:
+            check_steps(options.get("n_steps", 50), options.get("rule", "gausslegendre"))
+        return options
+
     @classmethod
     def defaults(cls, ctx: Context) -> dict[str, Any]:
-        """A pad-token baseline (and the mask token's id) from the tokenizer where wanted; the
-        pass size and padding as for every repeated-sample method."""
+        """The pad and mask tokens' ids from the tokenizer, for ``baseline="pad"`` / ``"mask"``
+        (the baseline itself stays ``"zeros"`` unless asked: one default for every caller);
+        the pass size and padding as for every repeated-sample method."""
         out = pass_defaults(ctx)
-        if ctx.token_baselines and ctx.tokenizer is not None:
-            pad = getattr(ctx.tokenizer, "pad_token_id", None)
-            if pad is not None:
-                out.update(baseline="pad", pad_id=int(pad))
-            mask_id = getattr(ctx.tokenizer, "mask_token_id", None)
-            if mask_id is not None:
-                out["mask_id"] = int(mask_id)
+        if ctx.tokenizer is not None:
+            for key, attr in (("pad_id", "pad_token_id"), ("mask_id", "mask_token_id")):
+                token = getattr(ctx.tokenizer, attr, None)
+                if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+                    out[key] = int(token)
         return out
 
     def _attribute(

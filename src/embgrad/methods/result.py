@@ -49,11 +49,28 @@ class Attribution:
     def losses(self) -> np.ndarray:
         return np.asarray(self.raw.losses)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options every output records, as run (integrated gradients: ``baseline``,
+        ``n_steps``, ``rule``); {} for methods without such options."""
+        from .base import get_method, list_methods
+
+        if self.method not in list_methods():
+            return {}
+        info = getattr(self.raw, "info", None) or {}
+        return {k: info[k] for k in get_method(self.method).recorded_options if k in info}
+
+    def _view(self, **kw: Any) -> write.View:
+        opts = self.options
+        line = ", ".join(f"{k}={v}" for k, v in opts.items())
+        meta: dict[str, Any] = {"method": self.method, **({"options": opts} if opts else {})}
+        return write.View(self.items, subtitle=line, meta=meta, **kw)
+
     def to_json(self, path: str | Path | None = None, *, overwrite: bool = False) -> str:
-        """The items as JSON text (``{"embgrad_version", "method", "items": [...]}``); written
-        to ``path`` when given (an existing file only with ``overwrite=True``)."""
-        view = write.View(self.items, meta={"method": self.method})
-        return write.text(view, "json", path, overwrite=overwrite)
+        """The items as JSON text (``{"embgrad_version", "method", "options", "items": [...]}``;
+        ``options`` as in :attr:`options`, where the method has any); written to ``path`` when
+        given (an existing file only with ``overwrite=True``)."""
+        return write.text(self._view(), "json", path, overwrite=overwrite)
 
     def to_html(
         self,
@@ -64,7 +81,7 @@ class Attribution:
     ) -> str:
         """One self-contained HTML report; written to ``path`` when given (an existing file
         only with ``overwrite=True``)."""
-        return write.text(write.View(self.items, title=title), "html", path, overwrite=overwrite)
+        return write.text(self._view(title=title), "html", path, overwrite=overwrite)
 
     def plot(self, path: str | Path | None = None, *, overwrite: bool = False) -> Any:
         """A labelled heatmap; saved as PNG when ``path`` is given. Returns a
@@ -80,7 +97,7 @@ class Attribution:
 
     def _repr_html_(self) -> str:
         """The HTML report, shown when a notebook displays the result."""
-        return write.notebook_html(write.View(self.items))
+        return write.notebook_html(self._view())
 
     def __repr__(self) -> str:
         texts = ", ".join(

@@ -13,6 +13,16 @@ from .base import Context, Method, Scores, choice, pass_defaults, register
 Reduce = Literal["norm", "sum"]
 
 
+def check_seed(seed: Any) -> None:
+    """InputError unless ``seed`` is None or a whole number ≥ 0 (what numpy's generators take)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(
+            f"seed must be a whole number ≥ 0 (or None for fresh noise each call), got {seed!r}"
+        )
+
+
 @register
 class SmoothGrad(Method):
     """SmoothGrad (Smilkov et al. 2017) on the word-embedding outputs x.
@@ -36,7 +46,7 @@ class SmoothGrad(Method):
     option_help: ClassVar[dict[str, str]] = {
         "n_samples": "noisy copies per input (default 16)",
         "sigma": "noise standard deviation relative to the embedding scale (default 0.1)",
-        "seed": "seed of the noise (default 0)",
+        "seed": "seed of the noise, a whole number >= 0 (default 0)",
         "reduce": "'norm' (mean per-token L2 norm, default) or 'sum' (mean signed sum)",
         "internal_batch_size": "noisy rows per forward+backward (default: at most 4096 rows x tokens)",
         "mask": MASK_HELP,
@@ -46,6 +56,14 @@ class SmoothGrad(Method):
     def defaults(cls, ctx: Context) -> dict[str, Any]:
         """The pass size and padding as for every repeated-sample method."""
         return pass_defaults(ctx)
+
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """As every method's, plus ``seed``: None or a whole number ≥ 0 (numpy's seeds)."""
+        super().validate(options)
+        if "seed" in options:
+            check_seed(options["seed"])
+        return options
 
     def _attribute(
         self,
@@ -61,6 +79,7 @@ class SmoothGrad(Method):
         mask: Any = None,
     ) -> Scores:
         choice("reduce", reduce, ("norm", "sum"))
+        check_seed(seed)
         if not isinstance(n_samples, int) or n_samples < 1:
             raise InputError(f"n_samples must be an integer ≥ 1, got {n_samples!r}")
         if not sigma >= 0:

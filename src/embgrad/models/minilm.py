@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,12 @@ def quiet_transformers() -> Any:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        import transformers
+        with warnings.catch_warnings():
+            # huggingface_hub imports tqdm.auto, which in a Jupyter kernel without ipywidgets
+            # warns "IProgress not found" in red in the notebook's first cell: embgrad shows
+            # no hub progress bars (disabled above), so the warning concerns nothing it does
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            import transformers
     except ImportError:
         raise missing_extra("transformers", "torch") from None
     transformers.logging.set_verbosity_error()
