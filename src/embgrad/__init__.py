@@ -31,9 +31,9 @@ from .methods import (
     Attribution,
     GenerationAttribution,
     attribute,
-    attribute_generation,
     list_methods,
 )
+from .outputs import attribute_generation
 
 __all__ = [
     "Attribution",

@@ -36,7 +36,8 @@ from .backends import backend_for
 from .errors import InputError
 from .items import StepAttribution
 from .methods import get_method
-from .methods._passes import PASS_TOKENS, base_pass, ignores_padding
+from .methods._passes import base_pass, ignores_padding
+from .methods.plan import PASS_TOKENS
 from .methods.api import build_items
 from .methods.base import Context
 from .methods.hotflip import HotFlip
@@ -257,8 +258,8 @@ class Explainer:
     ) -> list[StepAttribution]:
         """For each text and its forced continuation (an HF causal or seq2seq LM), which input
         tokens drove each continuation token: one :class:`StepAttribution` per text."""
-        from .methods.generation import attribute_generation
-        from .tasks.generation import encode_texts
+        from .outputs.api import attribute_generation
+        from .outputs.generation import encode_texts
 
         if self.kind not in ("causal_lm", "seq2seq_lm") or self.tokenizer is None:
             raise InputError(

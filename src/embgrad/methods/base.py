@@ -98,6 +98,8 @@ class Method:
             glob (see ``embgrad.gradients(layers=)``).
         mode: ``"eval"`` (default) or ``"train"``.
         check: the independence check of ``embgrad.gradients`` (``"auto"`` by default).
+        batch_axis: the inputs' batch axis when it is not 0 ((T, B) layouts): the ``rows`` of
+            the plain pass's ``loss_fn(outputs, rows)`` count samples along it.
     """
 
     name: ClassVar[str]
@@ -109,18 +111,29 @@ class Method:
     #: options that take arrays or id lists made from the batch (the Explainer sets them):
     #: settable from Python, not from the command line, and not listed there
     array_options: ClassVar[tuple[str, ...]] = ("mask", "exclude_ids")
+    #: the method attributes a quantity to every token (False: it proposes swaps, HotFlip), so
+    #: it can explain each output of a generation, a tagger or a span
+    attributes_outputs: ClassVar[bool] = True
 
     def __init__(
-        self, model: Any, *, layer: str = "word", mode: str = "eval", check: str = "auto"
+        self,
+        model: Any,
+        *,
+        layer: str = "word",
+        mode: str = "eval",
+        check: str = "auto",
+        batch_axis: int | None = None,
     ) -> None:
         self.model, self.layer, self.mode, self.check = model, layer, mode, check
+        self.batch_axis = batch_axis
 
     def attribute(self, inputs: Any, loss_fn: LossFn, **options: Any) -> Scores:
         """Attributions for a batch; see the class docstring for the options."""
         opts = self.validate(options)
         base = base_pass(
-            self.model, inputs, loss_fn, layer=self.layer, mode=self.mode, check=self.check
-        )
+            self.model, inputs, loss_fn, layer=self.layer, mode=self.mode, check=self.check,
+            rows_axis=self.batch_axis,
+        )  # fmt: skip
         return self.from_base(base, inputs, loss_fn, **opts)
 
     def from_base(self, base: Base, inputs: Any, loss_fn: LossFn, **options: Any) -> Scores:

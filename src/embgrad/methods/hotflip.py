@@ -53,6 +53,7 @@ class HotFlip(Method):
     """
 
     name = "hotflip"
+    attributes_outputs = False
     summary = "HotFlip: best single-token swap per position by first-order score (e'-e).g"
     option_help: ClassVar[dict[str, str]] = {
         "k": "candidates per position (default 3)",

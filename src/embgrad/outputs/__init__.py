@@ -1,0 +1,12 @@
+"""Explained outputs: several per text, one attribution row each — generation steps, token
+labels (token classification), a span's start and end (question answering).
+
+``driver`` plans rows (sample, output) in memory-bounded chunks and runs them through the
+registered method; one ``rows.RowBuilder`` class per kind of model holds that kind's logic;
+``scores`` is the registry of step scores (probability, entropy, ...).
+"""
+
+from .api import attribute_generation
+from .scores import list_step_scores, register_step_score
+
+__all__ = ["attribute_generation", "list_step_scores", "register_step_score"]
