@@ -30,10 +30,9 @@ from .errors import (
 from .methods import (
     Attribution,
     GenerationAttribution,
-    attribute,
     list_methods,
 )
-from .outputs import attribute_generation
+from .outputs import TokenClassAttribution, attribute, attribute_generation
 
 __all__ = [
     "Attribution",
@@ -49,6 +48,7 @@ __all__ = [
     "MissingExtraError",
     "NoLookupError",
     "SparseRows",
+    "TokenClassAttribution",
     "UnsupportedModelError",
     "__version__",
     "attribute",

@@ -8,5 +8,14 @@ registered method; one ``rows.RowBuilder`` class per kind of model holds that ki
 
 from .api import attribute_generation
 from .scores import list_step_scores, register_step_score
+from .token_result import TokenClassAttribution
+from .tokens_api import attribute, attribute_tokens
 
-__all__ = ["attribute_generation", "list_step_scores", "register_step_score"]
+__all__ = [
+    "TokenClassAttribution",
+    "attribute",
+    "attribute_generation",
+    "attribute_tokens",
+    "list_step_scores",
+    "register_step_score",
+]

@@ -67,7 +67,9 @@ class StepLoss:
 
     ``pick(outputs, rows) -> (N', V)`` native log-probabilities or logits of the rows' outputs
     (``normalized``: they are log-probabilities, checked to sum to 1). The first call (the
-    forward at the inputs) keeps the registered step scores (``outputs.scores``) in ``seen``."""
+    forward at the inputs) keeps the registered step scores (``outputs.scores``) in ``seen``;
+    a target < 0 means "the predicted one": the argmax there, kept in ``targets`` for the
+    later calls and in ``seen["target"]``."""
 
     pick: Callable[[Any, np.ndarray], Any]
     targets: np.ndarray
@@ -93,6 +95,10 @@ class StepLoss:
         n = self.targets.shape[0]
         if s.shape[0] != n or s.ndim != 2:
             raise InputError(f"the step log-probabilities have shape {s.shape}; expected ({n}, V)")
+        guess = self.targets < 0
+        if guess.any():
+            self.targets = np.where(guess, s.argmax(axis=1), self.targets).astype(np.int64)
+            self.seen["target"] = self.targets.astype(np.float64)
         top = s.max(axis=1, keepdims=True)
         lse = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
         if self.normalized and not np.all(np.abs(lse) < 1e-3):
