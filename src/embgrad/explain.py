@@ -37,10 +37,10 @@ from .errors import InputError
 from .items import StepAttribution
 from .methods import get_method
 from .methods._passes import base_pass, ignores_padding
-from .methods.plan import PASS_TOKENS
 from .methods.api import build_items
 from .methods.base import Context
 from .methods.hotflip import HotFlip
+from .methods.plan import PASS_TOKENS
 from .methods.result import TokenAttribution
 from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, tokenize
 from .models.load import Loaded, load

@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from embgrad.methods import plan as plan_module  # noqa: E402
 from embgrad.errors import InputError  # noqa: E402
 from embgrad.explain import Explainer, TokenAttribution  # noqa: E402
+from embgrad.methods import plan as plan_module  # noqa: E402
 from oracle_methods import minilm, pooled  # noqa: E402
 
 pytestmark = pytest.mark.hf

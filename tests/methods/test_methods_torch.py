@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from embgrad.methods import plan as plan_module  # noqa: E402
 import embgrad  # noqa: E402
 from embgrad.methods import get_method  # noqa: E402
+from embgrad.methods import plan as plan_module  # noqa: E402
 from oracle_methods import CosToConstant, encode, minilm, naive_grads, sentences  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -160,7 +160,6 @@ def test_attribute_explains_a_classifier_target_with_token_strings(monkeypatch):
     assert att.items[1].target == "pos" and att.delta is None
     assert '"method": "grad_x_input"' in att.to_json()
     assert "&lt;" in att.to_html() and att.to_html().count("<script>") == 1  # the tooltip's
-    from embgrad.methods import _passes
 
     monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)  # tiny passes are worth it here
     ig = embgrad.attribute(model, dict(enc), target="pos", method="integrated_gradients", n_steps=3)
@@ -197,7 +196,6 @@ def ragged():
     ],
 )
 def test_a_mask_skips_the_padding_and_changes_no_result(ragged, monkeypatch, method, opts):
-    from embgrad.methods import _passes
 
     model, enc, f = ragged
     if opts.get("baseline") == "per-sample array":  # (B, T, D): cut with the rows

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embgrad.methods import plan as plan_module
 from embgrad.errors import InputError
 from embgrad.methods import _passes
+from embgrad.methods import plan as plan_module
 from embgrad.methods._passes import valid_lengths
 from embgrad.methods.plan import plan_passes
 

@@ -66,15 +66,15 @@ def _close(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("method", ["gradient", "grad_x_input", "integrated_gradients", "smoothgrad"])
+@pytest.mark.parametrize(
+    "method", ["gradient", "grad_x_input", "integrated_gradients", "smoothgrad"]
+)
 def test_every_position_matches_the_alone_unpadded_oracle(ner, method):
     model, tok = ner.model, ner.tokenizer
     opts = {"n_steps": 3} if method == "integrated_gradients" else {}
     if method == "smoothgrad":
         opts = {"sigma": 0.0, "n_samples": 2}  # noise-free: the gradient, through repeated rows
-    res = embgrad.attribute(
-        model, TEXTS, tokenizer=tok, method=method, return_grads=True, **opts
-    )
+    res = embgrad.attribute(model, TEXTS, tokenizer=tok, method=method, return_grads=True, **opts)
     enc = tok(TEXTS)["input_ids"]
     b_n, k_n, t_n = res.scores.shape
     assert (b_n, t_n) == (3, max(len(r) for r in enc))
@@ -113,7 +113,9 @@ def test_predicted_labels_given_labels_and_positions(ner):
     assert res.positions.tolist() == [[1, 3], [2, -1]]
     assert res.labels.tolist() == [[pred[0, 1], pred[0, 3]], [pred[1, 2], -1]]
     assert res.label_names[0][0] == LABELS[pred[0, 1]]
-    forced = embgrad.attribute(model, enc, target=[["B-PER", 0], ["I-LOC"]], positions=[[1, 3], [2]])
+    forced = embgrad.attribute(
+        model, enc, target=[["B-PER", 0], ["I-LOC"]], positions=[[1, 3], [2]]
+    )
     assert forced.labels.tolist() == [[3, 0], [2, -1]]
     assert np.all(forced.probabilities[:, :1] < 1)
     with pytest.raises(InputError, match="unknown label"):

@@ -18,11 +18,11 @@ import numpy as np
 from ..errors import InputError
 from ..methods.base import get_method, list_methods
 from ..methods.gen_result import GenerationAttribution
+from ..tasks.inputs import tokenized
 from . import generation as gen
 from .driver import Driver, explain
 from .rows import RowBuilder
 from .scores import check_step_scores
-from ..tasks.inputs import tokenized
 
 STEP_SCORES = ("probability", "entropy")
 
@@ -34,8 +34,7 @@ def step_method(method: str, what: str = "generation steps") -> Any:
     if not cls.attributes_outputs:
         ok = [m for m in list_methods() if get_method(m).attributes_outputs]
         raise InputError(
-            f"method {method!r} does not attribute {what}; choose one of: "
-            + ", ".join(ok)
+            f"method {method!r} does not attribute {what}; choose one of: " + ", ".join(ok)
         )
     return cls
 

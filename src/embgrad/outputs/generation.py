@@ -152,7 +152,6 @@ def check_positions(prompt: Prompt, steps: Steps, limit: int | None, encoder: bo
         )
 
 
-
 class DecoderRows(RowBuilder):
     """Rows of an HF decoder-only LM (see the module docstring)."""
 

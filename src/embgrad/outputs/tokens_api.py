@@ -104,7 +104,6 @@ def attribute_tokens(
     """
     cls = step_method(method, "token labels")
     cls.validate(options)
-    texts = is_texts(inputs)
     starts = _word_starts(inputs, tokenizer) if words else None
     if words and starts is None:
         raise InputError("words=True needs texts and a fast tokenizer (with word_ids)")
