@@ -76,6 +76,8 @@ def test_every_position_matches_the_alone_unpadded_oracle(ner, method):
         opts = {"sigma": 0.0, "n_samples": 2}  # noise-free: the gradient, through repeated rows
     res = embgrad.attribute(model, TEXTS, tokenizer=tok, method=method, return_grads=True, **opts)
     enc = tok(TEXTS)["input_ids"]
+    # gradient and grad × input take every position from one forward (batched cotangents)
+    assert res.info.get("shared_forward", False) == (method in ("gradient", "grad_x_input"))
     b_n, k_n, t_n = res.scores.shape
     assert (b_n, t_n) == (3, max(len(r) for r in enc))
     assert k_n == max(len(r) - 2 for r in enc)  # every real non-special token
@@ -146,3 +148,29 @@ def test_views_write_one_matrix_per_text(ner, tmp_path):
     html = res.to_html()
     assert "Paris" in html.lower() or "paris" in html
     assert '"kind": "token_classification"' in res.to_json()
+
+
+def test_one_shared_forward_equals_replicated_rows(ner):
+    """The batched-cotangent path (one forward) and the replicated rows (check="exact": the
+    engine's own per-sample loop) agree; a batch-coupling model falls back to the engine, which
+    refuses it."""
+    model, tok = ner.model, ner.tokenizer
+    fast = embgrad.attribute(model, TEXTS, tokenizer=tok, method="grad_x_input")
+    slow = embgrad.attribute(model, TEXTS, tokenizer=tok, method="grad_x_input", check="exact")
+    assert fast.info.get("shared_forward") and not slow.info.get("shared_forward")
+    np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(fast.labels, slow.labels)
+
+    class Coupled(torch.nn.Module):  # adds the batch mean: every sample reads the others
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            return {"logits": out.logits + out.logits.mean(0, keepdim=True)}
+
+    from embgrad.errors import CouplingError
+
+    with pytest.raises(CouplingError):
+        embgrad.attribute(Coupled(), TEXTS, tokenizer=tok, positions=[[1], [1], [1]])

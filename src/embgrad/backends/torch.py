@@ -118,6 +118,8 @@ class TorchSession:
 
     framework = "torch"
     retained_backward_is_exact = True
+    #: backward() takes (K, B) cotangents at once (torch.autograd.grad is_grads_batched)
+    batched_backward = True
 
     def __init__(self, module: Any, names: Any) -> None:
         from .torch_ops import TorchOps
@@ -238,7 +240,10 @@ class TorchSession:
         torch = _torch()
         caps = [fwd.captures[k] for k in select]
         losses = fwd.state
-        if isinstance(cotangent, np.ndarray) and bool((cotangent == 1).all()):
+        # (K, *losses.shape): K cotangents through one retained graph, vmapped (torch's
+        # batched gradients); each gradient gets a leading K axis
+        batched = isinstance(cotangent, np.ndarray) and cotangent.ndim == losses.ndim + 1
+        if not batched and isinstance(cotangent, np.ndarray) and bool((cotangent == 1).all()):
             weights = torch.ones_like(losses)  # no host-to-device copy (a GPU sync)
         else:
             weights = torch.as_tensor(cotangent, dtype=losses.dtype, device=losses.device)
@@ -251,6 +256,7 @@ class TorchSession:
                 grad_outputs=weights,
                 retain_graph=retain,
                 allow_unused=True,
+                is_grads_batched=batched,
             )
         except NotImplementedError as e:
             if not keys:

@@ -17,6 +17,7 @@ from ..errors import InputError, NoLookupError
 from ..methods._passes import base_passes
 from ..methods.base import Context, Method, Scores
 from ..methods.plan import PASS_TOKENS, plan_outputs
+from . import shared
 from .rows import Chunk, RowBuilder
 
 
@@ -30,6 +31,17 @@ def explain(
 ) -> Driver:
     """Every chunk of ``builder``'s outputs through ``method``; the filled :class:`Driver`."""
     driver = Driver(method, options, builder, return_grads)
+    if shared.applies(builder, method):
+        rows = int(builder.outputs.active.sum())
+        main = str(getattr(builder, "main", "word"))
+
+        def scatter(chunk: Chunk, sc: Scores) -> None:
+            driver.info["passes"].append((main, rows, None))
+            driver.info["shared_forward"] = True
+            driver._scatter(main, chunk, None, sc)
+
+        if shared.run(builder, method, driver._options(rows), scatter):
+            return driver
     for k0, k1 in plan_outputs(builder.outputs.active, builder.width, tokens_per_pass):
         driver.run(builder.chunk(k0, k1))
     return driver

@@ -70,6 +70,31 @@ class TokenRows(RowBuilder):
     def width(self, k1: int) -> int:
         return self._width
 
+    def shared(self) -> tuple[Any, Any]:
+        """The inputs of the B texts as given and the loss of every row (b, k) picked from
+        their outputs: one forward for all rows (``outputs.shared``)."""
+        rows = self.outputs.rows(0, self.outputs.shape[1])
+        b, k = rows[:, 0], rows[:, 1]
+        pos = self.positions[b, k]
+        batch = self.outputs.shape[0]
+        user = self.loss_fn
+
+        def per_row(x: Any, index: np.ndarray) -> Any:
+            ops = ops_for(x)
+            return ops.pick_positions(ops.take_rows(x, b[index], 0), pos[index])
+
+        if user is not None:
+
+            def quantities(outputs: Any, index: np.ndarray) -> Any:
+                return per_row(user(outputs, np.arange(batch)), index)
+
+            return self.inputs, _Picked(quantities, rows.shape[0])
+
+        def pick(outputs: Any, index: np.ndarray) -> Any:
+            return per_row(_token_logits(outputs), index)
+
+        return self.inputs, StepLoss(pick, self.outputs.targets[b, k].copy(), None)
+
     def chunk(self, k0: int, k1: int) -> Chunk:
         rows = self.outputs.rows(k0, k1)
         b, k = rows[:, 0], rows[:, 1]
@@ -81,16 +106,33 @@ class TokenRows(RowBuilder):
         else:
 
             def pick(outputs: Any, index: np.ndarray) -> Any:
-                logits = logits_of(outputs, hint="pass loss_fn(outputs, rows) -> (N, T)")
-                if len(logits.shape) != 3:
-                    raise InputError(
-                        f"token classification needs (N, T, labels) logits; the model gave "
-                        f"{tuple(logits.shape)}"
-                    )
+                logits = _token_logits(outputs)
                 return ops_for(logits).pick_positions(logits, pos[index])
 
             loss = StepLoss(pick, self.outputs.targets[b, k].copy(), None)
         return Chunk(sub, loss, rows, {"word": None})
+
+
+class _Picked:
+    """A loss over all rows from one batch's outputs: ``quantities(outputs, index)``."""
+
+    def __init__(self, quantities: Callable[[Any, np.ndarray], Any], n: int) -> None:
+        self.quantities, self.n = quantities, n
+        self.seen: dict[str, np.ndarray] = {}
+
+    def __call__(self, outputs: Any, rows: np.ndarray | None = None) -> Any:
+        index = np.arange(self.n) if rows is None else np.asarray(rows)
+        return self.quantities(outputs, index)
+
+
+def _token_logits(outputs: Any) -> Any:
+    logits = logits_of(outputs, hint="pass loss_fn(outputs, rows) -> (N, T)")
+    if len(logits.shape) != 3:
+        raise InputError(
+            f"token classification needs (N, T, labels) logits; the model gave "
+            f"{tuple(logits.shape)}"
+        )
+    return logits
 
 
 def default_positions(mask: np.ndarray, ids: np.ndarray, special: set[int]) -> list[np.ndarray]:

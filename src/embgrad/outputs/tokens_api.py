@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,8 +108,8 @@ def attribute_tokens(
     if words and starts is None:
         raise InputError("words=True needs texts and a fast tokenizer (with word_ids)")
     inputs = tokenized(model, inputs, tokenizer, "attribute")
-    if isinstance(inputs, dict):
-        inputs = dict(inputs)
+    if isinstance(inputs, Mapping):
+        inputs = dict(inputs)  # a tokenizer's BatchEncoding, or any other Mapping
     ids, mask = tk.ids_and_mask(inputs)
     if ids is None:
         first = to_np(first_input(inputs))
