@@ -7,14 +7,17 @@ registered method; one ``rows.RowBuilder`` class per kind of model holds that ki
 """
 
 from .api import attribute_generation
+from .qa_api import SpanAttribution, attribute_qa
 from .scores import list_step_scores, register_step_score
 from .token_result import TokenClassAttribution
 from .tokens_api import attribute, attribute_tokens
 
 __all__ = [
+    "SpanAttribution",
     "TokenClassAttribution",
     "attribute",
     "attribute_generation",
+    "attribute_qa",
     "attribute_tokens",
     "list_step_scores",
     "register_step_score",

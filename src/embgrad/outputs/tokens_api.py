@@ -17,6 +17,7 @@ from . import tokens as tk
 from .api import step_method
 from .driver import explain
 from .generation import first_input, to_np
+from .qa_api import SpanAttribution, attribute_qa, is_qa_model
 from .rows import Outputs
 from .token_result import TokenClassAttribution
 
@@ -39,17 +40,26 @@ def attribute(
     method: str = "gradient",
     tokenizer: Any = None,
     **kwargs: Any,
-) -> Attribution | TokenClassAttribution:
+) -> Attribution | TokenClassAttribution | SpanAttribution:
     """Token attributions of ``model`` on a batch, by the registered ``method``: what is
     explained follows from the model and the arguments.
 
     * an HF ``...ForTokenClassification`` model, or ``positions=`` given: token classification
       (:func:`attribute_tokens`: one row per explained position, log p(label_t | x));
+    * an HF ``...ForQuestionAnswering`` model: the answer span (:func:`attribute_qa`; the
+      contexts as ``pairs=``, a chosen ``span=``);
     * otherwise one quantity per text (``methods.api.attribute``: ``loss_fn``, a class
       ``target`` or zero-shot ``candidate_labels``).
 
     Texts (a string or a list of them) are tokenized with ``tokenizer``.
     """
+    if is_qa_model(model):
+        if loss_fn is not None or target is not None or positions is not None:
+            raise InputError(
+                "a question-answering model explains a span: give span=(s, e) or nothing "
+                "(the predicted span), not loss_fn / target / positions"
+            )
+        return attribute_qa(model, inputs, method=method, tokenizer=tokenizer, **kwargs)
     if positions is not None or is_token_classifier(model):
         if candidate_labels is not None:
             raise InputError("candidate_labels apply to sentence encoders, not token tagging")
