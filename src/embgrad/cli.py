@@ -20,6 +20,8 @@ from ._version import __version__
 from .cli_generation import add_flags as generation_flags
 from .cli_generation import run as run_generation
 from .cli_generation import wanted as wants_generation
+from .cli_outputs import run as run_outputs
+from .cli_outputs import wanted as wants_outputs
 from .errors import EmbgradError, InputError
 from .methods import get_method, list_methods
 from .models.load import FRAMEWORKS
@@ -121,6 +123,8 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     formats = [f for group in (args.format or [list(DEFAULT_FORMATS)]) for f in group]
     if wants_generation(args):
         return run_generation(args, parser, formats)
+    if wants_outputs(args):
+        return run_outputs(args, parser, formats)
     texts, pairs = args.text, args.pair
     if pairs and not texts:
         parser.error("--pair needs --text (one --text per --pair)")

@@ -36,10 +36,8 @@ from .backends import backend_for
 from .errors import InputError
 from .items import StepAttribution
 from .methods import get_method
-from .methods._passes import base_pass, ignores_padding
 from .methods.api import build_items
-from .methods.base import Context
-from .methods.hotflip import HotFlip
+from .methods.base import Context, swap_method
 from .methods.plan import PASS_TOKENS
 from .methods.result import TokenAttribution
 from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, tokenize
@@ -51,7 +49,7 @@ __all__ = ["Explainer", "TokenAttribution"]
 
 _UNUSED = re.compile(r"^\[unused\d+\]$")
 #: rows × tokens per forward/backward of integrated gradients and SmoothGrad in explain()
-#: (the methods' own default bound, ``methods._passes.PASS_TOKENS``)
+#: (the methods' own default bound, ``methods.plan.PASS_TOKENS``)
 TOKENS_PER_PASS = PASS_TOKENS
 
 
@@ -101,7 +99,7 @@ class Explainer:
         self.hotflip_verify = None if hotflip_verify is None else int(hotflip_verify)
         self.framework = backend_for(model).framework
         if skip_padding is None:
-            skip_padding = ignores_padding(model)
+            skip_padding = backend_for(model).masks_padding(model)
         self.skip_padding = bool(skip_padding)
         self._checked = False  # samples proved independent once: later batches skip the probe
         self._embedded: dict[tuple[str, ...], np.ndarray] = {}
@@ -196,18 +194,18 @@ class Explainer:
     ) -> list[TokenAttribution]:
         batch = self.encode(sentences)
         loss = task.loss(start, batch)
-        base = base_pass(self.model, batch.inputs, loss, check="off" if self._checked else "auto")
+        cls = get_method(method)
+        check = "off" if self._checked else "auto"
+        base = cls(self.model, check=check).plain_pass(batch.inputs, loss)
         self._checked = self._checked or len(sentences) > 1
         ctx = self._context(batch, hotflip_k)
-        cls = get_method(method)
         opts = {**cls.defaults(ctx), **options}
         scores = cls(self.model).from_base(base, batch.inputs, loss, **opts)
         flips = scores.hotflip
-        if flips is None and hotflip_k > 0:
+        swaps = swap_method()
+        if flips is None and hotflip_k > 0 and swaps is not None:
             flips = (
-                HotFlip(self.model)
-                .from_base(base, batch.inputs, loss, **HotFlip.defaults(ctx))
-                .hotflip
+                swaps(self.model).from_base(base, batch.inputs, loss, **swaps.defaults(ctx)).hotflip
             )
         items = build_items(
             scores,
@@ -244,7 +242,7 @@ class Explainer:
             direction=self.hotflip_direction,
             skip_padding=self.skip_padding,
             token_baselines=True,
-            # bound the memory of one pass (see methods._passes.PASS_TOKENS)
+            # bound the memory of one pass (see methods.plan.PASS_TOKENS)
             tokens_per_pass=TOKENS_PER_PASS,
         )
 

@@ -1,0 +1,70 @@
+"""``embgrad explain --model hf:DIR`` on a token-classification or question-answering head:
+the head is detected from the folder's config (``architectures``), before any weights load.
+Token classification explains every real token of each ``--text`` (one matrix per text: the
+explained positions × its tokens, each row with its predicted label and probability); question
+answering explains the predicted span of each ``--text QUESTION --pair CONTEXT``. Kept apart
+from ``cli.py`` like ``cli_generation``: :func:`wanted` and :func:`run`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+HEADS = ("token_classifier", "question_answering")
+
+
+def head_of(spec: str | None) -> str | None:
+    """``"token_classifier"`` / ``"question_answering"`` for an ``hf:DIR`` saved from such a
+    head (its config's architectures), else None; reads only config.json."""
+    if not spec or not spec.startswith("hf:"):
+        return None
+    from .models.load import model_config
+    from .models.minilm import lm_kind
+
+    try:
+        config = model_config(spec.removeprefix("hf:"))
+    except (OSError, ValueError):
+        return None  # the loader names what is wrong with the folder
+    kind = lm_kind(list(getattr(config, "architectures", None) or []))
+    return kind if kind in HEADS else None
+
+
+def wanted(args: argparse.Namespace) -> bool:
+    return head_of(getattr(args, "model", None)) is not None
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list[str]) -> int:
+    """Explain ``args.text`` (and ``args.pair``) on the head and write the matrix views."""
+    from .models.load import check_spec, load
+    from .outputs.tokens_api import attribute
+    from .render import matrix, write
+
+    head = head_of(args.model)
+    if not args.text:
+        parser.error(f"--text is required with a {head} model")
+    if head == "question_answering":
+        if not args.pair or len(args.pair) != len(args.text):
+            parser.error("question answering needs one --pair CONTEXT per --text QUESTION")
+    elif args.pair:
+        parser.error("--pair applies to question answering; a token classifier reads --text")
+    if args.framework != "torch":
+        raise InputError(f"a {head} from an HF folder needs --framework torch")
+    check_spec(args.model, args.framework)
+    options = dict(args.option)
+    write.check_folder(formats, args.out, args.overwrite)  # before the model loads
+    loaded = load(args.model, framework=args.framework)
+    kwargs: dict[str, Any] = {"pairs": args.pair} if head == "question_answering" else {}
+    if args.target and head == "token_classifier":
+        kwargs["target"] = args.target[0] if len(args.target) == 1 else args.target
+    res = attribute(loaded.model, list(args.text), method=args.method,
+                    tokenizer=loaded.tokenizer, **kwargs, **options)  # fmt: skip
+    items = res.items
+    meta: dict[str, Any] = {"model": loaded.name, "method": args.method, "kind": res.kind}
+    if "terminal" in formats:
+        matrix.show(items)
+    for path in matrix.save_all(items, formats, Path(args.out), **meta):
+        print(f"embgrad: wrote {path}")
+    return 0
