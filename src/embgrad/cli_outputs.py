@@ -39,7 +39,8 @@ def wanted(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list[str]) -> int:
     """Explain ``args.text`` (and ``args.pair``) on the head and write the matrix views."""
     from .models.load import check_spec, load
-    from .outputs.tokens_api import attribute
+    from .outputs.qa_api import attribute_qa
+    from .outputs.tokens_api import attribute_tokens
     from .render import matrix, write
 
     head = head_of(args.model)
@@ -56,11 +57,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list
     options = dict(args.option)
     write.check_folder(formats, args.out, args.overwrite)  # before the model loads
     loaded = load(args.model, framework=args.framework)
-    kwargs: dict[str, Any] = {"pairs": args.pair} if head == "question_answering" else {}
-    if args.target and head == "token_classifier":
-        kwargs["target"] = args.target[0] if len(args.target) == 1 else args.target
-    res = attribute(loaded.model, list(args.text), method=args.method,
-                    tokenizer=loaded.tokenizer, **kwargs, **options)  # fmt: skip
+    texts, tok = list(args.text), loaded.tokenizer
+    res: Any
+    if head == "question_answering":
+        res = attribute_qa(loaded.model, texts, args.pair, method=args.method, tokenizer=tok,
+                           **options)  # fmt: skip
+    else:
+        target = None
+        if args.target:
+            target = args.target[0] if len(args.target) == 1 else args.target
+        res = attribute_tokens(loaded.model, texts, target, method=args.method, tokenizer=tok,
+                               **options)  # fmt: skip
     items = res.items
     meta: dict[str, Any] = {"model": loaded.name, "method": args.method, "kind": res.kind}
     if "terminal" in formats:
