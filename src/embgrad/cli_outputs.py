@@ -13,32 +13,16 @@ from typing import Any
 
 from .errors import InputError
 
-HEADS = ("token_classifier", "question_answering")
-
-
-def head_of(spec: str | None) -> str | None:
-    """``"token_classifier"`` / ``"question_answering"`` for an ``hf:DIR`` saved from such a
-    head (its config's architectures), else None; reads only config.json."""
-    if not spec or not spec.startswith("hf:"):
-        return None
-    from .models.load import model_config
-    from .models.minilm import lm_kind
-
-    try:
-        config = model_config(spec.removeprefix("hf:"))
-    except (OSError, ValueError):
-        return None  # the loader names what is wrong with the folder
-    kind = lm_kind(list(getattr(config, "architectures", None) or []))
-    return kind if kind in HEADS else None
-
 
 def wanted(args: argparse.Namespace) -> bool:
+    from .models.load import head_of
+
     return head_of(getattr(args, "model", None)) is not None
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list[str]) -> int:
     """Explain ``args.text`` (and ``args.pair``) on the head and write the matrix views."""
-    from .models.load import check_spec, load
+    from .models.load import check_spec, head_of, load
     from .outputs.qa_api import attribute_qa
     from .outputs.tokens_api import attribute_tokens
     from .render import matrix, write

@@ -278,6 +278,49 @@ class Explainer:
             out += res.items
         return out
 
+    def explain_outputs(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        *,
+        method: str = "gradient",
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """A token-classification or question-answering head (``kind``): per text its matrix
+        of explained outputs × tokens and their labels / span, as the fields of one data-run row
+        (``data.writer.outputs_fields``)."""
+        from .outputs.qa_api import attribute_qa
+        from .outputs.tokens_api import attribute_tokens
+
+        if self.kind not in ("token_classifier", "question_answering") or self.tokenizer is None:
+            raise InputError(
+                f"model {self.name or type(self.model).__name__} is a {self.kind}, not a token "
+                "classifier or question-answering model with a tokenizer"
+            )
+        get_method(method).validate(options)
+        out: list[dict[str, Any]] = []
+        for s in range(0, len(texts), self.batch_size):
+            part = texts[s : s + self.batch_size]
+            if self.kind == "question_answering":
+                ctx = (pairs or [])[s : s + self.batch_size]
+                qa = attribute_qa(self.model, part, ctx, method=method, tokenizer=self.tokenizer,
+                                  **options)  # fmt: skip
+                for b, item in enumerate(qa.items):
+                    out.append(_fields(item, span=[int(v) for v in qa.span[b]]))
+            else:
+                tc = attribute_tokens(self.model, part, method=method, tokenizer=self.tokenizer,
+                                      **options)  # fmt: skip
+                for b, item in enumerate(tc.items):
+                    keep = tc.positions[b] >= 0
+                    names = tc.label_names[b] if tc.label_names is not None else None
+                    labels = [
+                        names[k] if names is not None else str(int(tc.labels[b, k]))
+                        for k in np.flatnonzero(keep)
+                    ]
+                    pos = [int(p) for p in tc.positions[b][keep]]
+                    out.append(_fields(item, labels=labels, positions=pos))
+        return out
+
     # -- tokenizing ----------------------------------------------------------------------
     def encode(self, texts: list[str]) -> TextBatch:
         """The model's inputs for ``texts`` (truncated to ``max_length`` tokens)."""
@@ -300,3 +343,21 @@ class Explainer:
         vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
         ids.update(int(i) for t, i in vocab.items() if _UNUSED.match(t))
         return sorted(ids)
+
+
+def _fields(item: StepAttribution, **extra: Any) -> dict[str, Any]:
+    """The data-run fields of one explained-outputs matrix (``data.writer.outputs_fields``)."""
+    fields: dict[str, Any] = {
+        "tokens": [str(t) for t in item.tokens],
+        "rows": [str(g) for g in item.generated],
+        "scores": [[float(v) for v in r] for r in item.scores],
+        "quantity": [float(v) for v in item.quantity],
+        "probability": [float(v) for v in item.step_scores.get("probability", [])],
+        "labels": None,
+        "positions": None,
+        "span": None,
+        "delta": None if item.delta is None else [float(v) for v in item.delta],
+        "source_length": int(item.source_length),
+    }
+    fields.update(extra)
+    return fields
