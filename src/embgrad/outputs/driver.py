@@ -38,9 +38,9 @@ def explain(
         def scatter(chunk: Chunk, sc: Scores) -> None:
             driver.info["passes"].append((main, rows, None))
             driver.info["shared_forward"] = True
-            driver._scatter(main, chunk, None, sc)
+            driver.scatter(main, chunk, None, sc)
 
-        if shared.run(builder, method, driver._options(rows), scatter):
+        if shared.run(builder, method, driver.options_for(rows), scatter):
             return driver
     for k0, k1 in plan_outputs(builder.outputs.active, builder.width, tokens_per_pass):
         driver.run(builder.chunk(k0, k1))
@@ -75,8 +75,8 @@ class Driver:
             self.info["passes"].append((key, n, width))
         if len(chunk.columns) == 1:
             ((key, cols),) = chunk.columns.items()
-            sc = self.method.attribute(chunk.inputs, chunk.loss, **self._options(n))
-            self._scatter(key, chunk, cols, sc)
+            sc = self.method.attribute(chunk.inputs, chunk.loss, **self.options_for(n))
+            self.scatter(key, chunk, cols, sc)
             return
         # several word lookups (an encoder–decoder's): one plain pass, each explained on its own
         m = self.method
@@ -90,10 +90,10 @@ class Driver:
                     f"found no single {m.layer!r} lookup reading the {key} ids among "
                     f"{', '.join(bases)}; pass layer= (a glob matching both word lookups)"
                 )
-            sc = m.from_base(found[0], chunk.inputs, chunk.loss, **self._options(n))
-            self._scatter(key, chunk, cols, sc)
+            sc = m.from_base(found[0], chunk.inputs, chunk.loss, **self.options_for(n))
+            self.scatter(key, chunk, cols, sc)
 
-    def _options(self, rows: int) -> dict[str, Any]:
+    def options_for(self, rows: int) -> dict[str, Any]:
         """The method's options, with its defaults for a batch of ``rows`` rows: passes of
         repeated rows (integrated gradients, SmoothGrad) hold ≤ PASS_TOKENS rows × 64."""
         opts = dict(self.options)
@@ -102,7 +102,7 @@ class Driver:
             opts.setdefault(key, value)
         return opts
 
-    def _scatter(self, key: str, chunk: Chunk, cols: np.ndarray | None, sc: Scores) -> None:
+    def scatter(self, key: str, chunk: Chunk, cols: np.ndarray | None, sc: Scores) -> None:
         rows = chunk.rows
         n, width = sc.scores.shape
         if cols is None:  # the positions as the model saw them

@@ -58,7 +58,7 @@ def run(builder: Any, method: Method, options: dict[str, Any], scatter: Callable
         found = [
             i
             for i, c in enumerate(fwd.captures)
-            if (c.role == "word" or c.name == method.layer)
+            if (c.name == method.layer or (method.layer == "word" and c.role == "word"))
             and c.rows is None
             and tuple(c.out_shape[:1]) == (batch,)
         ]
