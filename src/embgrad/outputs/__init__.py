@@ -8,9 +8,10 @@ registered method; one ``rows.RowBuilder`` class per kind of model holds that ki
 
 from .api import attribute_generation
 from .qa_api import SpanAttribution, attribute_qa
+from .route import attribute, list_tasks, register_task
 from .scores import list_step_scores, register_step_score
 from .token_result import TokenClassAttribution
-from .tokens_api import attribute, attribute_tokens
+from .tokens_api import attribute_tokens
 
 __all__ = [
     "SpanAttribution",
@@ -20,5 +21,7 @@ __all__ = [
     "attribute_qa",
     "attribute_tokens",
     "list_step_scores",
+    "list_tasks",
     "register_step_score",
+    "register_task",
 ]

@@ -1,23 +1,19 @@
-"""``embgrad.attribute`` for token classification (``attribute_tokens``), and the one
-``attribute`` entry that sends each kind of model to its task."""
+"""``embgrad.attribute`` for token classification: ``attribute_tokens``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from ..methods.api import attribute as attribute_texts
-from ..methods.result import Attribution
 from ..tasks.base import TOKENIZER_LOCK
 from ..tasks.inputs import is_texts, tokenized
 from . import tokens as tk
 from .api import step_method
 from .driver import explain
 from .generation import first_input, to_np
-from .qa_api import SpanAttribution, attribute_qa, is_qa_model
 from .rows import Outputs
 from .token_result import TokenClassAttribution
 
@@ -27,51 +23,6 @@ def is_token_classifier(model: Any) -> bool:
     names = [type(model).__name__]
     names += list(getattr(getattr(model, "config", None), "architectures", None) or [])
     return any(str(n).endswith("ForTokenClassification") for n in names)
-
-
-def attribute(
-    model: Any,
-    inputs: Any,
-    loss_fn: Callable[..., Any] | None = None,
-    *,
-    target: Any = None,
-    positions: Any = None,
-    candidate_labels: Sequence[str] | None = None,
-    method: str = "gradient",
-    tokenizer: Any = None,
-    **kwargs: Any,
-) -> Attribution | TokenClassAttribution | SpanAttribution:
-    """Token attributions of ``model`` on a batch, by the registered ``method``: what is
-    explained follows from the model and the arguments.
-
-    * an HF ``...ForTokenClassification`` model, or ``positions=`` given: token classification
-      (:func:`attribute_tokens`: one row per explained position, log p(label_t | x));
-    * an HF ``...ForQuestionAnswering`` model: the answer span (:func:`attribute_qa`; the
-      contexts as ``pairs=``, a chosen ``span=``);
-    * otherwise one quantity per text (``methods.api.attribute``: ``loss_fn``, a class
-      ``target`` or zero-shot ``candidate_labels``).
-
-    Texts (a string or a list of them) are tokenized with ``tokenizer``.
-    """
-    if is_qa_model(model):
-        if loss_fn is not None or target is not None or positions is not None:
-            raise InputError(
-                "a question-answering model explains a span: give span=(s, e) or nothing "
-                "(the predicted span), not loss_fn / target / positions"
-            )
-        return attribute_qa(model, inputs, method=method, tokenizer=tokenizer, **kwargs)
-    if positions is not None or is_token_classifier(model):
-        if candidate_labels is not None:
-            raise InputError("candidate_labels apply to sentence encoders, not token tagging")
-        return attribute_tokens(
-            model, inputs, target, positions=positions, loss_fn=loss_fn, method=method,
-            tokenizer=tokenizer, **kwargs,
-        )  # fmt: skip
-    inputs = tokenized(model, inputs, tokenizer, "attribute")
-    return attribute_texts(
-        model, inputs, loss_fn, target=target, candidate_labels=candidate_labels,
-        method=method, tokenizer=tokenizer, **kwargs,
-    )  # fmt: skip
 
 
 def attribute_tokens(
