@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import median  # noqa: E402
+from _harness import median
 
 
 def build(quick: bool, batch: int, length: int) -> tuple[Any, dict[str, Any]]:
