@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import median
 
 
-def build(quick: bool, batch: int, length: int) -> tuple[Any, dict[str, Any]]:
+def build(quick: bool, batch: int, length: int, layers: int) -> tuple[Any, dict[str, Any]]:
     import torch
     import transformers as tf
 
@@ -45,7 +45,10 @@ def build(quick: bool, batch: int, length: int) -> tuple[Any, dict[str, Any]]:
     size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     if not quick:
         size = dict(
-            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+            hidden_size=768,
+            num_hidden_layers=layers,
+            num_attention_heads=12,
+            intermediate_size=3072,
         )
     cfg = tf.BertConfig(vocab_size=30522, num_labels=9, **size)
     model = tf.BertForTokenClassification(cfg).eval()
@@ -109,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=12, help="BERT-base width, this many layers")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     rounds = 2 if args.quick else args.rounds
-    model, inputs = build(args.quick, args.batch, args.length)
+    model, inputs = build(args.quick, args.batch, args.length, args.layers)
     got, want = run_embgrad(model, inputs), run_floor(model, inputs)
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
@@ -130,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             fn()
             if r:
                 times[name].append(time.perf_counter() - t0)
+                print(f"round {r} {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
     ratio = {
         o: median(a / b for a, b in zip(times["embgrad"], times[o], strict=True))
         for o in ("floor", "loop")
     }
     print(f"# token classification, all positions: {args.batch} texts x {args.length} tokens, "
-          f"{'tiny' if args.quick else 'BERT-base-sized'} random-init model, method gradient")  # fmt: skip
+          f"{'tiny' if args.quick else f'BERT-base-width {args.layers}-layer'} random-init "
+          "model, method gradient")  # fmt: skip
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{args.threads} thread(s), {rounds} rounds (medians; ratios per round)")  # fmt: skip
     print("| path | median | embgrad / path |")
