@@ -148,6 +148,10 @@ def test_views_write_one_matrix_per_text(ner, tmp_path):
     html = res.to_html()
     assert "Paris" in html.lower() or "paris" in html
     assert '"kind": "token_classification"' in res.to_json()
+    pytest.importorskip("matplotlib")
+    res.plot(tmp_path / "ner.png")
+    assert (tmp_path / "ner.png").stat().st_size > 0
+    assert res._repr_html_() == html
 
 
 def test_one_shared_forward_equals_replicated_rows(ner):
