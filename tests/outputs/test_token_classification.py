@@ -137,6 +137,8 @@ def test_word_rows_use_each_words_first_sub_token(ner):
     first = sorted({enc.word_ids(0).index(w) for w in set(enc.word_ids(0)) if w is not None})
     assert res.words and res.positions[0].tolist() == first
     assert len(first) < len(enc["input_ids"][0]) - 2  # "Lovelace" is several sub-tokens
+    assert res.row_names == [["Lovelace", "wrote"]]
+    assert [g.split(" → ")[0] for g in res.items[0].generated] == ["Lovelace", "wrote"]
 
 
 def test_views_write_one_matrix_per_text(ner, tmp_path):

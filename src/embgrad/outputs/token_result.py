@@ -32,7 +32,8 @@ class TokenClassAttribution:
         grads: (B, K, T, D) float32 with ``return_grads``, else None.
         tokens: per text its T token strings (ids as text without a tokenizer).
         mask: (B, T) bool, the real tokens (columns shown).
-        words: the rows are words (their first sub-token's label, as HF pipelines do).
+        words: the rows are words (their first sub-token's label, as HF pipelines do);
+            ``row_names`` then the words as written in the text (else None: the row's token).
     """
 
     method: str
@@ -48,6 +49,7 @@ class TokenClassAttribution:
     delta: np.ndarray | None = field(default=None, repr=False)
     grads: np.ndarray | None = field(default=None, repr=False)
     words: bool = False
+    row_names: list[list[str]] | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
 
     kind = "token_classification"
@@ -62,8 +64,9 @@ class TokenClassAttribution:
             cols = np.flatnonzero(self.mask[b])
             toks = self.tokens[b]
             names = self.label_names[b] if self.label_names is not None else None
+            shown = self.row_names[b] if self.row_names is not None else None
             gen = [
-                f"{toks[int(self.positions[b, k])]} → "
+                f"{shown[k] if shown is not None else toks[int(self.positions[b, k])]} → "
                 + (names[k] if names is not None else str(int(self.labels[b, k])))
                 for k in rows
             ]

@@ -65,7 +65,8 @@ def attribute_tokens(
     """
     cls = step_method(method, "token labels")
     cls.validate(options)
-    starts = _word_starts(inputs, tokenizer) if words else None
+    words_of = _word_starts(inputs, tokenizer) if words else None
+    starts = None if words_of is None else words_of[0]
     if words and starts is None:
         raise InputError("words=True needs texts and a fast tokenizer (with word_ids)")
     inputs = tokenized(model, inputs, tokenizer, "attribute")
@@ -134,17 +135,33 @@ def attribute_tokens(
         delta=driver.delta,
         grads=driver.grads.get("word"),
         words=starts is not None,
+        row_names=None if words_of is None or positions is not None else words_of[1],
         info=driver.info,
     )
 
 
-def _word_starts(inputs: Any, tokenizer: Any) -> list[np.ndarray] | None:
+def _word_starts(
+    inputs: Any, tokenizer: Any
+) -> tuple[list[np.ndarray], list[list[str]] | None] | None:
+    """Per text the first sub-token of every word and the words themselves (from the
+    tokenizer's character offsets, None where it has none); None without texts / word ids."""
     if not is_texts(inputs) or tokenizer is None:
         return None
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     with TOKENIZER_LOCK:
         enc = tokenizer(texts)
-    return tk.word_starts(enc, len(texts))
+    starts = tk.word_starts(enc, len(texts))
+    if starts is None:
+        return None
+    try:
+        names = [
+            [text[sp.start : sp.end] for sp in (enc.word_to_chars(b, enc.word_ids(b)[int(t)])
+                                             for t in starts[b])]
+            for b, text in enumerate(texts)
+        ]  # fmt: skip
+    except (TypeError, ValueError, AttributeError):
+        names = None
+    return starts, names
 
 
 def _token_strings(tokenizer: Any, ids: np.ndarray) -> list[list[str]]:
