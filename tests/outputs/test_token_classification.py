@@ -156,10 +156,14 @@ def test_views_write_one_matrix_per_text(ner, tmp_path):
     assert res._repr_html_() == html
 
 
-def test_one_shared_forward_equals_replicated_rows(ner):
+@pytest.mark.parametrize("vmap", [False, True])
+def test_one_shared_forward_equals_replicated_rows(ner, vmap, monkeypatch):
     """The batched-cotangent path (one forward) and the replicated rows (check="exact": the
     engine's own per-sample loop) agree; a batch-coupling model falls back to the engine, which
     refuses it."""
+    from embgrad.backends import torch as torch_backend
+
+    monkeypatch.setattr(torch_backend, "VMAP_ON_CPU", vmap)  # one vmapped backward, or a loop
     model, tok = ner.model, ner.tokenizer
     fast = embgrad.attribute(model, TEXTS, tokenizer=tok, method="grad_x_input")
     slow = embgrad.attribute(model, TEXTS, tokenizer=tok, method="grad_x_input", check="exact")
