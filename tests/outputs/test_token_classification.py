@@ -154,6 +154,7 @@ def test_views_write_one_matrix_per_text(ner, tmp_path):
     res.plot(tmp_path / "ner.png")
     assert (tmp_path / "ner.png").stat().st_size > 0
     assert res._repr_html_() == html
+    assert repr(res).count("\n") == 0 and "explained=" in repr(res)  # one line, no arrays
 
 
 @pytest.mark.parametrize("vmap", [False, True])

@@ -64,6 +64,12 @@ class SpanAttribution:
 
     kind = "question_answering"
 
+    def __repr__(self) -> str:
+        return (
+            f"SpanAttribution(method={self.method!r}, pairs={self.scores.shape[0]}, "
+            f"spans={self.span.tolist()}, tokens={self.scores.shape[1]})"
+        )
+
     @property
     def answer(self) -> list[str]:
         return [" ".join(t[s : e + 1]) for t, (s, e) in zip(self.tokens, self.span, strict=True)]

@@ -54,6 +54,13 @@ class TokenClassAttribution:
 
     kind = "token_classification"
 
+    def __repr__(self) -> str:
+        b, k, t = self.scores.shape
+        return (
+            f"TokenClassAttribution(method={self.method!r}, texts={b}, "
+            f"explained={int((self.positions >= 0).sum())} positions (K={k}), tokens={t})"
+        )
+
     @property
     def items(self) -> list[StepAttribution]:
         """One :class:`~embgrad.items.StepAttribution` per text: its explained positions
