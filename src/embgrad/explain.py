@@ -133,6 +133,11 @@ class Explainer:
         self, texts: Any, pairs: Any = None, targets: Any = None, candidate_labels: Any = None
     ) -> Task:
         """The task for these texts on this model (every check before any model work)."""
+        if self.kind in ("token_classifier", "question_answering"):
+            raise InputError(
+                f"model {self.name or type(self.model).__name__} is a {self.kind}: it explains "
+                "several outputs per text; use Explainer.explain_outputs (or embgrad.attribute)"
+            )
         return task_for(
             self.kind,
             texts,

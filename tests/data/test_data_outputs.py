@@ -92,3 +92,16 @@ def test_question_answering_rows_hold_the_span(tmp_path: Path, capsys: Any) -> N
         s, e = row["span"]
         assert s <= e and len(row["rows"]) == 3 and row["source_length"] > 0
         assert np.array(row["scores"]).shape == (3, len(row["tokens"]))
+
+
+def test_the_explainer_sends_a_head_to_explain_outputs(tmp_path: Path) -> None:
+    from embgrad.errors import InputError
+    from embgrad.explain import Explainer
+
+    torch.manual_seed(0)
+    spec = _save(tf.BertForTokenClassification(_cfg(num_labels=2)), tmp_path / "m")
+    ex = Explainer.from_spec(spec)
+    with pytest.raises(InputError, match="explain_outputs"):
+        ex.explain(["Paris"])
+    (fields,) = ex.explain_outputs(["Paris is nice"])
+    assert fields["positions"] == [1, 2, 3] and len(fields["rows"]) == 3
