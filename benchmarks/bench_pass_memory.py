@@ -21,7 +21,7 @@ import json, resource, sys, time
 import torch
 torch.set_num_threads(1)
 from embgrad.explain import Explainer
-from embgrad.methods import _passes
+from embgrad.methods import plan as _plan
 bound, steps = sys.argv[1], int(sys.argv[2])
 e = Explainer.from_spec()
 e.explain(["warm up"], candidate_labels=["a", "b"], hotflip_k=0)
@@ -31,9 +31,9 @@ opts = {}
 if bound == "all":
     opts["internal_batch_size"] = 10**9
 else:
-    _passes.PASS_TOKENS = int(bound)
+    _plan.PASS_TOKENS = int(bound)
 import embgrad.explain as ex
-ex.TOKENS_PER_PASS = _passes.PASS_TOKENS
+ex.TOKENS_PER_PASS = _plan.PASS_TOKENS
 t = time.perf_counter()
 items = e.explain(texts, candidate_labels=["cinema", "music"], method="integrated_gradients",
                   n_steps=steps, hotflip_k=0, **opts)

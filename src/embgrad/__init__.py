@@ -33,10 +33,9 @@ from .influence import Influence, InfluenceIndex
 from .methods import (
     Attribution,
     GenerationAttribution,
-    attribute,
-    attribute_generation,
     list_methods,
 )
+from .outputs import TokenClassAttribution, attribute, attribute_generation
 
 __all__ = [
     "Attribution",
@@ -54,6 +53,7 @@ __all__ = [
     "MissingExtraError",
     "NoLookupError",
     "SparseRows",
+    "TokenClassAttribution",
     "UnsupportedModelError",
     "__version__",
     "attribute",

@@ -21,6 +21,8 @@ from ._version import __version__
 from .cli_generation import add_flags as generation_flags
 from .cli_generation import run as run_generation
 from .cli_generation import wanted as wants_generation
+from .cli_outputs import run as run_outputs
+from .cli_outputs import wanted as wants_outputs
 from .errors import EmbgradError, InputError
 from .methods import get_method, list_methods
 from .models.load import FRAMEWORKS, cannot_load
@@ -136,6 +138,11 @@ def _run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     _check_utf8(args)
     if wants_generation(args):
         code = run_generation(args, parser, formats)
+    elif wants_outputs(args):
+        code = run_outputs(args, parser, formats)
+    else:
+        code = None
+    if code is not None:
         if own and code == 0:
             _mark_own(Path(args.out))
         return code

@@ -32,10 +32,10 @@ def wanted(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, formats: list[str]) -> int:
     """Explain the continuations (or greedy generations) of ``args.text`` and write the views."""
-    from .methods.generation import attribute_generation
     from .models.load import check_spec, load
+    from .outputs.api import attribute_generation
+    from .outputs.generation import encode_texts
     from .render import matrix, write
-    from .tasks.generation import encode_texts
 
     if args.continuation and args.generate is not None:
         parser.error("give --continuation or --generate, not both")

@@ -36,10 +36,9 @@ from .backends import backend_for
 from .errors import InputError
 from .items import StepAttribution
 from .methods import get_method
-from .methods._passes import PASS_TOKENS, base_pass, ignores_padding
 from .methods.api import build_items
-from .methods.base import Context
-from .methods.hotflip import HotFlip
+from .methods.base import Context, swap_method
+from .methods.plan import PASS_TOKENS
 from .methods.result import TokenAttribution
 from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, tokenize
 from .models.load import Loaded, load
@@ -50,7 +49,7 @@ __all__ = ["Explainer", "TokenAttribution"]
 
 _UNUSED = re.compile(r"^\[unused\d+\]$")
 #: rows × tokens per forward/backward of integrated gradients and SmoothGrad in explain()
-#: (the methods' own default bound, ``methods._passes.PASS_TOKENS``)
+#: (the methods' own default bound, ``methods.plan.PASS_TOKENS``)
 TOKENS_PER_PASS = PASS_TOKENS
 
 
@@ -100,7 +99,7 @@ class Explainer:
         self.hotflip_verify = None if hotflip_verify is None else int(hotflip_verify)
         self.framework = backend_for(model).framework
         if skip_padding is None:
-            skip_padding = ignores_padding(model)
+            skip_padding = backend_for(model).masks_padding(model)
         self.skip_padding = bool(skip_padding)
         self._checked = False  # samples proved independent once: later batches skip the probe
         self._embedded: dict[tuple[str, ...], np.ndarray] = {}
@@ -134,6 +133,11 @@ class Explainer:
         self, texts: Any, pairs: Any = None, targets: Any = None, candidate_labels: Any = None
     ) -> Task:
         """The task for these texts on this model (every check before any model work)."""
+        if self.kind in ("token_classifier", "question_answering"):
+            raise InputError(
+                f"model {self.name or type(self.model).__name__} is a {self.kind}: it explains "
+                "several outputs per text; use Explainer.explain_outputs (or embgrad.attribute)"
+            )
         return task_for(
             self.kind,
             texts,
@@ -195,18 +199,18 @@ class Explainer:
     ) -> list[TokenAttribution]:
         batch = self.encode(sentences)
         loss = task.loss(start, batch)
-        base = base_pass(self.model, batch.inputs, loss, check="off" if self._checked else "auto")
+        cls = get_method(method)
+        check = "off" if self._checked else "auto"
+        base = cls(self.model, check=check).plain_pass(batch.inputs, loss)
         self._checked = self._checked or len(sentences) > 1
         ctx = self._context(batch, hotflip_k)
-        cls = get_method(method)
         opts = {**cls.defaults(ctx), **options}
         scores = cls(self.model).from_base(base, batch.inputs, loss, **opts)
         flips = scores.hotflip
-        if flips is None and hotflip_k > 0:
+        swaps = swap_method()
+        if flips is None and hotflip_k > 0 and swaps is not None:
             flips = (
-                HotFlip(self.model)
-                .from_base(base, batch.inputs, loss, **HotFlip.defaults(ctx))
-                .hotflip
+                swaps(self.model).from_base(base, batch.inputs, loss, **swaps.defaults(ctx)).hotflip
             )
         items = build_items(
             scores,
@@ -243,7 +247,7 @@ class Explainer:
             direction=self.hotflip_direction,
             skip_padding=self.skip_padding,
             token_baselines=True,
-            # bound the memory of one pass (see methods._passes.PASS_TOKENS)
+            # bound the memory of one pass (see methods.plan.PASS_TOKENS)
             tokens_per_pass=TOKENS_PER_PASS,
         )
 
@@ -257,8 +261,8 @@ class Explainer:
     ) -> list[StepAttribution]:
         """For each text and its forced continuation (an HF causal or seq2seq LM), which input
         tokens drove each continuation token: one :class:`StepAttribution` per text."""
-        from .methods.generation import attribute_generation
-        from .tasks.generation import encode_texts
+        from .outputs.api import attribute_generation
+        from .outputs.generation import encode_texts
 
         if self.kind not in ("causal_lm", "seq2seq_lm") or self.tokenizer is None:
             raise InputError(
@@ -278,6 +282,49 @@ class Explainer:
             )  # fmt: skip
             res.prompts = list(texts[part])  # each item's text: its prompt as given
             out += res.items
+        return out
+
+    def explain_outputs(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        *,
+        method: str = "gradient",
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """A token-classification or question-answering head (``kind``): per text its matrix
+        of explained outputs × tokens and their labels / span, as the fields of one data-run row
+        (``data.writer.outputs_fields``)."""
+        from .outputs.qa_api import attribute_qa
+        from .outputs.tokens_api import attribute_tokens
+
+        if self.kind not in ("token_classifier", "question_answering") or self.tokenizer is None:
+            raise InputError(
+                f"model {self.name or type(self.model).__name__} is a {self.kind}, not a token "
+                "classifier or question-answering model with a tokenizer"
+            )
+        get_method(method).validate(options)
+        out: list[dict[str, Any]] = []
+        for s in range(0, len(texts), self.batch_size):
+            part = texts[s : s + self.batch_size]
+            if self.kind == "question_answering":
+                ctx = (pairs or [])[s : s + self.batch_size]
+                qa = attribute_qa(self.model, part, ctx, method=method, tokenizer=self.tokenizer,
+                                  **options)  # fmt: skip
+                for b, item in enumerate(qa.items):
+                    out.append(_fields(item, span=[int(v) for v in qa.span[b]]))
+            else:
+                tc = attribute_tokens(self.model, part, method=method, tokenizer=self.tokenizer,
+                                      **options)  # fmt: skip
+                for b, item in enumerate(tc.items):
+                    keep = tc.positions[b] >= 0
+                    names = tc.label_names[b] if tc.label_names is not None else None
+                    labels = [
+                        names[k] if names is not None else str(int(tc.labels[b, k]))
+                        for k in np.flatnonzero(keep)
+                    ]
+                    pos = [int(p) for p in tc.positions[b][keep]]
+                    out.append(_fields(item, labels=labels, positions=pos))
         return out
 
     # -- tokenizing ----------------------------------------------------------------------
@@ -302,3 +349,21 @@ class Explainer:
         vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
         ids.update(int(i) for t, i in vocab.items() if _UNUSED.match(t))
         return sorted(ids)
+
+
+def _fields(item: StepAttribution, **extra: Any) -> dict[str, Any]:
+    """The data-run fields of one explained-outputs matrix (``data.writer.outputs_fields``)."""
+    fields: dict[str, Any] = {
+        "tokens": [str(t) for t in item.tokens],
+        "rows": [str(g) for g in item.generated],
+        "scores": [[float(v) for v in r] for r in item.scores],
+        "quantity": [float(v) for v in item.quantity],
+        "probability": [float(v) for v in item.step_scores.get("probability", [])],
+        "labels": None,
+        "positions": None,
+        "span": None,
+        "delta": None if item.delta is None else [float(v) for v in item.delta],
+        "source_length": int(item.source_length),
+    }
+    fields.update(extra)
+    return fields

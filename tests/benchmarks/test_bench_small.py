@@ -44,3 +44,14 @@ def test_gpu_check_bad_ids_pass_through_the_deferred_check_of_devices(
 
     monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", True)
     assert gpu_check.bad_ids_check("cpu") == []
+
+
+def test_bench_outputs_quick_checks_and_reports_every_path(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import bench_outputs
+
+    assert bench_outputs.main(["--quick", "--batch", "3", "--length", "7"]) == 0
+    out = capsys.readouterr().out
+    for path in ("embgrad", "floor", "loop"):
+        assert f"| {path} |" in out

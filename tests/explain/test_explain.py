@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 
 from embgrad.errors import InputError  # noqa: E402
 from embgrad.explain import Explainer, TokenAttribution  # noqa: E402
+from embgrad.methods import plan as plan_module  # noqa: E402
 from oracle_methods import minilm, pooled  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -67,8 +68,8 @@ def test_skipping_the_padding_changes_no_score(explainer, monkeypatch, method):
     from embgrad.methods import _passes
 
     assert explainer.skip_padding  # an HF transformer: on by default
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # one pass per length
-    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)  # one pass per length
+    monkeypatch.setattr(plan_module, "MAX_PAD_FRACTION", 0.0)
     planned: list[list[int]] = []
     plan = _passes.plan_passes
 

@@ -118,3 +118,22 @@ def test_nmt_transformer_source_and_target_lookups(awd):
             net, inputs, targets, logprobs_fn=logprobs, layer=layer, return_grads=True
         )
         _close(res.grads, want)
+
+
+def test_awd_lstm_time_major_with_b_k_t_pairwise_different_and_float_targets(awd):
+    """Issue 21 items 12/13: P=4, K=3, B=5 (T=6, B·K=15): the plain pass's rows count samples on
+    the (T, B) inputs' axis 1, float32 targets (Gluon's ids) are accepted and batch_axis is
+    inferred from targets' B."""
+    rng = np.random.default_rng(1)
+    b_n = 5
+    prompt = rng.integers(4, len(WORDS), (P, b_n))
+    targets = rng.integers(4, len(WORDS), (b_n, K))
+    seq = np.concatenate([prompt, targets[:, :-1].T], axis=0)  # (6, 5)
+    assert len({seq.shape[0], b_n, K, b_n * K}) == 4
+    res = embgrad.attribute_generation(
+        awd, nd.array(seq), targets.astype(np.float32), logprobs_fn=_awd_logprobs,
+        return_grads=True,
+    )  # fmt: skip
+    want = awd_steps(awd, seq, P, targets)
+    _close(res.grads, want)
+    assert res.scores.shape == (b_n, K, P + K - 1)

@@ -1,4 +1,4 @@
-"""Chunks of generation steps (``tasks.generation.plan``) and the input checks, no framework."""
+"""Chunks of generation steps (``methods.plan.plan_outputs``) and the input checks, no framework."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from embgrad.errors import InputError
-from embgrad.tasks import generation as gen
+from embgrad.methods import plan as planner
+from embgrad.outputs import generation as gen
 
 
 def _steps(b: int, k: int) -> gen.Steps:
@@ -20,7 +21,7 @@ def test_chunks_cover_every_step_once_within_the_budget():
         return 32 + k1 - 1
 
     for budget in (64, 500, 4096, 10**6):
-        chunks = gen.plan(steps, width, budget)
+        chunks = planner.plan_outputs(steps.active, width, budget)
         covered = [k for k0, k1 in chunks for k in range(k0, k1)]
         assert covered == list(range(40))
         for k0, k1 in chunks:
@@ -29,21 +30,21 @@ def test_chunks_cover_every_step_once_within_the_budget():
 
 def test_a_chunk_closes_at_one_eighth_padding_once_it_is_big_enough():
     steps = _steps(1, 512)
-    chunks = gen.plan(steps, lambda k1: 32 + k1 - 1, 10**9)
+    chunks = planner.plan_outputs(steps.active, lambda k1: 32 + k1 - 1, 10**9)
     assert len(chunks) > 1
     for k0, k1 in chunks[:-1]:
         held = (k1 - k0) * (32 + k1 - 1)
         needed = sum(32 + k for k in range(k0, k1))
-        assert held >= gen.MIN_PASS_TOKENS or k1 - k0 == 1
-        if held >= 2 * gen.MIN_PASS_TOKENS:  # small chunks may hold more padding
-            assert 1 - needed / held <= gen.MAX_PAD_FRACTION
+        assert held >= planner.MIN_PASS_TOKENS or k1 - k0 == 1
+        if held >= 2 * planner.MIN_PASS_TOKENS:  # small chunks may hold more padding
+            assert 1 - needed / held <= planner.MAX_PAD_FRACTION
 
 
 def test_bad_targets_masks_and_contrasts_are_refused():
     with pytest.raises(InputError, match=r"expected \(B, K\) = \(2, K"):
         gen.check_steps(np.ones((3, 4), dtype=np.int64), None, None, 2)
     with pytest.raises(InputError, match="integer token ids"):
-        gen.check_steps(np.ones((2, 4)), None, None, 2)
+        gen.check_steps(np.full((2, 4), 0.5), None, None, 2)
     with pytest.raises(InputError, match="trailing padding"):
         gen.check_steps(np.ones((1, 3), dtype=np.int64), np.array([[1, 0, 1]]), None, 1)
     with pytest.raises(InputError, match="contrast has shape"):
@@ -52,4 +53,4 @@ def test_bad_targets_masks_and_contrasts_are_refused():
     with pytest.raises(InputError, match=r"outside the vocabulary \[0, 5\)"):
         gen.check_vocab(steps, 5)
     with pytest.raises(InputError, match="tokens_per_pass must be a positive integer"):
-        gen.plan(steps, lambda k: k, 0)
+        planner.plan_outputs(steps.active, lambda k: k, 0)

@@ -12,7 +12,7 @@ tf = pytest.importorskip("transformers")
 import embgrad  # noqa: E402
 from embgrad.errors import InputError  # noqa: E402
 from embgrad.models.load import load  # noqa: E402
-from embgrad.tasks.generation import position_limit  # noqa: E402
+from embgrad.outputs.generation import position_limit  # noqa: E402
 from oracle_generation import seq2seq_grads  # noqa: E402
 
 pytestmark = pytest.mark.hf

@@ -12,6 +12,7 @@ pytest.importorskip("gluonnlp")
 torch = pytest.importorskip("torch")
 
 from embgrad.methods import get_method  # noqa: E402
+from embgrad.methods import plan as plan_module  # noqa: E402
 from embgrad.models.minilm import model_path  # noqa: E402
 from embgrad.models.minilm_gluon import gluon_name, load_gluon_bert  # noqa: E402
 from embgrad.tasks.heads import PairSimilarity  # noqa: E402
@@ -100,14 +101,13 @@ def test_explain_with_the_gluon_framework_matches_torch():
 
 
 def test_a_mask_skips_the_padding_in_gluon_too(models, monkeypatch):
-    from embgrad.methods import _passes
 
     (tm, t_in, t_loss), (gm, g_in, g_loss), mask = models
     opts = {"n_steps": 3, "baseline": "pad", "pad_id": 0}
     ig = get_method("integrated_gradients")(gm)
     full = ig.attribute(g_in, g_loss(), **opts)
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # one pass per length
-    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)  # one pass per length
+    monkeypatch.setattr(plan_module, "MAX_PAD_FRACTION", 0.0)
     cut = ig.attribute(g_in, g_loss(), mask=mask, **opts)
     assert {length for _, length in cut.info["passes"]} == set(mask.sum(1).tolist())
     assert (

@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 
 import embgrad  # noqa: E402
 from embgrad.methods import get_method  # noqa: E402
+from embgrad.methods import plan as plan_module  # noqa: E402
 from oracle_methods import CosToConstant, encode, minilm, naive_grads, sentences  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -159,9 +160,8 @@ def test_attribute_explains_a_classifier_target_with_token_strings(monkeypatch):
     assert att.items[1].target == "pos" and att.delta is None
     assert '"method": "grad_x_input"' in att.to_json()
     assert "&lt;" in att.to_html() and att.to_html().count("<script>") == 1  # the tooltip's
-    from embgrad.methods import _passes
 
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # tiny passes are worth it here
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)  # tiny passes are worth it here
     ig = embgrad.attribute(model, dict(enc), target="pos", method="integrated_gradients", n_steps=3)
     assert {length for _, length in ig.raw.info["passes"]} == {4, 8}  # skips the padding
     plain = get_method("integrated_gradients")(model).attribute(
@@ -196,7 +196,6 @@ def ragged():
     ],
 )
 def test_a_mask_skips_the_padding_and_changes_no_result(ragged, monkeypatch, method, opts):
-    from embgrad.methods import _passes
 
     model, enc, f = ragged
     if opts.get("baseline") == "per-sample array":  # (B, T, D): cut with the rows
@@ -204,8 +203,8 @@ def test_a_mask_skips_the_padding_and_changes_no_result(ragged, monkeypatch, met
         opts = {**opts, "baseline": np.random.default_rng(0).normal(0, 0.05, shape)}
     m = get_method(method)(model)
     full = m.attribute(enc, f, **opts)
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)  # one pass per length
-    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)  # one pass per length
+    monkeypatch.setattr(plan_module, "MAX_PAD_FRACTION", 0.0)
     cut = m.attribute(enc, f, mask=enc["attention_mask"], internal_batch_size=5, **opts)
     lengths = enc["attention_mask"].sum(1).tolist()
     t = enc["input_ids"].shape[1]

@@ -8,7 +8,9 @@ import pytest
 
 from embgrad.errors import InputError
 from embgrad.methods import _passes
-from embgrad.methods._passes import plan_passes, valid_lengths
+from embgrad.methods import plan as plan_module
+from embgrad.methods._passes import valid_lengths
+from embgrad.methods.plan import plan_passes
 
 
 def covers_each_row_once(plan: list[tuple[np.ndarray, int]], n: int) -> bool:
@@ -24,8 +26,8 @@ def test_without_lengths_passes_are_consecutive_chunks_at_full_length():
 
 
 def test_with_lengths_each_pass_is_as_long_as_its_longest_row(monkeypatch):
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
-    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)
+    monkeypatch.setattr(plan_module, "MAX_PAD_FRACTION", 0.0)
     lengths = np.array([7, 3, 7, 5])
     rows = np.repeat(np.arange(4), 3)
     plan = plan_passes(rows, 4, lengths, 9)
@@ -39,8 +41,8 @@ def test_with_lengths_each_pass_is_as_long_as_its_longest_row(monkeypatch):
 
 
 def test_small_length_groups_merge_until_a_pass_is_worth_closing(monkeypatch):
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 20)
-    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 20)
+    monkeypatch.setattr(plan_module, "MAX_PAD_FRACTION", 0.0)
     lengths = np.array([2, 3, 10, 11])
     rows = np.repeat(np.arange(4), 2)
     plan = plan_passes(rows, 100, lengths, 12)
@@ -51,7 +53,7 @@ def test_small_length_groups_merge_until_a_pass_is_worth_closing(monkeypatch):
 
 
 def test_a_length_change_that_adds_little_padding_keeps_one_pass(monkeypatch):
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)
     rows = np.repeat(np.arange(8), 4)
     # six samples of 11 tokens, two of 12 (the bundled sentences): 12 in one pass pads 1/16
     one = plan_passes(rows, 100, np.array([11, 11, 11, 12, 11, 11, 12, 11]), 12)
@@ -146,8 +148,8 @@ def test_padding_is_skipped_only_where_results_stay_the_same(
 ):
     from embgrad.methods import get_method
 
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
-    monkeypatch.setattr(_passes, "MAX_PAD_FRACTION", 0.0)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)
+    monkeypatch.setattr(plan_module, "MAX_PAD_FRACTION", 0.0)
     model, inputs = _pool(mix, seq_first), _ragged()
     m = get_method(method)(model)
     opts = {"n_steps": 4} if method == "integrated_gradients" else {"n_samples": 3}
@@ -168,13 +170,13 @@ def test_padding_is_skipped_only_where_results_stay_the_same(
 def test_train_mode_and_equal_lengths_keep_the_padding_and_say_why(monkeypatch):
     from embgrad.methods import get_method
 
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)
     model, inputs = _pool("none"), _ragged()
     train = get_method("integrated_gradients")(model, mode="train")
     got = train.attribute(inputs, lambda out: out, mask=inputs["mask"], n_steps=2)
     assert got.info["padding"].startswith("computed: mode='train'")
     assert {n for _, n in got.info["passes"]} == {6}
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 10**6)  # every length merged ...
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 10**6)  # every length merged ...
     ids = inputs["ids"][:2].clone()
     ids[0, 5] = 8  # ... into one pass as long as the batch: nothing to cut
     ig = get_method("integrated_gradients")(model)
@@ -201,7 +203,7 @@ def test_pair_similarity_cuts_its_mask_only_where_it_is_padding():
 def test_a_model_that_fails_on_shorter_inputs_keeps_the_padding(monkeypatch):
     from embgrad.methods import get_method
 
-    monkeypatch.setattr(_passes, "MIN_PASS_TOKENS", 1)
+    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)
     inner, inputs = _pool("none"), _ragged()
 
     class FixedLength(type(inner)):  # e.g. a learned projection over all 6 positions
@@ -248,7 +250,7 @@ def test_a_word_lookup_cut_off_the_graph_is_named_not_replaced_by_another():
 def test_the_default_pass_size_is_bounded_whatever_the_steps(monkeypatch, method):
     from embgrad.methods import get_method
 
-    monkeypatch.setattr(_passes, "PASS_TOKENS", 12)  # 6 positions: 2 rows a pass
+    monkeypatch.setattr(plan_module, "PASS_TOKENS", 12)  # 6 positions: 2 rows a pass
     model, inputs = _pool("none"), _ragged()
     m = get_method(method)(model)
     many = {"n_steps": 15} if method == "integrated_gradients" else {"n_samples": 15}
@@ -259,7 +261,7 @@ def test_the_default_pass_size_is_bounded_whatever_the_steps(monkeypatch, method
     assert len(one.info["passes"]) == 1  # an explicit size still wins
     top = np.abs(one.attributions).max()
     assert np.abs(got.attributions - one.attributions).max() <= 1e-5 * top
-    assert _passes.default_pass_rows(10**6) == 1  # a text longer than the bound: one row
+    assert plan_module.default_pass_rows(10**6) == 1  # a text longer than the bound: one row
 
 
 def test_progress_bars_show_passes_on_a_terminal_only(monkeypatch, capsys):

@@ -83,7 +83,7 @@ def test_generation_prompts_pad_without_a_pad_token_and_leave_the_tokenizer_alon
     the padding out), and the user's tokenizer keeps its padding side."""
     transformers = pytest.importorskip("transformers")
     from embgrad.models import minilm
-    from embgrad.tasks.generation import encode_texts
+    from embgrad.outputs.generation import encode_texts
 
     tok = transformers.AutoTokenizer.from_pretrained(minilm.model_path())
     tok.pad_token = None

@@ -158,6 +158,8 @@ class TorchSession:
 
     framework = "torch"
     retained_backward_is_exact = True
+    #: backward() takes (K, B) cotangents at once (torch.autograd.grad is_grads_batched)
+    batched_backward = True
 
     def __init__(self, module: Any, names: Any) -> None:
         from .torch_ops import TorchOps
@@ -279,20 +281,29 @@ class TorchSession:
         torch = _torch()
         caps = [fwd.captures[k] for k in select]
         losses = fwd.state
-        if isinstance(cotangent, np.ndarray) and bool((cotangent == 1).all()):
+        # (K, *losses.shape): K cotangents through one retained graph, vmapped (torch's
+        # batched gradients); each gradient gets a leading K axis
+        batched = isinstance(cotangent, np.ndarray) and cotangent.ndim == losses.ndim + 1
+        if not batched and isinstance(cotangent, np.ndarray) and bool((cotangent == 1).all()):
             weights = torch.ones_like(losses)  # no host-to-device copy (a GPU sync)
         else:
             weights = torch.as_tensor(cotangent, dtype=losses.dtype, device=losses.device)
         keys = list(fwd.float_inputs) if inputs else []
         targets = [c.handle for c in caps] + [fwd.float_inputs[k] for k in keys]
         try:
-            grads = torch.autograd.grad(
-                losses,
-                targets,
-                grad_outputs=weights,
-                retain_graph=retain,
-                allow_unused=True,
-            )
+            if batched and losses.device.type == "cpu" and not VMAP_ON_CPU:
+                # on the CPU a loop of retained backwards beats the vmapped one (5-15 %,
+                # benchmarks/RESULTS-outputs.md); results are stacked as vmap would
+                grads = _sequential_grads(torch, losses, targets, weights, retain)
+            else:
+                grads = torch.autograd.grad(
+                    losses,
+                    targets,
+                    grad_outputs=weights,
+                    retain_graph=retain,
+                    allow_unused=True,
+                    is_grads_batched=batched,
+                )
         except NotImplementedError as e:
             if not keys:
                 raise
@@ -311,6 +322,29 @@ class TorchSession:
     def to_native(self, x: Any, like: Any) -> Any:
         """Working arrays are torch tensors already."""
         return x
+
+
+#: batched cotangents on the CPU: False runs them as a loop of retained backwards (faster
+#: there), True as one vmapped backward (as on other devices; the tests run both)
+VMAP_ON_CPU = False
+
+
+def _sequential_grads(
+    torch: Any, losses: Any, targets: list[Any], weights: Any, retain: bool
+) -> tuple[Any, ...]:
+    """``autograd.grad`` per cotangent row of ``weights`` (K, *losses.shape), stacked (K, ...)."""
+    k = int(weights.shape[0])
+    rows = [
+        torch.autograd.grad(
+            losses, targets, grad_outputs=weights[i], retain_graph=retain or i < k - 1,
+            allow_unused=True,
+        )
+        for i in range(k)
+    ]  # fmt: skip
+    return tuple(
+        None if rows[0][j] is None else torch.stack([r[j] for r in rows])
+        for j in range(len(targets))
+    )
 
 
 @contextlib.contextmanager

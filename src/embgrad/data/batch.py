@@ -96,9 +96,27 @@ def _generate(explainer: Any, rows: Sequence[InputRow], config: RunConfig) -> li
     return results
 
 
+def _outputs(explainer: Any, rows: Sequence[InputRow], config: RunConfig) -> list[Any]:
+    if not hasattr(explainer, "explain_outputs"):
+        raise EmbgradError("this explainer cannot explain a model head (no explain_outputs)")
+    texts = [r.text for r in rows]
+    pairs = [r.pair or "" for r in rows] if config.pair_column is not None else None
+    results = list(explainer.explain_outputs(texts, pairs, **config.explain_kwargs()))
+    if len(results) != len(rows):
+        raise EmbgradError(f"the explainer returned {len(results)} results for {len(rows)} rows")
+    return results
+
+
+def to_outputs_record(row: InputRow, fields: dict[str, Any]) -> dict[str, Any]:
+    """One output row of a run on a model head (see ``writer.outputs_fields``)."""
+    return {"row": row.row, "id": row.id, "text": row.text, "pair": row.pair, **fields}
+
+
 def _call(explainer: ExplainerLike, rows: Sequence[InputRow], config: RunConfig) -> list[Any]:
     if config.continuation_column is not None:
         return _generate(explainer, rows, config)
+    if config.head is not None:
+        return _outputs(explainer, rows, config)
     texts = [r.text for r in rows]
     pairs = [r.pair or "" for r in rows] if config.pair_column is not None else None
     targets: list[str | int] | None = None
@@ -117,8 +135,14 @@ def _call(explainer: ExplainerLike, rows: Sequence[InputRow], config: RunConfig)
 
 
 def _records(
-    rows: Sequence[InputRow], results: list[Any], paired: bool, generation: bool = False
+    rows: Sequence[InputRow],
+    results: list[Any],
+    paired: bool,
+    generation: bool = False,
+    head: bool = False,
 ) -> list[dict[str, Any]]:
+    if head:
+        return [to_outputs_record(r, f) for r, f in zip(rows, results, strict=True)]
     if generation:
         return [to_generation_record(r, s) for r, s in zip(rows, results, strict=True)]
     if not paired:
@@ -135,7 +159,8 @@ def explain_rows(
     paired = config.pair_column is not None
     try:
         generation = config.continuation_column is not None
-        return _records(rows, _call(explainer, rows, config), paired, generation), []
+        head = config.head is not None
+        return _records(rows, _call(explainer, rows, config), paired, generation, head), []
     except ROW_FAILURES as exc:
         if len(rows) == 1:
             row = rows[0]

@@ -109,6 +109,17 @@ class RunConfig:
                 "--continuation-column explains an LM's continuation of each text: it does not "
                 "combine with --pair-column or --label-column"
             )
+        head = self.head
+        if head is not None and (self.continuation_column or self.label_column
+                                 or self.candidate_labels is not None):  # fmt: skip
+            raise InputError(
+                f"the model is a {head}: each text's tokens (or span) are explained with the "
+                "predicted labels; --continuation-column, --label-column and --labels do not apply"
+            )
+        if head == "question_answering" and self.pair_column is None:
+            raise InputError("a question-answering model needs --pair-column (the contexts)")
+        if head == "token_classifier" and self.pair_column is not None:
+            raise InputError("a token classifier reads single texts: drop --pair-column")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise InputError(f"workers must be a positive integer; got {self.workers!r}")
         if self.candidate_labels is not None:
@@ -126,9 +137,17 @@ class RunConfig:
         except (TypeError, ValueError) as exc:
             raise InputError(f"options must be JSON-serialisable: {exc}") from exc
 
+    @property
+    def head(self) -> str | None:
+        """``"token_classifier"`` / ``"question_answering"`` when the model is such an HF head
+        (rows then hold a matrix per text: ``writer.outputs_fields``), else None."""
+        from ..models.load import head_of
+
+        return head_of(self.model)
+
     def explain_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Explainer.explain`` (besides texts, pairs, targets)."""
-        if self.continuation_column is not None:  # Explainer.explain_generation
+        if self.continuation_column is not None or self.head is not None:
             return {"method": self.method, **self.options}
         out = {"method": self.method, "hotflip_k": self.hotflip_k, **self.options}
         if self.candidate_labels is not None:
@@ -141,6 +160,10 @@ class RunConfig:
 
         if self.continuation_column is not None:
             return "log p(y_k | x, y_<k) per generated step"
+        if self.head == "token_classifier":
+            return "log p(label_t | x) per explained token"
+        if self.head == "question_answering":
+            return "log p(start = s) + log p(end = e) of the span, then each term"
         if self.pair_column is not None:
             return "cosine similarity"
         if self.candidate_labels is not None or self.model is None:

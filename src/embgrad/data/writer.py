@@ -131,12 +131,47 @@ def generation_fields(pa: Any, config: RunConfig) -> list[Any]:
     ]
 
 
+def outputs_fields(pa: Any, config: RunConfig) -> list[Any]:
+    """The columns of a run on a token-classification or question-answering head: per row the
+    matrix of its explained outputs (``rows``) × its tokens (``tokens``)::
+
+        row, id, text, pair   as above (pair: the context, question answering)
+        tokens         list<string>        the tokens the columns stand for
+        rows           list<string>        per explained output "token → label" / span parts
+        scores         list<list<float>>   outputs × tokens
+        quantity, probability   list<double>   per output (log p, p)
+        labels         list<string>        token classification: the explained labels
+        positions      list<int32>         token classification: the explained positions
+        span           list<int32>         question answering: (start, end) token positions
+        delta          list<double>        per-output IG completeness delta, else null
+        source_length  int32               question answering: the question's columns
+    """
+    return [
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("id", pa.string() if config.id_column is not None else pa.int64()),
+        pa.field("text", pa.string()),
+        pa.field("pair", pa.string()),
+        pa.field("tokens", pa.list_(pa.string())),
+        pa.field("rows", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.list_(pa.float32()))),
+        pa.field("quantity", pa.list_(pa.float64())),
+        pa.field("probability", pa.list_(pa.float64())),
+        pa.field("labels", pa.list_(pa.string())),
+        pa.field("positions", pa.list_(pa.int32())),
+        pa.field("span", pa.list_(pa.int32())),
+        pa.field("delta", pa.list_(pa.float64())),
+        pa.field("source_length", pa.int32()),
+    ]
+
+
 def output_schema(config: RunConfig) -> Any:
     """The pyarrow schema of the data shards, with the run's metadata attached."""
     pa = require("pyarrow", "data")
     meta = {METADATA_KEY: json.dumps(run_metadata(config), sort_keys=True).encode()}
     if config.continuation_column is not None:
         return pa.schema(generation_fields(pa, config), metadata=meta)
+    if config.head is not None:
+        return pa.schema(outputs_fields(pa, config), metadata=meta)
     paired = config.pair_column is not None
     fields = [
         pa.field("row", pa.int64(), nullable=False),

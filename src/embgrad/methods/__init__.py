@@ -19,7 +19,6 @@ from . import (  # noqa: F401  (register)
 from .api import attribute
 from .base import Method, Scores, get_method, list_methods, register
 from .gen_result import GenerationAttribution
-from .generation import attribute_generation
 from .result import Attribution, TokenAttribution
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "Scores",
     "TokenAttribution",
     "attribute",
-    "attribute_generation",
     "get_method",
     "list_methods",
     "register",

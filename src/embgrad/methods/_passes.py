@@ -8,7 +8,7 @@
   lookup's output is replaced by a transform of it (``replace=``), and gradients are taken
   there. Every pass is one batched forward and one backward in the framework. Given the
   attention mask, rows are grouped by length and each pass runs only to its longest sample
-  (:func:`plan_passes`), so the padding of long samples is not computed for short ones.
+  (``methods.plan.plan_passes``), so the padding of long samples is not computed for short ones.
 
 A ``loss_fn`` takes the model's outputs and returns per-sample losses (N,). It may take a second
 argument, ``rows`` (numpy int64 (N,)): for each row of the (expanded) batch, the index of its
@@ -31,6 +31,7 @@ from ..core.capture import gradients
 from ..core.results import LookupGrad
 from ..errors import InputError, NoLookupError
 from ._arrays import map_arrays, repeat_samples, to_numpy
+from .plan import default_pass_rows, plan_passes
 
 LossFn = Callable[..., Any]
 #: ``transform(output, sel)``: the substitute for rows ``sel`` (int array) of the expanded batch
@@ -122,11 +123,12 @@ def _batch_first(x: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(x, axis, 0) if axis else x
 
 
-def _bound_at_inputs(loss_fn: LossFn, inputs: Any) -> Callable[[Any], Any]:
-    """``loss_fn`` for a pass at the inputs themselves: row i is sample i."""
+def _bound_at_inputs(loss_fn: LossFn, inputs: Any, axis: int = 0) -> Callable[[Any], Any]:
+    """``loss_fn`` for a pass at the inputs themselves: row i is sample i, counted along the
+    inputs' batch ``axis`` (the first input's)."""
     if not takes_rows(loss_fn):
         return loss_fn  # type: ignore[return-value]
-    return bind_rows(loss_fn, np.arange(batch_size_hint(inputs)))
+    return bind_rows(loss_fn, np.arange(batch_size_hint(inputs, axis)))
 
 
 def base_pass(
@@ -138,14 +140,18 @@ def base_pass(
     mode: str = "eval",
     check: str = "auto",
     batch_axis: int | None = None,
+    rows_axis: int | None = None,
 ) -> Base:
     """One :func:`embgrad.gradients` call at the inputs, reduced to the lookup ``layer``.
 
     ``layer`` is a role, name or glob (see ``gradients(layers=)``); with the default ``"word"``
     a model whose only input lookup has another role is accepted too. ``batch_axis``: the
     lookup's batch axis where already known (inputs derived from an earlier pass).
+    ``rows_axis``: the axis of the first input that counts samples for ``loss_fn``'s ``rows``
+    (default ``batch_axis``, else 0; 1 for time-major (T, B) inputs).
     """
-    loss = _bound_at_inputs(loss_fn, inputs)
+    axis = rows_axis if rows_axis is not None else (batch_axis or 0)
+    loss = _bound_at_inputs(loss_fn, inputs, axis)
     try:
         res = gradients(model, inputs, loss, layers=layer, mode=mode, check=check,  # type: ignore[arg-type]
                         batch_axis=batch_axis)  # fmt: skip
@@ -223,32 +229,26 @@ def forward_losses(
         return session.ops.to_numpy(session.ops.work(losses)).astype(np.float64)
 
 
-def batch_size_hint(inputs: Any) -> int:
-    """The batch size of the inputs (for ``rows`` in the base pass): the first array's axis 0."""
+def batch_size_hint(inputs: Any, axis: int = 0) -> int:
+    """The batch size of the inputs (for ``rows`` in the base pass): the first array's size on
+    ``axis`` (0 unless the inputs are time-major)."""
     first: Any = inputs
     if isinstance(inputs, Mapping):
         first = next(iter(inputs.values()))
     elif isinstance(inputs, tuple):
         first = inputs[0]
     shape = getattr(first, "shape", None)
-    if not shape:
-        raise InputError("could not tell the batch size of the inputs (no array found)")
-    return int(shape[0])
+    if not shape or len(shape) <= axis:
+        raise InputError(
+            "could not tell the batch size of the inputs (no array found): give arrays "
+            "(tokenize texts first, e.g. inputs = tokenizer(texts, padding=True, "
+            "return_tensors='pt'))"
+        )
+    return int(shape[axis])
 
-
-#: the default bound of one expanded pass (``internal_batch_size=None``): rows × positions.
-#: Activation memory grows with it: MiniLM-L6, 4 texts x 256 tokens, IG at 50 steps peaked at
-#: 1.3 GB RSS with 4096 against 3.7 GB with 16384, at a time cost within this machine's noise
-#: (benchmarks/RESULTS-passes.md); set ``internal_batch_size`` to change it.
-PASS_TOKENS = 4096
 
 #: the ``mask`` option's one-line help, shared by the methods with expanded passes
 MASK_HELP = "(B,T) attention mask: run each pass only to its samples' last real token"
-#: with ``mask=``, a pass of rows sorted by length is closed at a length change only once it
-#: holds this many tokens (tiny passes cost more per token than a little padding) ...
-MIN_PASS_TOKENS = 1024
-#: ... and only if running the next length's rows in it would make this fraction of it padding
-MAX_PAD_FRACTION = 0.125
 
 
 def ignores_padding(model: Any) -> bool:
@@ -275,44 +275,6 @@ def valid_lengths(mask: Any, ids_shape: tuple[int, ...]) -> np.ndarray:
     valid = m.astype(bool)
     last = valid.shape[1] - np.argmax(valid[:, ::-1], axis=1)
     return np.where(valid.any(axis=1), last, 0).astype(np.int64)
-
-
-def plan_passes(
-    rows: np.ndarray, chunk: int, lengths: np.ndarray | None, full: int
-) -> list[tuple[np.ndarray, int]]:
-    """Split the expanded rows into passes: ``[(positions into rows, length), ...]``.
-
-    Without ``lengths``: consecutive chunks of ``chunk`` rows at the full length. With them
-    (per caller sample): rows sorted by their sample's length (stable), each pass padded only to
-    its longest row; a pass ends when it holds ``chunk`` rows, or at a length change when it
-    holds :data:`MIN_PASS_TOKENS` tokens and taking the next length's rows would make more than
-    :data:`MAX_PAD_FRACTION` of it padding.
-    """
-    n = int(rows.shape[0])
-    if lengths is None:
-        return [(np.arange(s, min(n, s + chunk)), full) for s in range(0, n, chunk)]
-    row_len = np.maximum(lengths[rows], 1)  # an all-pad sample still needs one position
-    order = np.argsort(row_len, kind="stable")
-    sorted_len = row_len[order]
-    passes: list[tuple[np.ndarray, int]] = []
-    start = 0
-    for i in range(1, n + 1):
-        if i < n and i - start < chunk and not _close_before(sorted_len, start, i, chunk):
-            continue
-        passes.append((order[start:i], int(sorted_len[i - 1])))
-        start = i
-    return passes
-
-
-def _close_before(sorted_len: np.ndarray, start: int, i: int, chunk: int) -> bool:
-    """Whether the pass holding sorted rows ``start:i`` ends before row i (a length change)."""
-    cur, nxt = int(sorted_len[i - 1]), int(sorted_len[i])
-    if nxt == cur:
-        return False
-    size = i - start
-    group = int(np.searchsorted(sorted_len, nxt, side="right")) - i  # rows of the next length
-    padding = size * (nxt - cur) / (min(chunk, size + group) * nxt)
-    return size * cur >= MIN_PASS_TOKENS and padding > MAX_PAD_FRACTION
 
 
 def expanded_passes(
@@ -382,11 +344,6 @@ def expanded_passes(
             yield _one_pass(model, inputs, loss_fn, base, rows, transform, sel, length, full,
                             mode, check)  # fmt: skip
             progress.update(1)
-
-
-def default_pass_rows(positions: int) -> int:
-    """Rows per pass under the default bound: :data:`PASS_TOKENS` // positions, at least 1."""
-    return max(1, PASS_TOKENS // max(1, positions))
 
 
 def _one_pass(

@@ -98,6 +98,8 @@ class Method:
             glob (see ``embgrad.gradients(layers=)``).
         mode: ``"eval"`` (default) or ``"train"``.
         check: the independence check of ``embgrad.gradients`` (``"auto"`` by default).
+        batch_axis: the inputs' batch axis when it is not 0 ((T, B) layouts): the ``rows`` of
+            the plain pass's ``loss_fn(outputs, rows)`` count samples along it.
     """
 
     name: ClassVar[str]
@@ -112,19 +114,40 @@ class Method:
     #: options every output records with their value as run, given or not (they change the
     #: numbers and a reader must know them: integrated gradients' baseline)
     recorded_options: ClassVar[tuple[str, ...]] = ()
+    #: the method attributes a quantity to every token (False: it proposes swaps, HotFlip), so
+    #: it can explain each output of a generation, a tagger or a span
+    attributes_outputs: ClassVar[bool] = True
+    #: the method proposes token swaps (HotFlip): callers that show swaps beside any method's
+    #: scores ask the registry for it (:func:`swap_method`) instead of naming it
+    suggests_swaps: ClassVar[bool] = False
 
     def __init__(
-        self, model: Any, *, layer: str = "word", mode: str = "eval", check: str = "auto"
+        self,
+        model: Any,
+        *,
+        layer: str = "word",
+        mode: str = "eval",
+        check: str = "auto",
+        batch_axis: int | None = None,
     ) -> None:
         self.model, self.layer, self.mode, self.check = model, layer, mode, check
+        self.batch_axis = batch_axis
 
     def attribute(self, inputs: Any, loss_fn: LossFn, **options: Any) -> Scores:
         """Attributions for a batch; see the class docstring for the options."""
         opts = self.validate(options)
         base = base_pass(
-            self.model, inputs, loss_fn, layer=self.layer, mode=self.mode, check=self.check
-        )
+            self.model, inputs, loss_fn, layer=self.layer, mode=self.mode, check=self.check,
+            rows_axis=self.batch_axis,
+        )  # fmt: skip
         return self.from_base(base, inputs, loss_fn, **opts)
+
+    def plain_pass(self, inputs: Any, loss_fn: LossFn) -> Base:
+        """The plain gradient pass at the inputs that :meth:`from_base` builds on."""
+        return base_pass(
+            self.model, inputs, loss_fn, layer=self.layer, mode=self.mode, check=self.check,
+            rows_axis=self.batch_axis,
+        )  # fmt: skip
 
     def from_base(self, base: Base, inputs: Any, loss_fn: LossFn, **options: Any) -> Scores:
         """Attributions given an already computed plain gradient pass at the same inputs."""
@@ -267,6 +290,12 @@ def get_method(name: str) -> type[Method]:
             + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
             + f"; choose one of: {', '.join(list_methods())}"
         ) from None
+
+
+def swap_method() -> type[Method] | None:
+    """The registered single-pass method that proposes token swaps (HotFlip), or None."""
+    found = [c for c in _REGISTRY.values() if c.suggests_swaps and c.single_pass]
+    return found[0] if found else None
 
 
 def suggest(name: Any, known: Sequence[str]) -> list[str]:

@@ -100,6 +100,8 @@ class HotFlip(Method):
     """
 
     name = "hotflip"
+    attributes_outputs = False
+    suggests_swaps = True
     summary = "HotFlip: best single-token swap per position by first-order score (e'-e).g"
     option_help: ClassVar[dict[str, str]] = {
         "k": "candidates per position (default 3)",

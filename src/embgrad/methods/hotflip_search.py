@@ -63,6 +63,7 @@ class HotFlipSearch(Method):
     """
 
     name = "hotflip_search"
+    attributes_outputs = False
     summary = "HotFlip beam search: fewest verified flips changing f by the goal"
     option_help: ClassVar[dict[str, str]] = {
         "goal": "change of f to reach (> 0, in the direction)",

@@ -116,6 +116,26 @@ def _from_factory(target: str) -> Loaded:
     return Loaded(model, None, tok, "auto", limit, target)
 
 
+#: the HF heads explained as several outputs per text (``embgrad.outputs``)
+OUTPUT_HEADS = ("token_classifier", "question_answering")
+
+
+def head_of(spec: str | None) -> str | None:
+    """``"token_classifier"`` / ``"question_answering"`` for an ``hf:DIR`` saved from such a
+    head (its config's ``architectures``), else None; reads only config.json, so it runs before
+    any weights load (a folder it cannot read is left to the loader to name)."""
+    if not spec or not spec.startswith("hf:"):
+        return None
+    from .minilm import lm_kind
+
+    try:
+        config = model_config(spec.removeprefix("hf:"))
+    except (OSError, ValueError, TypeError):
+        return None
+    kind = lm_kind(list(getattr(config, "architectures", None) or []))
+    return kind if kind in OUTPUT_HEADS else None
+
+
 def model_config(path: str | Path) -> Any:
     """The HF config of a folder as an object with attributes (for limits)."""
     return SimpleNamespace(**json.loads((Path(path) / "config.json").read_text()))

@@ -112,9 +112,12 @@ def _load_hf(folder: str, classifier: bool | None) -> tuple[Any, Any, int]:
     auto = tf.AutoModelForSequenceClassification if classifier else tf.AutoModel
     if not classifier:
         lm = lm_kind(getattr(config, "architectures", None) or [])
-        auto = {"causal_lm": tf.AutoModelForCausalLM, "seq2seq_lm": tf.AutoModelForSeq2SeqLM}.get(
-            lm or "", auto
-        )
+        auto = {
+            "causal_lm": tf.AutoModelForCausalLM,
+            "seq2seq_lm": tf.AutoModelForSeq2SeqLM,
+            "token_classifier": tf.AutoModelForTokenClassification,
+            "question_answering": tf.AutoModelForQuestionAnswering,
+        }.get(lm or "", auto)
     model = auto.from_pretrained(folder, trust_remote_code=False)
     model.eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
@@ -128,6 +131,10 @@ def lm_kind(architectures: list[str]) -> str | None:
         return "causal_lm"
     if any(a.endswith("ForConditionalGeneration") for a in architectures):
         return "seq2seq_lm"
+    if any(a.endswith("ForTokenClassification") for a in architectures):
+        return "token_classifier"
+    if any(a.endswith("ForQuestionAnswering") for a in architectures):
+        return "question_answering"
     return None
 
 
