@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,20 +32,6 @@ from embgrad.data.ray_engine import (  # noqa: E402
 )
 
 N = 60
-
-
-@pytest.fixture(scope="session")
-def local_ray() -> Iterator[Any]:
-    pytest.importorskip("ray")
-    from embgrad.data.ray_engine import import_ray
-
-    ray = import_ray()
-    ray.cloudpickle.register_pickle_by_value(data_fakes)  # the stand-in, for the actors
-    temp = tempfile.mkdtemp(prefix="embgrad-ray-test-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _both(config: RunConfig, tmp_path: Path) -> tuple[Any, Any, Any, Any]:

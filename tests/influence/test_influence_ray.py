@@ -3,9 +3,6 @@ and as shards (one local Ray, 2 CPUs, started by the test)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 import numpy as np
 import pytest
 
@@ -13,26 +10,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ray")
 pytest.importorskip("pyarrow")
 
-import models_torch  # noqa: E402
 from embgrad import InfluenceIndex  # noqa: E402
 from embgrad.errors import InputError  # noqa: E402
 from embgrad.influence import shards  # noqa: E402
 from models_torch import TinyText  # noqa: E402
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    from embgrad.influence.ray_engine import _ray
-
-    ray = _ray()
-    ray.cloudpickle.register_pickle_by_value(models_torch)  # the test's model, for the actors
-    temp = tempfile.mkdtemp(prefix="embgrad-ray-test-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_the_ray_engine_builds_the_local_engines_index(local_ray, tmp_path, monkeypatch):
