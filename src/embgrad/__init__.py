@@ -9,6 +9,8 @@ Public API::
 
     att = embgrad.attribute(model, inputs, target=1, method="integrated_gradients")
     gen = embgrad.attribute_generation(lm, prompts, targets)  # (B, K, L) per generated token
+    idx = embgrad.InfluenceIndex.build(model, train, labels=y)  # TracIn-WE data influence
+    idx.query(test, labels=y_test).scores             # (n_test, n_train) float64
     embgrad.list_methods()                            # the registered attribution methods
 """
 
@@ -27,6 +29,7 @@ from .errors import (
     NoLookupError,
     UnsupportedModelError,
 )
+from .influence import Influence, InfluenceIndex
 from .methods import (
     Attribution,
     GenerationAttribution,
@@ -43,6 +46,8 @@ __all__ = [
     "EmbgradError",
     "GenerationAttribution",
     "Gradients",
+    "Influence",
+    "InfluenceIndex",
     "InputError",
     "LookupGrad",
     "LossError",
