@@ -58,18 +58,31 @@ def _skip(rel: Path) -> bool:
     return rel.parts[0] == "site-packages" or bool({"test", "tests"} & set(rel.parts))
 
 
-def docstrings(stdlib: Path | None = None) -> dict[str, list[str]]:
-    """Each module of ``MODULES`` with its docstrings, in file and line order, deduplicated."""
+def all_modules(stdlib: Path | None = None) -> list[str]:
+    """The top-level modules and packages of the standard library (sorted)."""
     root = Path(stdlib or sysconfig.get_paths()["stdlib"])
-    found: dict[str, list[str]] = {m: [] for m in MODULES}
+    names = {p.stem for p in root.glob("*.py")}
+    names |= {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    return sorted(names - {"test", "site-packages", "this", "antigravity"})
+
+
+def docstrings(
+    stdlib: Path | None = None, modules: tuple[str, ...] = MODULES
+) -> dict[str, list[str]]:
+    """Each module of ``modules`` with its docstrings, in file and line order, deduplicated."""
+    root = Path(stdlib or sysconfig.get_paths()["stdlib"])
+    found: dict[str, list[str]] = {m: [] for m in modules}
     owners: dict[str, set[str]] = {}
-    for module in MODULES:
+    for module in modules:
         files = [root / f"{module}.py"] if (root / f"{module}.py").is_file() else []
         files += sorted((root / module).rglob("*.py")) if (root / module).is_dir() else []
         for path in files:
             if _skip(path.relative_to(root)):
                 continue
-            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            except (SyntaxError, UnicodeDecodeError):  # lib2to3's test data and the like
+                continue
             defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
             inner = [n for n in ast.walk(tree) if isinstance(n, defs)]
             nodes = [tree, *sorted(inner, key=lambda n: n.lineno)]
@@ -84,6 +97,29 @@ def docstrings(stdlib: Path | None = None) -> dict[str, list[str]]:
                 if text not in found[module]:
                     found[module].append(text)
     return {m: [t for t in texts if len(owners[t]) == 1] for m, texts in found.items()}
+
+
+def corpus(seed: int = SEED) -> list[str]:
+    """Every docstring of the whole standard library (tests left out), deduplicated, shuffled
+    with ``seed``: real text of ragged length for the speed benchmarks."""
+    texts = sorted({t for ts in docstrings(modules=tuple(all_modules())).values() for t in ts})
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def windows(n: int, words: int = 12, stride: int = 2, seed: int = SEED) -> list[str]:
+    """``n`` short texts: windows of ``words`` words every ``stride`` words over :func:`corpus`
+    (cycled with a marker word when it runs out), for indexes of 100,000 examples."""
+    flat = " ".join(corpus(seed)).split()
+    out: list[str] = []
+    k = 0
+    while len(out) < n:
+        for s in range(0, len(flat) - words, stride):
+            out.append(" ".join(flat[s : s + words]) + (f" v{k}" if k else ""))
+            if len(out) == n:
+                break
+        k += 1
+    return out
 
 
 def load(seed: int = SEED, per_class: int = PER_CLASS, n_test: int = N_TEST) -> Split:
