@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=_run_methods)
     # `embgrad run`: looked up in sys.modules at build time (a test substitutes it)
     importlib.import_module("embgrad.data.cli").add_parser(sub)
+    importlib.import_module("embgrad.cli_influence").add_parser(sub)
     return parser
 
 

@@ -100,3 +100,61 @@ def test_a_state_dict_of_another_architecture_is_refused_before_any_batch():
     train, y = _data(0, [3])
     with pytest.raises(InputError, match=r"architecture.*embed\.weight"):
         InfluenceIndex.build(model, train, labels=y, checkpoints=[state])
+
+
+@pytest.mark.hf
+def test_gluonnlp_bert_scores_equal_the_forum_loop(tmp_path):
+    """The original question's setting: gluonnlp's BERTModel (the bundled MiniLM weights),
+    (ids, token types, valid length) inputs, a loss on the [CLS] state; against the forum loop
+    on ``word_embed.0.weight``, with a perturbed state dict as a second checkpoint."""
+    pytest.importorskip("gluonnlp")
+    from embgrad.models.minilm import model_path
+    from embgrad.models.minilm_gluon import load_gluon_bert
+
+    net, _ = load_gluon_bert(model_path())
+    params = net._collect_params_with_prefix()
+    rng = np.random.default_rng(0)
+    state = {n: p.data() + 0.01 * nd.array(rng.normal(size=p.shape)) for n, p in params.items()}
+    before = {n: p.data().asnumpy().copy() for n, p in params.items()}
+    direction = nd.array(rng.normal(size=384))
+
+    def batch(ids: list[list[int]]):
+        a = np.asarray(ids)
+        valid = (a > 0).sum(1)
+        return (nd.array(a), nd.zeros(a.shape), nd.array(valid))
+
+    def loss(outputs):
+        return (outputs[0][:, 0, :] * direction).sum(axis=1)
+
+    train = [
+        batch([[101, 2023, 3185, 2001, 102], [101, 1037, 2204, 2143, 102], [101, 2023, 102, 0, 0]]),
+        batch([[101, 2204, 3185, 102], [101, 1037, 2001, 102]]),
+    ]
+    test = [batch([[101, 2204, 2143, 2001, 3185, 102]])]
+    weights = [1.0, 0.5]
+    idx = InfluenceIndex.build(net, train, loss, checkpoints=[net, state], weights=weights)
+    inf = idx.query(test, loss)
+    for n, p in params.items():
+        np.testing.assert_array_equal(p.data().asnumpy(), before[n])
+
+    weight = params["word_embed.0.weight"]
+    reqs = {n: p.grad_req for n, p in params.items()}
+
+    def grads(batches):
+        return np.concatenate([forum_loop(net, b, loss, weight) for b in batches]).astype(
+            np.float64
+        )
+
+    try:
+        for p in params.values():
+            p.grad_req = "write"
+        g_train, g_test = [grads(train)], [grads(test)]
+        for n, p in params.items():
+            p.set_data(state[n])
+        g_train.append(grads(train))
+        g_test.append(grads(test))
+    finally:
+        for n, p in params.items():
+            p.set_data(nd.array(before[n]))
+            p.grad_req = reqs[n]
+    close(inf.scores, scores(g_train, g_test, weights))

@@ -43,12 +43,13 @@ def _data(seed: int, lengths: list[int], batch: int):
 @pytest.fixture(scope="module")
 def run():
     """Three checkpoints (the live model, a state dict, another model), weights, ragged data:
-    B = 3, T ∈ {5, 7}, n_train = 9, n_test = 4."""
+    train B = 3 (cut to 2 + 1 by batch_size=2), T ∈ {5, 7}, n_train = 9; test B = 2,
+    T ∈ {6, 8}, n_test = 4."""
     model = _model(0)
     ckpts = [model, _model(1).state_dict(), _model(2)]
     weights = [0.5, 2.0, 1.25]
     train, train_1, y_train = _data(0, [5, 7, 5], 3)
-    test, test_1, y_test = _data(1, [4], 4)
+    test, test_1, y_test = _data(1, [6, 8], 2)
     models = [model, _model(1), _model(2)]
     g_train = [dense_grads(m, train_1, y_train, WORD) for m in models]
     g_test = [dense_grads(m, test_1, y_test, WORD) for m in models]
@@ -93,6 +94,16 @@ def test_loss_fn_with_rows_indexes_its_own_targets_across_batches(run):
         idx.query(run["test"], loss_test).scores,
         scores(run["g_train"], run["g_test"], run["weights"]),
     )
+
+
+def test_a_one_argument_loss_fn_over_one_batch(run):
+    ids = run["train"][0]
+    y = run["y_train"][:3]
+    idx = InfluenceIndex.build(
+        run["model"], ids, lambda logits: nn.functional.cross_entropy(logits, y, reduction="none")
+    )
+    expected = scores([g[:3] for g in run["g_train"][:1]], run["g_test"][:1], [1.0])
+    close(idx.query(run["test"], labels=run["y_test"]).scores, expected)
 
 
 def test_top_rows_equals_the_hand_truncated_oracle_and_none_the_exact_one(run):

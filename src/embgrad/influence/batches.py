@@ -97,7 +97,10 @@ def iter_batches(data: Any, batch_size: int) -> Iterator[tuple[Any, int]]:
 
 def count_examples(data: Any) -> int | None:
     """The number of examples when it is known without consuming ``data`` (one batch or a
-    sequence of batches), else None."""
+    sequence of batches, or an iterable with an ``n_examples`` attribute), else None."""
+    known = getattr(data, "n_examples", None)
+    if isinstance(known, int):
+        return known
     if is_one_batch(data):
         return batch_len(data)
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):

@@ -9,90 +9,28 @@ table row) and a query reads only the posting lists of the test examples' rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._progress import bar
 from ..backends.weights import CheckpointSlot
-from ..errors import InputError
-from .batches import bound_loss, check_labels, iter_batches, loss_for
+from .batches import check_labels, count_examples, iter_batches, loss_for
+from .build import (
+    KEEP,
+    Examples,
+    check_count,
+    check_top_rows,
+    checkpoints_and_weights,
+    make_segment,
+)
 from .result import ExampleRows, Influence
-from .rows import TableRows, batch_rows, special_ids, squared_norms, top_rows
-from .segment import Postings, Segment
+from .rows import TableRows, special_ids
+from .segment import MemorySource, Segment, Source
 
 LossFn = Callable[..., Any]
-
-
-def _checkpoints(model: Any, checkpoints: Any, weights: Any) -> tuple[list[Any], list[float]]:
-    """The states the sum runs over (None = ``model`` itself) and their weights."""
-    if checkpoints is None:
-        states: list[Any] = [None]
-    elif isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Sequence):
-        raise InputError(
-            "checkpoints must be a list of models or state dicts of the model's architecture, "
-            f"got {type(checkpoints).__name__}"
-        )
-    else:
-        states = list(checkpoints)
-        if not states:
-            raise InputError("checkpoints is empty: pass at least one, or None for `model`")
-    if weights is None:
-        w = [1.0] * len(states)
-    else:
-        try:
-            w = [float(x) for x in weights]
-        except (TypeError, ValueError):
-            raise InputError(f"weights must be a list of numbers, got {weights!r}") from None
-        if len(w) != len(states):
-            raise InputError(
-                f"{len(w)} weights for {len(states)} checkpoint(s): pass one weight per "
-                "checkpoint (e.g. its learning rate)"
-            )
-        if not all(np.isfinite(w)):
-            raise InputError(f"weights must be finite, got {w}")
-    return states, w
-
-
-def _check_top_rows(top: Any) -> int | None:
-    if top is None:
-        return None
-    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
-        raise InputError(f"top_rows must be None (exact) or a positive int, got {top!r}")
-    return int(top)
-
-
-class _Examples:
-    """Runs batches of one side (train or test) through every checkpoint."""
-
-    def __init__(
-        self,
-        slot: CheckpointSlot,
-        states: list[Any],
-        layer: Any,
-        skip: np.ndarray | None,
-    ) -> None:
-        self.slot, self.states, self.layer, self.skip = slot, states, layer, skip
-        self.roles: dict[str, str] = {}
-
-    def validate(self) -> None:
-        """Load every checkpoint once: a wrong architecture fails before any batch runs."""
-        for c, state in enumerate(self.states):
-            self.slot.load(state, f"checkpoint {c}")
-
-    def run(self, batch: Any, loss: LossFn, first: int, count: int) -> list[TableRows]:
-        rows = np.arange(first, first + count)
-        out = []
-        for c, state in enumerate(self.states):
-            m = self.slot.load(state, f"checkpoint {c}")
-            tables, roles = batch_rows(
-                m, batch, bound_loss(loss, rows), first=first, count=count,
-                layer=self.layer, skip=self.skip,
-            )  # fmt: skip
-            self.roles.update(roles)
-            out.append(tables)
-        return out
 
 
 class InfluenceIndex:
@@ -114,8 +52,7 @@ class InfluenceIndex:
         skip: np.ndarray | None,
         tokenizer: Any,
         batch_size: int,
-        segments: Callable[[], Iterator[Segment]],
-        n_train: int,
+        source: Source,
         roles: dict[str, str],
         path: Path | None = None,
     ) -> None:
@@ -129,8 +66,8 @@ class InfluenceIndex:
         self.path = path
         self._states = states
         self._skip = skip
-        self._segments = segments
-        self._n = n_train
+        self._source = source
+        self._n = source.n_train
         self._roles = dict(roles)
 
     # -- building ----------------------------------------------------------------------------
@@ -175,8 +112,8 @@ class InfluenceIndex:
             skip_special: None (all rows, exact TracIn-WE), True (the tokenizer's special ids)
                 or a list of ids: those word-table rows are left out on both sides.
         """
-        states, w = _checkpoints(model, checkpoints, weights)
-        top = _check_top_rows(top_rows)
+        states, w = checkpoints_and_weights(model, checkpoints, weights)
+        top = check_top_rows(top_rows)
         skip = special_ids(skip_special, tokenizer)
         label_arr = check_labels(labels, train, "training")
         loss = loss_for(loss_fn, label_arr, "training")
@@ -191,17 +128,45 @@ class InfluenceIndex:
         segments: list[Segment] = []
         n = 0
         with CheckpointSlot(model) as slot:
-            runner = _Examples(slot, states, layer, skip)
+            runner = Examples(slot, states, layer, skip)
             runner.validate()
-            for batch, count in iter_batches(train, batch_size):
-                segments.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
-                n += count
+            with bar(count_examples(train) or 0, "influence index", "ex") as shown:
+                for batch, count in iter_batches(train, batch_size):
+                    segments.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
+                    n += count
+                    shown.update(count)
         check_count(label_arr, n)
-        merged = Segment.merge(segments, len(states))
+        source = MemorySource(Segment.merge(segments, len(states)))
         return cls(
             model, states=states, weights=w, layer=layer, top_rows=top, skip=skip,
-            tokenizer=tokenizer, batch_size=batch_size, segments=lambda: iter([merged]),
-            n_train=n, roles=runner.roles,
+            tokenizer=tokenizer, batch_size=batch_size, source=source,
+            roles=runner.roles,
+        )  # fmt: skip
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        model: Any,
+        *,
+        checkpoints: Sequence[Any] | None = None,
+        weights: Sequence[float] | None = None,
+        layer: Any = KEEP,
+        top_rows: Any = KEEP,
+        skip_special: Any = KEEP,
+        tokenizer: Any = None,
+        batch_size: int | None = None,
+    ) -> InfluenceIndex:
+        """Re-open an index built with ``path=``. ``model``, ``checkpoints`` and ``weights``
+        must be those it was built with (their weights are hashed and compared); ``layer``,
+        ``top_rows`` and ``skip_special`` default to the stored ones and, when given, must
+        equal them. ``batch_size`` (queries) defaults to the build's."""
+        from .store import open_stored
+
+        return open_stored(
+            cls, Path(path), model, checkpoints=checkpoints, weights=weights, layer=layer,
+            top_rows=top_rows, skip_special=skip_special, tokenizer=tokenizer,
+            batch_size=batch_size,
         )  # fmt: skip
 
     # -- reading -----------------------------------------------------------------------------
@@ -222,22 +187,15 @@ class InfluenceIndex:
     def self_influence(self) -> np.ndarray:
         """(n_train,) float64: Σ_c w_c ‖G_c(z_j)‖² over the stored rows (exact unless
         ``top_rows``), the diagonal of a query of the training set against itself."""
-        out = np.zeros(self._n, dtype=np.float64)
-        for seg in self._segments():
-            w = np.asarray(self.weights, dtype=np.float64)
-            out[seg.first : seg.first + seg.count] = w @ seg.selfsq
-        return out
+        return np.asarray(self.weights, dtype=np.float64) @ self._source.self_squares()
 
     def train_rows(self, j: int) -> ExampleRows:
         """(checkpoint, table) → (rows, values) of training example ``j``."""
         out: ExampleRows = {}
-        for seg in self._segments():
-            if seg.first <= j < seg.first + seg.count:
-                for key, p in seg.postings.items():
-                    rows, values = p.of_example(j)
-                    if len(rows):
-                        out[key] = (rows, values)
-                break
+        for key, p in self._source.segment_of(j).postings.items():
+            rows, values = p.of_example(j)
+            if len(rows):
+                out[key] = (rows, values)
         return out
 
     def token_name(self, table: str, row: int) -> Any:
@@ -262,14 +220,14 @@ class InfluenceIndex:
         parts: list[list[TableRows]] = []
         n = 0
         with CheckpointSlot(self.model) as slot:
-            runner = _Examples(slot, self._states, self.layer, self._skip)
+            runner = Examples(slot, self._states, self.layer, self._skip)
             for batch, count in iter_batches(test, self.batch_size):
                 parts.append(runner.run(batch, loss, n, count))
                 n += count
         check_count(label_arr, n, "test")
         flat = _flatten(parts)
         scores = np.zeros((n, self._n), dtype=np.float64)
-        for seg in self._segments():
+        for seg in self._source.segments():
             for key, p in seg.postings.items():
                 if key in flat:
                     ex, row, values = flat[key]
@@ -279,26 +237,6 @@ class InfluenceIndex:
             scores, _per_example(flat, n), self.train_rows, self.weights, self.token_name,
             several_tables=len(tables) > 1,
         )  # fmt: skip
-
-
-def make_segment(per_ckpt: list[TableRows], first: int, count: int, top: int | None) -> Segment:
-    """A batch's segment: its rows per (checkpoint, table), top rows kept, squared norms."""
-    postings: dict[tuple[int, str], Postings] = {}
-    selfsq = np.zeros((len(per_ckpt), count), dtype=np.float64)
-    for c, tables in enumerate(per_ckpt):
-        if top is not None:
-            tables = top_rows(tables, top)
-        selfsq[c] = squared_norms(tables, first, count)
-        for t, r in tables.items():
-            postings[(c, t)] = Postings.build([r])
-    return Segment(first, count, postings, selfsq)
-
-
-def check_count(labels: np.ndarray | None, n: int, what: str = "training") -> None:
-    if labels is not None and len(labels) != n:
-        raise InputError(
-            f"{len(labels)} labels for {n} {what} examples: pass one label per example"
-        )
 
 
 def _flatten(

@@ -11,8 +11,9 @@ Dot products are accumulated in float64.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -134,3 +135,38 @@ class Segment:
             )
         selfsq = np.concatenate([s.selfsq for s in segments], axis=1)
         return Segment(segments[0].first, sum(s.count for s in segments), postings, selfsq)
+
+
+class Source(Protocol):
+    """Where an index's segments come from: memory, or Parquet shards read one at a time."""
+
+    n_train: int
+
+    def segments(self) -> Iterator[Segment]:
+        """Every segment, in example order."""
+        ...
+
+    def segment_of(self, j: int) -> Segment:
+        """The segment holding training example ``j``."""
+        ...
+
+    def self_squares(self) -> np.ndarray:
+        """(n_checkpoints, n_train) float64: each example's squared stored-row norms."""
+        ...
+
+
+class MemorySource:
+    """One merged in-memory segment."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.n_train = segment.count
+
+    def segments(self) -> Iterator[Segment]:
+        yield self.segment
+
+    def segment_of(self, j: int) -> Segment:
+        return self.segment
+
+    def self_squares(self) -> np.ndarray:
+        return self.segment.selfsq
