@@ -47,8 +47,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _influence_floor as floor
 import mislabel_data
@@ -470,4 +469,3 @@ def _child_main(args: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
