@@ -86,8 +86,9 @@ def _add_index(isub: Any) -> None:
     p.add_argument("--skip-special", action="store_true",
                    help="leave the tokenizer's special tokens ([CLS], [SEP]) out of both sides")  # fmt: skip
     p.add_argument("--out", required=True, metavar="IDX", help="the index folder")
-    p.add_argument("--engine", choices=("local",), default="local",
-                   help="only local: the Ray engine is not implemented for influence indexes")  # fmt: skip
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: a pool of Ray actors computes the batches (PyTorch models)")  # fmt: skip
+    p.add_argument("--workers", type=int, help="Ray actors (default: half the CPUs)")
     p.set_defaults(func=_run_index)
 
 
@@ -132,6 +133,7 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     _positive("--batch-size", args.batch_size)
     _positive("--top-rows", args.top_rows)
+    _positive("--workers", args.workers)
     check_spec(args.model, args.framework)
     ckpts = [str(Path(d).resolve()) for d in args.checkpoint or []]
     for d in ckpts:
@@ -190,7 +192,8 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         loaded.model, data, None if labels is not None else Predicted(), labels=labels,
         checkpoints=models or None, weights=args.weight, top_rows=args.top_rows,
         tokenizer=loaded.tokenizer, batch_size=args.batch_size, path=out / "index",
-        skip_special=True if args.skip_special else None,
+        skip_special=True if args.skip_special else None, engine=args.engine,
+        workers=args.workers,
     )  # fmt: skip
     print(f"embgrad: indexed {len(idx)} examples into {out}")
     return 0

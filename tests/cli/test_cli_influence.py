@@ -169,3 +169,45 @@ def test_query_without_label_uses_the_predicted_class(setup, tmp_path):
     with torch.no_grad():
         logits = setup["model"](**setup["tok"](["great music"], return_tensors="pt")).logits
     assert rec["label"] == ["negative", "positive"][int(logits.argmax())]
+
+
+def test_pairs_are_indexed_and_queried_as_the_api_does(setup, tmp_path):
+    pairs = [("a great film", "I liked it", 1), ("the plot was dull", "boring", 0),
+             ("great acting", "dull plot", 0), ("moving music", "great", 1)]  # fmt: skip
+    data = tmp_path / "pairs.csv"
+    data.write_text("a,b,y\n" + "\n".join(f"{a},{b},{y}" for a, b, y in pairs) + "\n")
+    idx, out = tmp_path / "pidx", tmp_path / "pq"
+    root = setup["root"]
+    assert main(["influence", "index", "--model", f"hf:{root / 'model'}", "--data", str(data),
+                 "--text-column", "a", "--pair-column", "b", "--label-column", "y",
+                 "--out", str(idx)]) == 0  # fmt: skip
+    assert main(["influence", "query", "--index", str(idx), "--text", "great film",
+                 "--pair", "liked", "--label", "1", "-k", "4", "--format", "json",
+                 "--out", str(out)]) == 0  # fmt: skip
+    rec = json.loads((out / "influence.json").read_text())[0]
+    tok = setup["tok"]
+    enc = tok([a for a, _, _ in pairs], [b for _, b, _ in pairs], padding=True, return_tensors="pt")
+    api = InfluenceIndex.build(
+        setup["model"], dict(enc), labels=torch.tensor([y for *_, y in pairs])
+    )
+    test = tok(["great film"], ["liked"], return_tensors="pt")
+    scores = api.query(dict(test), labels=torch.tensor([1])).scores[0]
+    got = {r["example"]: r["score"] for r in rec["proponents"] + rec["opponents"]}
+    assert got and all(s == pytest.approx(scores[j], rel=1e-5) for j, s in got.items())
+    assert rec["pair"] == "liked"
+
+
+def test_query_reads_test_texts_and_labels_from_a_data_file(setup, tmp_path):
+    out = tmp_path / "d"
+    argv = ["influence", "query", "--index", str(setup["idx"]), "--data", str(setup["data"]),
+            "--label-column", "label", "-k", "2", "--format", "json,parquet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    records = json.loads((out / "influence.json").read_text())
+    assert [r["text"] for r in records] == [t for t, _ in TRAIN]
+    assert [r["label"] for r in records] == [y for _, y in TRAIN]
+    # the proponents are the API's for the same texts and labels
+    idx, _ = _api_scores(setup, ["x"], [0])
+    inf = idx.query(dict(setup["tok"]([t for t, _ in TRAIN], padding=True, return_tensors="pt")),
+                    labels=torch.tensor([1 if y == "positive" else 0 for _, y in TRAIN]))  # fmt: skip
+    for i, r in enumerate(records):
+        assert [p["example"] for p in r["proponents"]] == inf.top(2)[i].proponents.tolist()

@@ -165,3 +165,59 @@ def test_killed_with_sigkill_and_run_again_every_example_is_stored_exactly_once(
     a = InfluenceIndex.open(tmp_path / "idx", _model(0))
     b = InfluenceIndex.open(tmp_path / "whole", _model(0))
     np.testing.assert_array_equal(a.self_influence(), b.self_influence())
+
+
+def test_a_query_reads_one_shard_at_a_time_and_only_the_rows_it_needs(tmp_path, monkeypatch):
+    import weakref
+
+    monkeypatch.setattr(store, "SHARD_EXAMPLES", 3)
+    monkeypatch.setattr(store, "ROW_GROUP", 4)
+    model = _model(0)
+    ids, y = _data(12, 5)
+    test = torch.tensor([[1, 2, 1, 2]])
+    mem = InfluenceIndex.build(model, ids, labels=y, batch_size=3)
+    disk = InfluenceIndex.build(model, ids, labels=y, batch_size=3, path=tmp_path / "idx")
+    read, alive, postings = store.read_shard, [], []
+
+    def spy(*args, **kwargs):
+        assert sum(r() is not None for r in alive) <= 1  # the previous shard at most
+        seg = read(*args, **kwargs)
+        alive.append(weakref.ref(seg))
+        postings.append(sum(len(p.example) for p in seg.postings.values()))
+        return seg
+
+    monkeypatch.setattr(store, "read_shard", spy)
+    got = disk.query(test, labels=y[:1])
+    assert len(alive) == 4  # one read per shard
+    np.testing.assert_allclose(got.scores, mem.query(test, labels=y[:1]).scores, rtol=1e-12)
+    stored = sum(len(p.example) for p in mem._source.segment_of(0).postings.values())
+    assert sum(postings) < stored  # rows 1 and 2 only, not every stored row
+    assert got.by_token(0, 3) == pytest.approx(mem.query(test, labels=y[:1]).by_token(0, 3))
+
+
+def test_a_shard_read_back_in_another_order_gives_the_same_postings(tmp_path, monkeypatch):
+    import types
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = _model(0)
+    ids, y = _data(6, 5)
+    InfluenceIndex.build(model, ids, labels=y, path=tmp_path / "idx")
+    shard = next((tmp_path / "idx" / "shards").glob("part-*.parquet"))
+    want = store.read_shard(shard)
+    rows = np.unique(np.concatenate([p.row for p in want.postings.values()]))
+    perm = np.random.default_rng(0).permutation(pq.read_table(shard).num_rows)
+
+    def shuffled(path, filters=None):
+        return pq.read_table(path, filters=filters).take(pa.array(perm))
+
+    fake = types.SimpleNamespace(read_table=shuffled, read_schema=pq.read_schema)
+    monkeypatch.setattr(store, "_pyarrow", lambda: (pa, fake))
+    got = store.read_shard(shard, rows=rows)
+    assert got.postings.keys() == want.postings.keys()
+    for key, p in want.postings.items():
+        q = got.postings[key]
+        for a, b in ((p.keys, q.keys), (p.starts, q.starts), (p.example, q.example)):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(p.values, q.values)

@@ -282,3 +282,27 @@ def test_bad_input_gets_clear_embgrad_errors(run):
         inf.by_token(4, 0)
     with pytest.raises(InputError, match="k must be"):
         inf.top(0)
+
+
+def test_several_selected_tables_are_summed_and_by_token_keys_name_the_table(run):
+    model = run["model"]
+    g = torch.Generator().manual_seed(7)
+    train = [(b, torch.randint(0, 2, b.shape, generator=g)) for b in run["train"]]
+    test = [(b, torch.randint(0, 2, b.shape, generator=g)) for b in run["test"]]
+    singles = [(x[i : i + 1], t[i : i + 1]) for x, t in train for i in range(x.shape[0])]
+    singles_test = [(x[i : i + 1], t[i : i + 1]) for x, t in test for i in range(x.shape[0])]
+
+    def call(m, x):
+        return m(x[0], x[1])
+
+    idx = InfluenceIndex.build(model, train, labels=run["y_train"], layer=["word", "token_type"])
+    inf = idx.query(test, labels=run["y_test"])
+    expected = 0
+    for table in (WORD, lambda m: m.token_type.weight):
+        g_tr = dense_grads(model, singles, run["y_train"], table, call)
+        g_te = dense_grads(model, singles_test, run["y_test"], table, call)
+        expected = expected + scores([g_tr], [g_te], [1.0])
+    close(inf.scores, expected)
+    parts = inf.by_token(1, 2)
+    assert {t for t, _ in parts} <= {"word.weight", "token_type.weight"}
+    assert sum(parts.values()) == pytest.approx(inf.scores[1, 2], abs=1e-12)

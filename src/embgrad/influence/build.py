@@ -3,8 +3,8 @@ and the stored index)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -99,7 +99,31 @@ class Examples:
         return out
 
 
-def make_segment(per_ckpt: list[TableRows], first: int, count: int, top: int | None) -> Segment:
+#: (batch, first example number, number of examples)
+Job = tuple[Any, int, int]
+
+
+class Engine(Protocol):
+    """Turns jobs into segments, in order."""
+
+    def map(self, jobs: Iterable[Job]) -> Iterator[Segment]: ...
+
+
+class LocalEngine:
+    """Runs the jobs one after the other in this process."""
+
+    def __init__(self, runner: Examples, loss: LossFn, top: int | None) -> None:
+        self.runner, self.loss, self.top = runner, loss, top
+
+    def map(self, jobs: Iterable[Job]) -> Iterator[Segment]:
+        for batch, first, count in jobs:
+            per_ckpt = self.runner.run(batch, self.loss, first, count)
+            yield make_segment(per_ckpt, first, count, self.top, self.runner.roles)
+
+
+def make_segment(
+    per_ckpt: list[TableRows], first: int, count: int, top: int | None, roles: dict[str, str]
+) -> Segment:
     """A batch's segment: its rows per (checkpoint, table), top rows kept, squared norms."""
     postings: dict[tuple[int, str], Postings] = {}
     selfsq = np.zeros((len(per_ckpt), count), dtype=np.float64)
@@ -109,7 +133,7 @@ def make_segment(per_ckpt: list[TableRows], first: int, count: int, top: int | N
         selfsq[c] = squared_norms(tables, first, count)
         for t, r in tables.items():
             postings[(c, t)] = Postings.build([r])
-    return Segment(first, count, postings, selfsq)
+    return Segment(first, count, postings, selfsq, dict(roles))
 
 
 def check_count(labels: np.ndarray | None, n: int, what: str = "training") -> None:

@@ -9,7 +9,8 @@ table row) and a query reads only the posting lists of the test examples' rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,8 @@ import numpy as np
 from .._progress import bar
 from ..backends.weights import CheckpointSlot
 from .batches import check_labels, count_examples, iter_batches, loss_for
-from .build import (
-    KEEP,
-    Examples,
-    check_count,
-    check_top_rows,
-    checkpoints_and_weights,
-    make_segment,
-)
+from .build import KEEP, Examples, Job, check_count, check_top_rows, checkpoints_and_weights
+from .engines import EngineName, check_engine, open_engine
 from .result import ExampleRows, Influence
 from .rows import TableRows, special_ids
 from .segment import MemorySource, Segment, Source
@@ -87,6 +82,8 @@ class InfluenceIndex:
         batch_size: int = 32,
         path: str | Path | None = None,
         skip_special: Any = None,
+        engine: EngineName = "local",
+        workers: int | None = None,
     ) -> InfluenceIndex:
         """Index the training examples ``train``.
 
@@ -111,36 +108,39 @@ class InfluenceIndex:
             path: a folder to store the index in as Parquet shards (resumable).
             skip_special: None (all rows, exact TracIn-WE), True (the tokenizer's special ids)
                 or a list of ids: those word-table rows are left out on both sides.
+            engine: ``"local"`` (this process) or ``"ray"`` (a pool of ``workers`` Ray actors,
+                each with a copy of the model; PyTorch models; same result).
         """
         states, w = checkpoints_and_weights(model, checkpoints, weights)
         top = check_top_rows(top_rows)
         skip = special_ids(skip_special, tokenizer)
+        check_engine(engine, workers)
         label_arr = check_labels(labels, train, "training")
         loss = loss_for(loss_fn, label_arr, "training")
+        run = functools.partial(
+            open_engine, engine, model, states=states, layer=layer, skip=skip, loss=loss,
+            top=top, workers=workers,
+        )  # fmt: skip
         if path is not None:
             from .store import build_stored
 
             return build_stored(
-                cls, model, train, loss, label_arr, Path(path),
+                cls, model, train, loss, label_arr, Path(path), run,
                 states=states, weights=w, layer=layer, top_rows=top, skip=skip,
                 tokenizer=tokenizer, batch_size=batch_size,
             )  # fmt: skip
         segments: list[Segment] = []
         n = 0
-        with CheckpointSlot(model) as slot:
-            runner = Examples(slot, states, layer, skip)
-            runner.validate()
-            with bar(count_examples(train) or 0, "influence index", "ex") as shown:
-                for batch, count in iter_batches(train, batch_size):
-                    segments.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
-                    n += count
-                    shown.update(count)
+        with run() as eng, bar(count_examples(train) or 0, "influence index", "ex") as shown:
+            for seg in eng.map(_jobs(train, batch_size, shown)):
+                segments.append(seg)
+                n += seg.count
         check_count(label_arr, n)
-        source = MemorySource(Segment.merge(segments, len(states)))
+        merged = Segment.merge(segments, len(states))
         return cls(
             model, states=states, weights=w, layer=layer, top_rows=top, skip=skip,
-            tokenizer=tokenizer, batch_size=batch_size, source=source,
-            roles=runner.roles,
+            tokenizer=tokenizer, batch_size=batch_size, source=MemorySource(merged),
+            roles=merged.roles,
         )  # fmt: skip
 
     @classmethod
@@ -189,10 +189,11 @@ class InfluenceIndex:
         ``top_rows``), the diagonal of a query of the training set against itself."""
         return np.asarray(self.weights, dtype=np.float64) @ self._source.self_squares()
 
-    def train_rows(self, j: int) -> ExampleRows:
-        """(checkpoint, table) → (rows, values) of training example ``j``."""
+    def train_rows(self, j: int, rows: np.ndarray | None = None) -> ExampleRows:
+        """(checkpoint, table) → (rows, values) of training example ``j`` (at least its
+        ``rows`` when given)."""
         out: ExampleRows = {}
-        for key, p in self._source.segment_of(j).postings.items():
+        for key, p in self._source.segment_of(j, rows).postings.items():
             rows, values = p.of_example(j)
             if len(rows):
                 out[key] = (rows, values)
@@ -227,7 +228,9 @@ class InfluenceIndex:
         check_count(label_arr, n, "test")
         flat = _flatten(parts)
         scores = np.zeros((n, self._n), dtype=np.float64)
-        for seg in self._source.segments():
+        rows = [r for _, r, _ in flat.values()]
+        touched = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+        for seg in self._source.segments(touched):
             for key, p in seg.postings.items():
                 if key in flat:
                     ex, row, values = flat[key]
@@ -237,6 +240,14 @@ class InfluenceIndex:
             scores, _per_example(flat, n), self.train_rows, self.weights, self.token_name,
             several_tables=len(tables) > 1,
         )  # fmt: skip
+
+
+def _jobs(train: Any, batch_size: int, shown: Any) -> Iterator[Job]:
+    n = 0
+    for batch, count in iter_batches(train, batch_size):
+        yield batch, n, count
+        n += count
+        shown.update(count)
 
 
 def _flatten(

@@ -42,7 +42,7 @@ class Influence:
         self,
         scores: np.ndarray,
         test_rows: list[ExampleRows],
-        train_rows: Callable[[int], ExampleRows],
+        train_rows: Callable[[int, np.ndarray], ExampleRows],
         weights: Sequence[float],
         token_name: Callable[[str, int], Any],
         several_tables: bool,
@@ -88,7 +88,10 @@ class Influence:
         tokenizer, else row ids; with several tables, keys are (table, token)."""
         i, j = self._check(i, j)
         test = self._test_rows[i]
-        train = self._train_rows(j)
+        shared = [r for r, _ in test.values()]
+        train = self._train_rows(
+            j, np.unique(np.concatenate(shared)) if shared else np.zeros(0, np.int64)
+        )
         out: dict[Any, float] = {}
         for key, (rows, values) in train.items():
             if key not in test:

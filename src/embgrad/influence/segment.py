@@ -12,7 +12,7 @@ Dot products are accumulated in float64.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -91,8 +91,11 @@ class Postings:
             lo, hi = int(self.starts[u]), int(self.starts[u + 1])
             for a in range(lo, hi, CHUNK):
                 b = min(hi, a + CHUNK)
-                block = self.values[a:b].astype(np.float64, copy=False)
-                dots = tests @ block.T  # (m_r, n)
+                block = self.values[a:b]
+                if len(group) == 1:  # one test vector: einsum casts in its buffer (2x faster)
+                    dots = np.einsum("nd,d->n", block, tests[0], dtype=np.float64)[None]
+                else:
+                    dots = tests @ block.astype(np.float64, copy=False).T  # (m_r, n)
                 if weight != 1.0:
                     dots *= weight
                 out[np.ix_(samples, self.example[a:b])] += dots
@@ -107,13 +110,15 @@ def _by_row(
 
 @dataclass
 class Segment:
-    """Training examples ``[first, first + count)``: ``postings[(checkpoint, table)]`` and
-    ``selfsq`` (n_checkpoints, count) float64, each example's Σ of squared stored-row norms."""
+    """Training examples ``[first, first + count)``: ``postings[(checkpoint, table)]``,
+    ``selfsq`` (n_checkpoints, count) float64, each example's Σ of squared stored-row norms,
+    and each table's lookup role."""
 
     first: int
     count: int
     postings: dict[tuple[int, str], Postings]
     selfsq: np.ndarray
+    roles: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def merge(segments: list[Segment], n_checkpoints: int) -> Segment:
@@ -134,7 +139,9 @@ class Segment:
                 )
             )
         selfsq = np.concatenate([s.selfsq for s in segments], axis=1)
-        return Segment(segments[0].first, sum(s.count for s in segments), postings, selfsq)
+        roles = {t: r for s in segments for t, r in s.roles.items()}
+        count = sum(s.count for s in segments)
+        return Segment(segments[0].first, count, postings, selfsq, roles)
 
 
 class Source(Protocol):
@@ -142,12 +149,12 @@ class Source(Protocol):
 
     n_train: int
 
-    def segments(self) -> Iterator[Segment]:
-        """Every segment, in example order."""
+    def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
+        """Every segment, in example order (holding at least the postings of ``rows``)."""
         ...
 
-    def segment_of(self, j: int) -> Segment:
-        """The segment holding training example ``j``."""
+    def segment_of(self, j: int, rows: np.ndarray | None = None) -> Segment:
+        """The segment holding training example ``j`` (at least its ``rows``)."""
         ...
 
     def self_squares(self) -> np.ndarray:
@@ -162,10 +169,10 @@ class MemorySource:
         self.segment = segment
         self.n_train = segment.count
 
-    def segments(self) -> Iterator[Segment]:
+    def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
         yield self.segment
 
-    def segment_of(self, j: int) -> Segment:
+    def segment_of(self, j: int, rows: np.ndarray | None = None) -> Segment:
         return self.segment
 
     def self_squares(self) -> np.ndarray:

@@ -26,7 +26,8 @@ import importlib
 import inspect
 import json
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,11 +41,11 @@ from ..errors import EmbgradError, InputError, missing_extra
 from .batches import CrossEntropy, batch_hash, count_examples, iter_batches
 from .build import (
     KEEP,
-    Examples,
+    Engine,
+    Job,
     check_count,
     check_top_rows,
     checkpoints_and_weights,
-    make_segment,
 )
 from .rows import special_ids
 from .segment import Postings, Segment
@@ -52,6 +53,8 @@ from .segment import Postings, Segment
 FORMAT = "embgrad-influence/1"
 #: examples per shard (a shard closes at the first batch boundary at or after this many)
 SHARD_EXAMPLES = 2048
+#: postings per Parquet row group: a query reads only the groups whose row range it touches
+ROW_GROUP = 8192
 
 
 def _pyarrow() -> tuple[ModuleType, ModuleType]:
@@ -228,7 +231,7 @@ def write_shard(
     target = folder.shards / f"part-{number:06d}.parquet"
     tmp = folder.shards / f".tmp-{os.getpid()}-{target.name}"
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -251,16 +254,47 @@ def shard_meta(path: Path) -> dict[str, Any]:
     return dict(meta)
 
 
-def read_shard(path: Path, meta: dict[str, Any] | None = None) -> Segment:
-    """A shard as a :class:`Segment` (postings per (checkpoint, table), sorted by row)."""
+def read_shard(
+    path: Path,
+    meta: dict[str, Any] | None = None,
+    *,
+    rows: np.ndarray | None = None,
+    example: int | None = None,
+) -> Segment:
+    """A shard as a :class:`Segment` (postings per (checkpoint, table), sorted by row); only
+    the table rows ``rows`` and / or the training example ``example`` when given (Parquet row
+    groups whose row statistics miss every wanted row are not read)."""
     _, pq = _pyarrow()
     meta = shard_meta(path) if meta is None else meta
-    table = pq.read_table(path)
+    selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
+    if rows is not None and not len(rows):
+        return Segment(int(meta["first"]), int(meta["count"]), {}, selfsq)
+    filters: list[tuple[str, str, Any]] = []
+    if rows is not None:
+        filters.append(("row", "in", np.unique(rows).tolist()))
+    if example is not None:
+        filters.append(("example", "==", int(example)))
+    try:
+        table = pq.read_table(path, filters=filters or None)
+    except OSError as e:
+        raise InputError(f"cannot read the index shard {path}: {e}") from None
     ckpt = table.column("checkpoint").to_numpy()
     names = table.column("table").to_numpy(zero_copy_only=False)
     row = table.column("row").to_numpy()
-    example = table.column("example").to_numpy()
+    ex = table.column("example").to_numpy()
+    dims = np.asarray([int(meta["dims"][str(t)]) for t in names], dtype=np.int64)
     flat = table.column("values").combine_chunks().flatten().to_numpy()
+    order = np.arange(len(row))
+    if filters:  # keep the (checkpoint, table, row, example) order whatever the reader did
+        codes = np.unique(names, return_inverse=True)[1] if len(names) else names
+        order = np.lexsort((ex, row, codes, ckpt))
+    if not np.array_equal(order, np.arange(len(row))):
+        starts = np.concatenate([[0], np.cumsum(dims)])
+        flat = np.concatenate(
+            [flat[starts[i] : starts[i + 1]] for i in order.tolist()]
+        ) if len(order) else flat  # fmt: skip
+        ckpt, names, row, ex = ckpt[order], names[order], row[order], ex[order]
+    example_ids = ex
     n = len(row)
     change = np.flatnonzero((ckpt[1:] != ckpt[:-1]) | (names[1:] != names[:-1])) + 1
     bounds = np.concatenate([[0], change, [n]]) if n else np.zeros(1, np.int64)
@@ -271,8 +305,7 @@ def read_shard(path: Path, meta: dict[str, Any] | None = None) -> Segment:
         d = int(meta["dims"][t])
         values = flat[at : at + (b - a) * d].reshape(b - a, d)
         at += (b - a) * d
-        postings[(c, t)] = Postings.from_sorted(example[a:b], row[a:b], values)
-    selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
+        postings[(c, t)] = Postings.from_sorted(example_ids[a:b], row[a:b], values)
     return Segment(int(meta["first"]), int(meta["count"]), postings, selfsq)
 
 
@@ -285,17 +318,15 @@ class ShardSource:
         self.metas = metas
         self.n_train = sum(int(m["count"]) for _, m in metas)
         self._firsts = np.asarray([int(m["first"]) for _, m in metas], dtype=np.int64)
-        self._cached: tuple[int, Segment] | None = None
 
-    def segments(self) -> Iterator[Segment]:
+    def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
         for path, meta in self.metas:
-            yield read_shard(path, meta)
+            yield read_shard(path, meta, rows=rows)
 
-    def segment_of(self, j: int) -> Segment:
+    def segment_of(self, j: int, rows: np.ndarray | None = None) -> Segment:
         k = int(np.searchsorted(self._firsts, j, side="right")) - 1
-        if self._cached is None or self._cached[0] != k:
-            self._cached = (k, read_shard(*self.metas[k]))
-        return self._cached[1]
+        path, meta = self.metas[k]
+        return read_shard(path, meta, rows=rows, example=j)
 
     def self_squares(self) -> np.ndarray:
         parts = [
@@ -336,7 +367,8 @@ def fingerprint(
 
 
 def build_stored(
-    cls: Any, model: Any, train: Any, loss: Any, labels: np.ndarray | None, path: Path, *,
+    cls: Any, model: Any, train: Any, loss: Any, labels: np.ndarray | None, path: Path,
+    run: Callable[[], contextlib.AbstractContextManager[Engine]], *,
     states: list[Any], weights: list[float], layer: Any, top_rows: int | None,
     skip: np.ndarray | None, tokenizer: Any, batch_size: int,
 ) -> Any:  # fmt: skip
@@ -345,46 +377,46 @@ def build_stored(
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} exists and is not a folder: choose a folder for the index")
     with CheckpointSlot(model) as slot:
-        runner = Examples(slot, states, layer, skip)
         fp = fingerprint(
             model, slot, states=states, weights=weights, layer=layer, top_rows=top_rows, skip=skip
         )
-        fp["loss"] = _loss_key(loss, labels)
-        fp["batch_size"] = batch_size
-        manifest = folder.read_manifest()
-        if manifest is None:
-            if path.is_dir() and any(path.iterdir()):
-                raise InputError(
-                    f"{path} is a non-empty folder without an index manifest: choose a new or "
-                    "empty folder for the index"
-                )
-            manifest = {"format": FORMAT, "version": __version__, "fingerprint": fp}
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-                folder.write_manifest({**manifest, "complete": False})
-            except OSError as e:
-                raise _os_error(e, path) from None
-        elif manifest.get("fingerprint") != fp:
+    fp["loss"] = _loss_key(loss, labels)
+    fp["batch_size"] = batch_size
+    manifest = folder.read_manifest()
+    if manifest is None:
+        if path.is_dir() and any(path.iterdir()):
             raise InputError(
-                f"the index in {path} was built with another "
-                f"{_describe(manifest.get('fingerprint') or {}, fp)}: use the same arguments "
-                "to resume it, or another folder"
+                f"{path} is a non-empty folder without an index manifest: choose a new or "
+                "empty folder for the index"
             )
+        manifest = {"format": FORMAT, "version": __version__, "fingerprint": fp}
         try:
-            n, roles = _fill(folder, runner, train, loss, batch_size, top_rows)
+            path.mkdir(parents=True, exist_ok=True)
+            folder.write_manifest({**manifest, "complete": False})
         except OSError as e:
             raise _os_error(e, path) from None
-        check_count(labels, n)
-        done = {**manifest, "complete": True, "n_train": n, "roles": roles}
-        try:
-            folder.write_manifest(done)
-        except OSError as e:
-            raise _os_error(e, path) from None
+    elif manifest.get("fingerprint") != fp:
+        raise InputError(
+            f"the index in {path} was built with another "
+            f"{_describe(manifest.get('fingerprint') or {}, fp)}: use the same arguments "
+            "to resume it, or another folder"
+        )
+    try:
+        with run() as engine:
+            n, roles = _fill(folder, engine, train, batch_size)
+    except OSError as e:
+        raise _os_error(e, path) from None
+    check_count(labels, n)
+    done = {**manifest, "complete": True, "n_train": n, "roles": roles}
+    try:
+        folder.write_manifest(done)
+    except OSError as e:
+        raise _os_error(e, path) from None
     return _open(cls, folder, model, states, weights, layer, top_rows, skip, tokenizer, batch_size)
 
 
 def _fill(
-    folder: Folder, runner: Examples, train: Any, loss: Any, batch_size: int, top: int | None
+    folder: Folder, engine: Engine, train: Any, batch_size: int
 ) -> tuple[int, dict[str, str]]:
     """Run the batches the committed shards do not cover, writing shards as they fill."""
     folder.clean_temps()
@@ -393,40 +425,47 @@ def _fill(
     roles: dict[str, str] = {}
     for _, m in existing:
         roles.update(m.get("roles", {}))
-    number = len(existing)
-    pending: list[Segment] = []
-    hashes: list[str] = []
-    n = 0
-    b = -1
-    with bar(count_examples(train) or 0, "influence index", "ex") as shown:
+    seen = {"examples": 0, "batches": 0}
+    hashes: deque[str] = deque()
+
+    def jobs(shown: Any) -> Iterator[Job]:
         for b, (batch, count) in enumerate(iter_batches(train, batch_size)):
-            shown.update(count)
             h = batch_hash(batch)
+            first = seen["examples"]
+            seen["examples"] += count
+            seen["batches"] = b + 1
             if b < len(done_hashes):
                 if h != done_hashes[b]:
                     raise InputError(
-                        f"batch {b} (examples from {n}) differs from the one the index in "
+                        f"batch {b} (examples from {first}) differs from the one the index in "
                         f"{folder.path} was built from: resume with the same data, or use "
                         "another folder"
                     )
-                n += count
+                shown.update(count)
                 continue
-            pending.append(make_segment(runner.run(batch, loss, n, count), n, count, top))
             hashes.append(h)
-            n += count
+            yield batch, first, count
+            shown.update(count)
+
+    number = len(existing)
+    pending: list[Segment] = []
+    pending_hashes: list[str] = []
+    with bar(count_examples(train) or 0, "influence index", "ex") as shown:
+        for seg in engine.map(jobs(shown)):
+            pending.append(seg)
+            pending_hashes.append(hashes.popleft())
+            roles.update(seg.roles)
             if sum(s.count for s in pending) >= SHARD_EXAMPLES:
-                roles.update(runner.roles)
-                write_shard(folder, number, pending, hashes, dict(runner.roles))
-                number, pending, hashes = number + 1, [], []
-    if b + 1 < len(done_hashes):
+                write_shard(folder, number, pending, pending_hashes, roles)
+                number, pending, pending_hashes = number + 1, [], []
+    if seen["batches"] < len(done_hashes):
         raise InputError(
-            f"the data have {b + 1} batches but the index in {folder.path} already holds "
-            f"{len(done_hashes)}: resume with the same data, or use another folder"
+            f"the data have {seen['batches']} batches but the index in {folder.path} already "
+            f"holds {len(done_hashes)}: resume with the same data, or use another folder"
         )
     if pending:
-        write_shard(folder, number, pending, hashes, dict(runner.roles))
-    roles.update(runner.roles)
-    return n, roles
+        write_shard(folder, number, pending, pending_hashes, roles)
+    return seen["examples"], roles
 
 
 def open_stored(
