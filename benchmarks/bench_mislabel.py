@@ -66,16 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     if a.quick:
         split = mislabel_data.load(per_class=12, n_test=10)
-        tmp = tempfile.TemporaryDirectory(prefix="mislabel-quick-")
-        out = Path(tmp.name)
-        mislabel_train.train(split, epochs=2, out=out, log=False)
+        with tempfile.TemporaryDirectory(prefix="mislabel-quick-") as tmp:
+            mislabel_train.train(split, epochs=2, out=Path(tmp), log=False)
+            states, lrs, meta = mislabel_train.load_checkpoints(Path(tmp))
     else:
-        split, out = mislabel_data.load(), a.out
-        if not (out / "meta.json").is_file():
-            p.error(f"no checkpoints under {out}: run benchmarks/mislabel_train.py first")
-    states, lrs, meta = mislabel_train.load_checkpoints(out)
-    if meta["data"] != split.fingerprint():
-        p.error(f"the checkpoints under {out} were trained on other data: retrain")
+        split = mislabel_data.load()
+        if not (a.out / "meta.json").is_file():
+            p.error(f"no checkpoints under {a.out}: run benchmarks/mislabel_train.py first")
+        states, lrs, meta = mislabel_train.load_checkpoints(a.out)
+        if meta["data"] != split.fingerprint():
+            p.error(f"the checkpoints under {a.out} were trained on other data: retrain")
     model, tok = mislabel_train.classifier(len(split.classes))
     n = len(split.train_texts)
     print(

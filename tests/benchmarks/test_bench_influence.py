@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("captum")
-pytestmark = pytest.mark.hf
+pytestmark = [pytest.mark.hf, pytest.mark.peers, pytest.mark.slow]
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
