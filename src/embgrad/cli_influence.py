@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .influence import InfluenceIndex
-    from .influence.texts import Predicted, TextBatches, label_ids, read_examples
+    from .influence.texts import Predicted, TextBatches, keep_labelled, read_examples
     from .models.load import check_spec, load
 
     _positive("--batch-size", args.batch_size)
@@ -140,7 +141,10 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         check_spec(f"hf:{d}", args.framework)
     if args.weight and len(args.weight) != len(ckpts):
         raise InputError(f"{len(args.weight)} --weight for {len(ckpts)} --checkpoint: one each")
-    ex = read_examples(args.data, args.text_column, args.pair_column, args.label_column)
+    bad_rows: list[dict[str, Any]] = []
+    ex = read_examples(
+        args.data, args.text_column, args.pair_column, args.label_column, errors=bad_rows
+    )
     out = Path(args.out)
     config = {
         "format": CLI_FORMAT,
@@ -167,7 +171,7 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             f"influence needs a classifier with (B, C) logits; {args.model} loads as a "
             f"{loaded.kind} (use the API with your own loss_fn for other models)"
         )
-    labels = None if ex.labels is None else label_ids(ex.labels, loaded.model)
+    labels = keep_labelled(ex, loaded.model, bad_rows)
     models = [load(f"hf:{d}", framework=args.framework).model for d in ckpts]
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +189,10 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             for k, (r, t) in enumerate(zip(ex.rows, ex.texts, strict=True))
         ]
         _atomic_text(out / "examples.jsonl", "\n".join(lines) + "\n")
+        bad_lines = [
+            json.dumps(e, ensure_ascii=False) for e in sorted(bad_rows, key=lambda e: e["row"])
+        ]
+        _atomic_text(out / "errors.jsonl", "".join(f"{line}\n" for line in bad_lines))
     except OSError as e:
         raise InputError(f"cannot write the index to {out}: {e.strerror or e}") from None
     data = TextBatches(loaded, ex.texts, ex.pairs, args.batch_size, args.framework)
@@ -196,6 +204,11 @@ def _run_index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         workers=args.workers,
     )  # fmt: skip
     print(f"embgrad: indexed {len(idx)} examples into {out}")
+    if bad_rows:
+        print(
+            f"embgrad: {len(bad_rows)} bad row(s) left out, listed in {out / 'errors.jsonl'}",
+            file=sys.stderr,
+        )
     return 0
 
 

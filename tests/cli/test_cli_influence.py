@@ -211,3 +211,30 @@ def test_query_reads_test_texts_and_labels_from_a_data_file(setup, tmp_path):
                     labels=torch.tensor([1 if y == "positive" else 0 for _, y in TRAIN]))  # fmt: skip
     for i, r in enumerate(records):
         assert [p["example"] for p in r["proponents"]] == inf.top(2)[i].proponents.tolist()
+
+
+def test_bad_rows_go_to_errors_jsonl_and_the_rest_is_indexed(setup, tmp_path, capsys):
+    lines = [
+        json.dumps({"text": "a great film", "label": "positive"}),
+        "{not json",
+        json.dumps({"text": "", "label": "negative"}),
+        json.dumps({"text": "dull plot", "label": "neutral"}),
+        json.dumps({"text": "dull plot", "label": None}),
+        json.dumps({"text": "loved it", "label": 1}),
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    idx = tmp_path / "midx"
+    argv = ["influence", "index", "--model", f"hf:{setup['root'] / 'model'}", "--data", str(data),
+            "--label-column", "label", "--out", str(idx)]  # fmt: skip
+    assert main(argv) == 0
+    assert "4 bad row(s)" in capsys.readouterr().err
+    errors = [json.loads(x) for x in (idx / "errors.jsonl").read_text().splitlines()]
+    assert [e["row"] for e in errors] == [1, 2, 3, 4]
+    assert "neutral" in errors[2]["error"] and "label" in errors[3]["error"]
+    kept = [json.loads(x) for x in (idx / "examples.jsonl").read_text().splitlines()]
+    assert [(k["row"], k["text"]) for k in kept] == [(0, "a great film"), (5, "loved it")]
+    out = tmp_path / "mq"
+    assert main(["influence", "self", "--index", str(idx), "--format", "json",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert {r["row"] for r in json.loads((out / "self_influence.json").read_text())} == {0, 5}

@@ -16,7 +16,7 @@ pytest.importorskip("pyarrow")
 import models_torch  # noqa: E402
 from embgrad import InfluenceIndex  # noqa: E402
 from embgrad.errors import InputError  # noqa: E402
-from embgrad.influence import store  # noqa: E402
+from embgrad.influence import shards  # noqa: E402
 from models_torch import TinyText  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -36,7 +36,7 @@ def local_ray():
 
 
 def test_the_ray_engine_builds_the_local_engines_index(local_ray, tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "SHARD_EXAMPLES", 5)
+    monkeypatch.setattr(shards, "SHARD_EXAMPLES", 5)
     torch.manual_seed(0)
     model, other = TinyText(vocab=23, dim=6, classes=3), TinyText(vocab=23, dim=6, classes=3)
     g = torch.Generator().manual_seed(0)

@@ -17,7 +17,7 @@ pytest.importorskip("pyarrow")
 
 from embgrad import InfluenceIndex  # noqa: E402
 from embgrad.errors import InputError  # noqa: E402
-from embgrad.influence import store  # noqa: E402
+from embgrad.influence import shards  # noqa: E402
 from models_torch import TinyText  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def _data(n: int = 11, t: int = 5, seed: int = 0):
 
 @pytest.fixture
 def small_shards(monkeypatch):
-    monkeypatch.setattr(store, "SHARD_EXAMPLES", 4)
+    monkeypatch.setattr(shards, "SHARD_EXAMPLES", 4)
 
 
 def _examples_stored(path: Path) -> np.ndarray:
@@ -114,11 +114,11 @@ def test_open_and_resume_refuse_another_model_checkpoints_weights_or_options(tmp
 
 SCRIPT = """
 import os, signal, sys, torch
-import embgrad.influence.store as store
+import embgrad.influence.shards as shards
 from embgrad import InfluenceIndex
 from models_torch import TinyText
 
-store.SHARD_EXAMPLES = 4
+shards.SHARD_EXAMPLES = 4
 torch.manual_seed(0)
 model = TinyText(vocab={V}, dim={D}, classes={C}).eval()
 g = torch.Generator().manual_seed(0)
@@ -170,14 +170,14 @@ def test_killed_with_sigkill_and_run_again_every_example_is_stored_exactly_once(
 def test_a_query_reads_one_shard_at_a_time_and_only_the_rows_it_needs(tmp_path, monkeypatch):
     import weakref
 
-    monkeypatch.setattr(store, "SHARD_EXAMPLES", 3)
-    monkeypatch.setattr(store, "ROW_GROUP", 4)
+    monkeypatch.setattr(shards, "SHARD_EXAMPLES", 3)
+    monkeypatch.setattr(shards, "ROW_GROUP", 4)
     model = _model(0)
     ids, y = _data(12, 5)
     test = torch.tensor([[1, 2, 1, 2]])
     mem = InfluenceIndex.build(model, ids, labels=y, batch_size=3)
     disk = InfluenceIndex.build(model, ids, labels=y, batch_size=3, path=tmp_path / "idx")
-    read, alive, postings = store.read_shard, [], []
+    read, alive, postings = shards.read_shard, [], []
 
     def spy(*args, **kwargs):
         assert sum(r() is not None for r in alive) <= 1  # the previous shard at most
@@ -186,7 +186,7 @@ def test_a_query_reads_one_shard_at_a_time_and_only_the_rows_it_needs(tmp_path, 
         postings.append(sum(len(p.example) for p in seg.postings.values()))
         return seg
 
-    monkeypatch.setattr(store, "read_shard", spy)
+    monkeypatch.setattr(shards, "read_shard", spy)
     got = disk.query(test, labels=y[:1])
     assert len(alive) == 4  # one read per shard
     np.testing.assert_allclose(got.scores, mem.query(test, labels=y[:1]).scores, rtol=1e-12)
@@ -205,7 +205,7 @@ def test_a_shard_read_back_in_another_order_gives_the_same_postings(tmp_path, mo
     ids, y = _data(6, 5)
     InfluenceIndex.build(model, ids, labels=y, path=tmp_path / "idx")
     shard = next((tmp_path / "idx" / "shards").glob("part-*.parquet"))
-    want = store.read_shard(shard)
+    want = shards.read_shard(shard)
     rows = np.unique(np.concatenate([p.row for p in want.postings.values()]))
     perm = np.random.default_rng(0).permutation(pq.read_table(shard).num_rows)
 
@@ -213,11 +213,38 @@ def test_a_shard_read_back_in_another_order_gives_the_same_postings(tmp_path, mo
         return pq.read_table(path, filters=filters).take(pa.array(perm))
 
     fake = types.SimpleNamespace(read_table=shuffled, read_schema=pq.read_schema)
-    monkeypatch.setattr(store, "_pyarrow", lambda: (pa, fake))
-    got = store.read_shard(shard, rows=rows)
+    monkeypatch.setattr(shards, "_pyarrow", lambda: (pa, fake))
+    got = shards.read_shard(shard, rows=rows)
     assert got.postings.keys() == want.postings.keys()
     for key, p in want.postings.items():
         q = got.postings[key]
         for a, b in ((p.keys, q.keys), (p.starts, q.starts), (p.example, q.example)):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(p.values, q.values)
+
+
+def test_a_second_build_into_a_folder_being_written_is_refused(tmp_path):
+    import fcntl
+
+    model = _model(0)
+    ids, y = _data()
+    path = tmp_path / "idx"
+    InfluenceIndex.build(model, ids, labels=y, path=path)
+    with (path / ".lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running build holds it
+        with pytest.raises(InputError, match="another build is writing"):
+            InfluenceIndex.build(model, ids, labels=y, path=path)
+    InfluenceIndex.build(model, ids, labels=y, path=path)  # released: resumes (nothing to do)
+
+
+def test_a_read_only_folder_is_an_embgrad_error_not_a_traceback(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(InputError, match="cannot write the index"):
+            InfluenceIndex.build(_model(0), _data()[0], labels=_data()[1], path=ro / "idx")
+    finally:
+        ro.chmod(0o700)

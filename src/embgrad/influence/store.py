@@ -22,14 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import inspect
-import json
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -37,7 +33,8 @@ import numpy as np
 from .._progress import bar
 from .._version import __version__
 from ..backends.weights import CheckpointSlot, named_values, shapes
-from ..errors import EmbgradError, InputError, missing_extra
+from ..errors import InputError
+from . import shards
 from .batches import CrossEntropy, batch_hash, count_examples, iter_batches
 from .build import (
     KEEP,
@@ -48,20 +45,8 @@ from .build import (
     checkpoints_and_weights,
 )
 from .rows import special_ids
-from .segment import Postings, Segment
-
-FORMAT = "embgrad-influence/1"
-#: examples per shard (a shard closes at the first batch boundary at or after this many)
-SHARD_EXAMPLES = 2048
-#: postings per Parquet row group: a query reads only the groups whose row range it touches
-ROW_GROUP = 8192
-
-
-def _pyarrow() -> tuple[ModuleType, ModuleType]:
-    try:
-        return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")
-    except ImportError as e:
-        raise missing_extra("pyarrow", "data") from e
+from .segment import Segment
+from .shards import FORMAT, Folder, ShardSource, existing_shards, os_error, write_shard
 
 
 # -- fingerprints ----------------------------------------------------------------------------
@@ -111,248 +96,6 @@ def _describe(old: dict, new: dict) -> str:
     return ", ".join(names.get(k, k) for k in diff)
 
 
-# -- the folder ------------------------------------------------------------------------------
-class Folder:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.manifest_file = path / "manifest.json"
-        self.shards = path / "shards"
-
-    def read_manifest(self) -> dict[str, Any] | None:
-        try:
-            text = self.manifest_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise InputError(f"cannot read {self.manifest_file}: {e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(
-                f"{self.manifest_file} is not an embgrad influence index manifest ({FORMAT}): "
-                "choose another folder"
-            )
-        return data
-
-    def write_manifest(self, data: dict[str, Any]) -> None:
-        _atomic(self.manifest_file, json.dumps(data, indent=1).encode())
-
-    def shard_files(self) -> list[Path]:
-        if not self.shards.is_dir():
-            return []
-        return sorted(self.shards.glob("part-*.parquet"))
-
-    def clean_temps(self) -> None:
-        for f in self.shards.glob(".tmp-*") if self.shards.is_dir() else []:
-            with contextlib.suppress(OSError):
-                f.unlink()
-
-
-def _atomic(target: Path, data: bytes) -> None:
-    tmp = target.parent / f".tmp-{os.getpid()}-{target.name}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _sync_dir(target.parent)
-
-
-def _sync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _os_error(e: OSError, path: Path) -> EmbgradError:
-    return InputError(f"cannot write the index to {path}: {e.strerror or e}")
-
-
-# -- shards ----------------------------------------------------------------------------------
-def write_shard(
-    folder: Folder,
-    number: int,
-    segments: list[Segment],
-    hashes: list[str],
-    roles: dict[str, str],
-) -> None:
-    """One shard of consecutive batches' segments, atomically (temp file, fsync, rename)."""
-    pa, pq = _pyarrow()
-    seg = Segment.merge(segments, segments[0].selfsq.shape[0])
-    groups = sorted(seg.postings.items())
-    dims = {t: int(p.values.shape[1]) for (_, t), p in groups}
-    dtypes = [p.values.dtype for _, p in groups]
-    dtype = np.result_type(np.float32, *dtypes)
-
-    def cat(parts: list[np.ndarray], empty: Any) -> np.ndarray:
-        return np.concatenate(parts) if parts else np.zeros(0, empty)
-
-    parts: dict[str, list[np.ndarray]] = {"c": [], "t": [], "lens": []}
-    for (c, t), p in groups:
-        n = len(p.example)
-        parts["c"].append(np.full(n, c, np.int32))
-        parts["t"].append(np.full(n, t, object))
-        parts["lens"].append(np.full(n, dims[t], np.int64))
-    flat = cat([p.values.astype(dtype).reshape(-1) for _, p in groups], dtype)
-    offsets = np.concatenate([[0], np.cumsum(cat(parts["lens"], np.int64))])
-    big = len(flat) >= 2**31
-    lists = (pa.LargeListArray if big else pa.ListArray).from_arrays(
-        pa.array(offsets.astype(np.int64 if big else np.int32)), pa.array(flat)
-    )
-    table = pa.table(
-        {
-            "checkpoint": pa.array(cat(parts["c"], np.int32)),
-            "table": pa.array(cat(parts["t"], object), type=pa.string()),
-            "row": pa.array(cat([p.row for _, p in groups], np.int64)),
-            "example": pa.array(cat([p.example for _, p in groups], np.int64)),
-            "values": lists,
-        }
-    )
-    meta = {
-        "first": seg.first,
-        "count": seg.count,
-        "hashes": hashes,
-        "dims": dims,
-        "roles": roles,
-        "selfsq": seg.selfsq.tolist(),
-    }
-    table = table.replace_schema_metadata({"embgrad": json.dumps(meta)})
-    folder.shards.mkdir(parents=True, exist_ok=True)
-    target = folder.shards / f"part-{number:06d}.parquet"
-    tmp = folder.shards / f".tmp-{os.getpid()}-{target.name}"
-    try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _sync_dir(folder.shards)
-
-
-def shard_meta(path: Path) -> dict[str, Any]:
-    """A shard's key-value metadata (first, count, hashes, dims, selfsq)."""
-    _, pq = _pyarrow()
-    try:
-        raw = pq.read_schema(path).metadata or {}
-        meta = json.loads(raw[b"embgrad"])
-        int(meta["first"]), int(meta["count"]), list(meta["hashes"])
-    except (OSError, KeyError, ValueError, TypeError) as e:
-        raise InputError(f"{path} is not a readable index shard ({e}): rebuild the index") from None
-    return dict(meta)
-
-
-def read_shard(
-    path: Path,
-    meta: dict[str, Any] | None = None,
-    *,
-    rows: np.ndarray | None = None,
-    example: int | None = None,
-) -> Segment:
-    """A shard as a :class:`Segment` (postings per (checkpoint, table), sorted by row); only
-    the table rows ``rows`` and / or the training example ``example`` when given (Parquet row
-    groups whose row statistics miss every wanted row are not read)."""
-    _, pq = _pyarrow()
-    meta = shard_meta(path) if meta is None else meta
-    selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
-    if rows is not None and not len(rows):
-        return Segment(int(meta["first"]), int(meta["count"]), {}, selfsq)
-    filters: list[tuple[str, str, Any]] = []
-    if rows is not None:
-        filters.append(("row", "in", np.unique(rows).tolist()))
-    if example is not None:
-        filters.append(("example", "==", int(example)))
-    try:
-        table = pq.read_table(path, filters=filters or None)
-    except OSError as e:
-        raise InputError(f"cannot read the index shard {path}: {e}") from None
-    ckpt = table.column("checkpoint").to_numpy()
-    names = table.column("table").to_numpy(zero_copy_only=False)
-    row = table.column("row").to_numpy()
-    ex = table.column("example").to_numpy()
-    dims = np.asarray([int(meta["dims"][str(t)]) for t in names], dtype=np.int64)
-    flat = table.column("values").combine_chunks().flatten().to_numpy()
-    order = np.arange(len(row))
-    if filters:  # keep the (checkpoint, table, row, example) order whatever the reader did
-        codes = np.unique(names, return_inverse=True)[1] if len(names) else names
-        order = np.lexsort((ex, row, codes, ckpt))
-    if not np.array_equal(order, np.arange(len(row))):
-        starts = np.concatenate([[0], np.cumsum(dims)])
-        flat = np.concatenate(
-            [flat[starts[i] : starts[i + 1]] for i in order.tolist()]
-        ) if len(order) else flat  # fmt: skip
-        ckpt, names, row, ex = ckpt[order], names[order], row[order], ex[order]
-    example_ids = ex
-    n = len(row)
-    change = np.flatnonzero((ckpt[1:] != ckpt[:-1]) | (names[1:] != names[:-1])) + 1
-    bounds = np.concatenate([[0], change, [n]]) if n else np.zeros(1, np.int64)
-    postings = {}
-    at = 0
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        c, t = int(ckpt[a]), str(names[a])
-        d = int(meta["dims"][t])
-        values = flat[at : at + (b - a) * d].reshape(b - a, d)
-        at += (b - a) * d
-        postings[(c, t)] = Postings.from_sorted(example_ids[a:b], row[a:b], values)
-    return Segment(int(meta["first"]), int(meta["count"]), postings, selfsq)
-
-
-# -- the stored index ------------------------------------------------------------------------
-class ShardSource:
-    """Segments read from the shards one at a time (memory bounded by one shard)."""
-
-    def __init__(self, folder: Folder, metas: list[tuple[Path, dict[str, Any]]]) -> None:
-        self.folder = folder
-        self.metas = metas
-        self.n_train = sum(int(m["count"]) for _, m in metas)
-        self._firsts = np.asarray([int(m["first"]) for _, m in metas], dtype=np.int64)
-
-    def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
-        for path, meta in self.metas:
-            yield read_shard(path, meta, rows=rows)
-
-    def segment_of(self, j: int, rows: np.ndarray | None = None) -> Segment:
-        k = int(np.searchsorted(self._firsts, j, side="right")) - 1
-        path, meta = self.metas[k]
-        return read_shard(path, meta, rows=rows, example=j)
-
-    def self_squares(self) -> np.ndarray:
-        parts = [
-            np.asarray(m["selfsq"], dtype=np.float64).reshape(-1, int(m["count"]))
-            for _, m in self.metas
-        ]
-        return np.concatenate(parts, axis=1) if parts else np.zeros((0, 0))
-
-
-def _existing(folder: Folder) -> list[tuple[Path, dict[str, Any]]]:
-    """The committed shards, checked to be part-000000 … in example order, contiguous."""
-    out = []
-    first = 0
-    for k, path in enumerate(folder.shard_files()):
-        meta = shard_meta(path)
-        if path.name != f"part-{k:06d}.parquet" or int(meta["first"]) != first:
-            raise InputError(
-                f"the shards in {folder.shards} are not a contiguous series ({path.name} "
-                f"starts at example {meta['first']}, expected {first}): delete the folder and "
-                "build again"
-            )
-        first += int(meta["count"])
-        out.append((path, meta))
-    return out
-
-
 def fingerprint(
     model: Any, slot: CheckpointSlot, *, states: list[Any], weights: list[float], layer: Any,
     top_rows: int | None, skip: np.ndarray | None,
@@ -384,17 +127,12 @@ def build_stored(
     fp["batch_size"] = batch_size
     manifest = folder.read_manifest()
     if manifest is None:
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()):
             raise InputError(
                 f"{path} is a non-empty folder without an index manifest: choose a new or "
                 "empty folder for the index"
             )
         manifest = {"format": FORMAT, "version": __version__, "fingerprint": fp}
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            folder.write_manifest({**manifest, "complete": False})
-        except OSError as e:
-            raise _os_error(e, path) from None
     elif manifest.get("fingerprint") != fp:
         raise InputError(
             f"the index in {path} was built with another "
@@ -402,16 +140,16 @@ def build_stored(
             "to resume it, or another folder"
         )
     try:
-        with run() as engine:
-            n, roles = _fill(folder, engine, train, batch_size)
+        path.mkdir(parents=True, exist_ok=True)
+        with folder.lock():
+            if not folder.manifest_file.exists():
+                folder.write_manifest({**manifest, "complete": False})
+            with run() as engine:
+                n, roles = _fill(folder, engine, train, batch_size)
+            check_count(labels, n)
+            folder.write_manifest({**manifest, "complete": True, "n_train": n, "roles": roles})
     except OSError as e:
-        raise _os_error(e, path) from None
-    check_count(labels, n)
-    done = {**manifest, "complete": True, "n_train": n, "roles": roles}
-    try:
-        folder.write_manifest(done)
-    except OSError as e:
-        raise _os_error(e, path) from None
+        raise os_error(e, path) from None
     return _open(cls, folder, model, states, weights, layer, top_rows, skip, tokenizer, batch_size)
 
 
@@ -420,7 +158,7 @@ def _fill(
 ) -> tuple[int, dict[str, str]]:
     """Run the batches the committed shards do not cover, writing shards as they fill."""
     folder.clean_temps()
-    existing = _existing(folder)
+    existing = existing_shards(folder)
     done_hashes = [h for _, m in existing for h in m["hashes"]]
     roles: dict[str, str] = {}
     for _, m in existing:
@@ -455,7 +193,7 @@ def _fill(
             pending.append(seg)
             pending_hashes.append(hashes.popleft())
             roles.update(seg.roles)
-            if sum(s.count for s in pending) >= SHARD_EXAMPLES:
+            if sum(s.count for s in pending) >= shards.SHARD_EXAMPLES:
                 write_shard(folder, number, pending, pending_hashes, roles)
                 number, pending, pending_hashes = number + 1, [], []
     if seen["batches"] < len(done_hashes):
@@ -511,7 +249,7 @@ def _open(
     top: int | None, skip: np.ndarray | None, tokenizer: Any, batch_size: int,
 ) -> Any:  # fmt: skip
     manifest = folder.read_manifest() or {}
-    source = ShardSource(folder, _existing(folder))
+    source = ShardSource(folder, existing_shards(folder))
     if source.n_train != manifest.get("n_train"):
         raise InputError(
             f"the index in {folder.path} lists {manifest.get('n_train')} examples but its "

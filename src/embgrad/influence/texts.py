@@ -32,7 +32,8 @@ class Examples:
     rows: list[int]
 
 
-def _records(path: Path) -> Iterator[dict[str, Any]]:
+def _records(path: Path) -> Iterator[dict[str, Any] | str]:
+    """Each record of the file, or a string saying why a line is not one."""
     suffix = path.suffix.lower().lstrip(".")
     if suffix in ("jsonl", "json", "ndjson"):
         with open(path, encoding="utf-8") as f:
@@ -42,10 +43,9 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise InputError(f"{path} line {n + 1} is not JSON: {e.msg}") from None
-                if not isinstance(rec, dict):
-                    raise InputError(f"{path} line {n + 1} is not a JSON object")
-                yield rec
+                    yield f"line {n + 1} is not JSON: {e.msg}"
+                    continue
+                yield rec if isinstance(rec, dict) else f"line {n + 1} is not a JSON object"
     elif suffix in ("csv", "tsv"):
         with open(path, encoding="utf-8", newline="") as f:
             yield from csv.DictReader(f, delimiter="\t" if suffix == "tsv" else ",")
@@ -60,9 +60,18 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_examples(
-    path: str | Path, text: str, pair: str | None = None, label: str | None = None
+    path: str | Path,
+    text: str,
+    pair: str | None = None,
+    label: str | None = None,
+    *,
+    errors: list[dict[str, Any]] | None = None,
 ) -> Examples:
-    """Every row of ``path`` (jsonl, csv or parquet) with the given columns, in file order."""
+    """Every row of ``path`` (jsonl, csv or parquet) with the given columns, in file order.
+
+    A column missing from the first row is an InputError (it fails for every row). A bad row
+    (not a JSON object, a missing or empty text, a missing value) is an InputError too, or,
+    with ``errors`` given, appended there as ``{"row", "error"}`` and left out."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"data file not found: {str(p)!r}")
@@ -70,16 +79,30 @@ def read_examples(
     pairs: list[str] = []
     labels: list[Any] = []
     rows: list[int] = []
+    wanted = [c for c in (text, pair, label) if c is not None]
+
+    def bad(n: int, why: str) -> None:
+        if errors is None:
+            raise InputError(f"{p} row {n}: {why}")
+        errors.append({"row": n, "error": why})
+
     try:
         for n, rec in enumerate(_records(p)):
-            for col in (text, pair, label):
-                if col is not None and col not in rec:
-                    raise InputError(
-                        f"{p} row {n}: no column {col!r} (columns: {', '.join(map(str, rec))})"
-                    )
+            if isinstance(rec, str):
+                bad(n, rec)
+                continue
+            missing = [c for c in wanted if c not in rec or rec[c] is None]
+            if missing and n == 0 and any(c not in rec for c in missing):
+                raise InputError(
+                    f"{p}: no column {missing[0]!r} (columns: {', '.join(map(str, rec))})"
+                )
+            if missing:
+                bad(n, f"no value in column {missing[0]!r}")
+                continue
             value = rec[text]
             if not isinstance(value, str) or not value.strip():
-                raise InputError(f"{p} row {n}: column {text!r} is not a non-empty text")
+                bad(n, f"column {text!r} is not a non-empty text")
+                continue
             texts.append(value)
             if pair is not None:
                 pairs.append(str(rec[pair]))
@@ -89,7 +112,8 @@ def read_examples(
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {p}: {e}") from None
     if not texts:
-        raise InputError(f"{p} has no rows")
+        why = f" (row {errors[0]['row']}: {errors[0]['error']})" if errors else ""
+        raise InputError(f"{p} has no usable rows{why}")
     return Examples(texts, pairs if pair else None, labels if label else None, rows)
 
 
@@ -106,26 +130,49 @@ def id2label(model: Any) -> dict[int, str]:
     return {int(k): str(v) for k, v in mapping.items()}
 
 
-def label_ids(values: Sequence[Any], model: Any) -> np.ndarray:
-    """Labels as class ids: label names from the config's label2id, or integers."""
+def label_id(value: Any, model: Any) -> int:
+    """One label as a class id: a name from the config's label2id, or an integer in range."""
     names = label2id(model)
     n_cls = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
-    out = []
-    for v in values:
-        if isinstance(v, str) and v in names:
-            out.append(names[v])
-            continue
+    if isinstance(value, str) and value in names:
+        return names[value]
+    try:
+        i = int(value)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"label {value!r} is neither a label of the model ({', '.join(names) or 'none'}) "
+            "nor a class index"
+        ) from None
+    if n_cls and not 0 <= i < n_cls:
+        raise InputError(f"label {value!r} is out of range: the model has {n_cls} classes")
+    return i
+
+
+def label_ids(values: Sequence[Any], model: Any) -> np.ndarray:
+    """Labels as class ids (:func:`label_id` each)."""
+    return np.asarray([label_id(v, model) for v in values], dtype=np.int64)
+
+
+def keep_labelled(ex: Examples, model: Any, errors: list[dict[str, Any]]) -> np.ndarray | None:
+    """The class ids of ``ex``'s labels; rows whose label is bad go to ``errors`` and out of
+    ``ex`` (in place)."""
+    if ex.labels is None:
+        return None
+    ids, keep = [], []
+    for k, v in enumerate(ex.labels):
         try:
-            i = int(v)
-        except (TypeError, ValueError):
-            raise InputError(
-                f"label {v!r} is neither a label of the model ({', '.join(names) or 'none'}) "
-                "nor a class index"
-            ) from None
-        if n_cls and not 0 <= i < n_cls:
-            raise InputError(f"label {v!r} is out of range: the model has {n_cls} classes")
-        out.append(i)
-    return np.asarray(out, dtype=np.int64)
+            ids.append(label_id(v, model))
+            keep.append(k)
+        except InputError as e:
+            errors.append({"row": ex.rows[k], "error": str(e)})
+    ex.texts = [ex.texts[k] for k in keep]
+    ex.pairs = None if ex.pairs is None else [ex.pairs[k] for k in keep]
+    ex.labels = [ex.labels[k] for k in keep]
+    ex.rows = [ex.rows[k] for k in keep]
+    if not ex.texts:
+        first = errors[-1]
+        raise InputError(f"no row has a usable label (row {first['row']}: {first['error']})")
+    return np.asarray(ids, dtype=np.int64)
 
 
 class TextBatches:
