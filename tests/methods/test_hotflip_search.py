@@ -96,7 +96,7 @@ def test_a_narrow_beam_still_verifies_every_step_and_attribute_reports_them():
 @pytest.mark.parametrize(
     ("opts", "message"),
     [
-        ({"goal": 0}, "goal must be a number > 0"),
+        ({"goal": 0}, "goal must be a finite number > 0"),
         ({"budget": 0}, "budget must be"),
         ({"direction": "abs"}, "direction='abs' is not one of"),
     ],
@@ -106,3 +106,40 @@ def test_bad_options_are_named(opts, message):
         get_method("hotflip_search")(Tiny()).attribute(
             torch.tensor([[0, 1, 2]]), lambda o: o, **opts
         )
+
+
+class Counting(Tiny):
+    """Counts its forwards: a refused option must be refused before any pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(ids)
+
+
+@pytest.mark.parametrize(
+    ("method", "opts", "message"),
+    [
+        ("hotflip", {"max_bytes": 0}, r"max_bytes must be an integer ≥ 1 \(bytes"),
+        ("hotflip", {"max_bytes": -5}, r"max_bytes must be an integer ≥ 1.*got -5"),
+        ("hotflip", {"verify_rows": 0}, "verify_rows must be an integer ≥ 1"),
+        ("hotflip", {"k": 0}, "k must be an integer ≥ 1"),
+        ("hotflip_search", {"max_bytes": 0}, "max_bytes must be an integer ≥ 1"),
+        ("hotflip_search", {"max_bytes": -5}, "max_bytes must be an integer ≥ 1"),
+        ("hotflip_search", {"goal": float("inf")}, r"goal must be a finite number > 0.*inf"),
+        ("hotflip_search", {"goal": float("nan")}, "goal must be a finite number > 0"),
+        ("hotflip_search", {"goal": np.float64(-np.inf)}, "goal must be a finite number > 0"),
+        ("hotflip_search", {"verify_rows": 0}, "verify_rows must be an integer ≥ 1"),
+    ],
+)
+def test_bad_counts_and_an_infinite_goal_are_refused_before_any_pass(method, opts, message):
+    model = Counting()
+    with pytest.raises(InputError, match=message):
+        get_method(method)(model).attribute(torch.tensor([[0, 1, 2]]), lambda o: o, **opts)
+    assert model.calls == 0
+    with pytest.raises(InputError, match=message):  # and through the one-call front door
+        embgrad.attribute(model, torch.tensor([[0, 1, 2]]), lambda o: o, method=method, **opts)
+    assert model.calls == 0

@@ -12,7 +12,6 @@ pytest.importorskip("gluonnlp")
 torch = pytest.importorskip("torch")
 
 from embgrad.methods import get_method  # noqa: E402
-from embgrad.methods import plan as plan_module  # noqa: E402
 from embgrad.models.minilm import model_path  # noqa: E402
 from embgrad.models.minilm_gluon import gluon_name, load_gluon_bert  # noqa: E402
 from embgrad.tasks.heads import PairSimilarity  # noqa: E402
@@ -98,21 +97,3 @@ def test_explain_with_the_gluon_framework_matches_torch():
         assert np.allclose(
             [h["verified"] for h in x.hotflip], [h["verified"] for h in y.hotflip], atol=1e-5
         )
-
-
-def test_a_mask_skips_the_padding_in_gluon_too(models, monkeypatch):
-
-    (tm, t_in, t_loss), (gm, g_in, g_loss), mask = models
-    opts = {"n_steps": 3, "baseline": "pad", "pad_id": 0}
-    ig = get_method("integrated_gradients")(gm)
-    full = ig.attribute(g_in, g_loss(), **opts)
-    monkeypatch.setattr(plan_module, "MIN_PASS_TOKENS", 1)  # one pass per length
-    monkeypatch.setattr(plan_module, "MAX_PAD_FRACTION", 0.0)
-    cut = ig.attribute(g_in, g_loss(), mask=mask, **opts)
-    assert {length for _, length in cut.info["passes"]} == set(mask.sum(1).tolist())
-    assert (
-        np.abs(cut.attributions - full.attributions).max() < 1e-5 * np.abs(full.attributions).max()
-    )
-    assert np.allclose(cut.delta, full.delta, atol=1e-6)
-    t = get_method("integrated_gradients")(tm).attribute(t_in, t_loss(), mask=mask, **opts)
-    assert np.abs(t.attributions - cut.attributions).max() < 1e-4 * np.abs(t.attributions).max()

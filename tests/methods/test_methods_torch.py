@@ -1,4 +1,9 @@
-"""The attribution methods on the real all-MiniLM-L6-v2, against slow references and Captum."""
+"""The attribution methods on the real all-MiniLM-L6-v2, against slow references and Captum.
+
+Each method's own contract (shapes, pass sizes, padding, its per-text oracle, in both
+frameworks) is ``test_method_contract.py``; here: what needs a real transformer and tokenizer
+(Captum, the completeness delta's convergence, HotFlip's ranking with special tokens, masks
+cutting BERT's passes, the one-call ``embgrad.attribute``)."""
 
 from __future__ import annotations
 
@@ -25,20 +30,6 @@ def batch():
     model, tok = minilm()
     enc = encode(sentences(3))
     return model, tok, enc, CosToConstant(enc["attention_mask"])
-
-
-def test_gradient_and_grad_x_input_match_per_sample_autograd(batch):
-    model, _, enc, f = batch
-    x, g, fx = naive_grads(enc, f)
-    grad = get_method("gradient")(model).attribute(enc, f)
-    gxi = get_method("grad_x_input")(model).attribute(enc, f)
-    assert rel(grad.attributions, g) < 1e-4
-    assert rel(grad.losses, fx) < 1e-5
-    assert rel(grad.scores, np.linalg.norm(g, axis=-1)) < 1e-4
-    # Σ_d g is ~0 here (LayerNorm follows the lookup): compare on the gradient's scale
-    assert np.abs(grad.signed - g.sum(-1)).max() < 1e-4 * np.abs(g).max()
-    assert rel(gxi.scores, (g * x).sum(-1)) < 1e-4
-    assert rel(gxi.attributions, g * x) < 1e-4
 
 
 @pytest.mark.peers
@@ -83,31 +74,6 @@ def test_integrated_gradients_delta_shrinks_as_steps_grow(batch):
     ]
     assert deltas[0] > deltas[1] > deltas[2]
     assert deltas[2] < 0.2 * deltas[0]
-
-
-def test_integrated_gradients_do_not_depend_on_internal_batch_size(batch):
-    model, _, enc, f = batch
-    ig = get_method("integrated_gradients")(model)
-    one = ig.attribute(enc, f, n_steps=4, baseline="pad")
-    chunked = ig.attribute(enc, f, n_steps=4, baseline="pad", internal_batch_size=5)
-    assert rel(chunked.attributions, one.attributions) < 1e-5
-    assert rel(chunked.delta + 1, one.delta + 1) < 1e-6
-
-
-def test_smoothgrad_with_a_seed_equals_the_naive_noise_loop(batch):
-    model, _, enc, f = batch
-    n, sigma, seed = 3, 0.5, 7
-    sg = get_method("smoothgrad")(model).attribute(
-        enc, f, n_samples=n, sigma=sigma, seed=seed, internal_batch_size=4
-    )
-    table = model.embeddings.word_embeddings.weight.detach().numpy()
-    b, t = enc["input_ids"].shape
-    noise = np.random.default_rng(seed).standard_normal((b * n, t, 384), dtype=np.float32)
-    noise *= np.float32(sigma * table.std(dtype=np.float64))
-    _, g, _ = naive_grads(enc, f, noise)
-    g = g.reshape(b, n, t, 384)
-    assert rel(sg.attributions, g.mean(1)) < 1e-4
-    assert rel(sg.scores, np.linalg.norm(g, axis=-1).mean(1)) < 1e-4
 
 
 def test_hotflip_scores_equal_the_naive_first_order_estimate(batch):

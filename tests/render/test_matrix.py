@@ -67,3 +67,49 @@ def test_json_html_png_and_terminal(tmp_path):
     res.show(console=rich.Console(file=buf, width=100, color_system=None), top=2)
     out = buf.getvalue()
     assert "'z' (probability 0.125, entropy 0.25): y(+5) x(+4)" in out
+
+
+def _tricky_result() -> GenerationAttribution:
+    """The decoder result with a ``$…$`` pair (mathtext, if parsed) and a bidi override
+    (U+202E, which reorders the text after it when written raw) among the tokens."""
+    res = _decoder_result()
+    res.tokens = [
+        ["$5", "and", "$x^2$", "x", "y", "z"],
+        ["[PAD]", "\u202eevil", "f", "u", "v", "[PAD]"],
+    ]
+    res.target_tokens = [["x", "$", "z"], ["u", "\u202ev"]]
+    return res
+
+
+def test_the_png_draws_dollars_literally():
+    pytest.importorskip("matplotlib")
+    from matplotlib.text import Text
+
+    from embgrad.render import matrix
+
+    fig = matrix.figure(_tricky_result().items)
+    drawn = [t for t in fig.findobj(Text) if t.get_text()]
+    with_dollar = [t for t in drawn if "$" in t.get_text()]
+    labels = {t.get_text() for t in with_dollar}
+    assert {"$5", "$x^2$", "$"} <= labels, labels  # as written: no "\$" escapes shown
+    assert any("$5 and $x^2$" in t.get_text() for t in with_dollar)  # the heading
+    for t in drawn:  # every text, not only those with a "$" today
+        assert t.get_parse_math() is False, t.get_text()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+def test_bidi_controls_are_visible_marks_in_every_html_view(tmp_path):
+    res = _tricky_result()
+    page = res.to_html(tmp_path / "b.html")
+    framed = res._repr_html_()
+    for html in (page, framed):
+        assert "\u202e" not in html
+    assert "<h2>[2] ⟨U+202E⟩evil f</h2>" in page  # the heading
+    assert "<th>⟨U+202E⟩v</th>" in page  # a generated token's row
+    assert ">⟨U+202E⟩evil</th>" in page  # an input token's column
+    assert 'title="⟨U+202E⟩v ← ⟨U+202E⟩evil:' in page  # a cell's tooltip
+    assert "⟨U+202E⟩evil" in framed
+    doc = json.loads(res.to_json(tmp_path / "b.json"))  # the data keeps the text as it is
+    assert doc["items"][1]["tokens"][0] == "\u202eevil"

@@ -91,3 +91,160 @@ def naive_grads(
         gs.append(g[0].numpy())
         fs.append(float(val.detach()))
     return x.numpy(), np.stack(gs), np.asarray(fs)
+
+
+# --- the methods' contract (tests/methods/test_method_contract.py) ----------------------------
+# A tiny classifier, the same in both frameworks: word lookup x (T, D) → tanh(x W1 + b1) → mean
+# over the real tokens → · W2 + b2 → log p(target). The references below run it one text at a
+# time, unpadded (so there is no mask to get wrong), in float64, one torch.autograd.grad per
+# sample and per point (integrated gradients' steps, SmoothGrad's draws, flipped texts).
+
+
+def pooled_params(vocab: int, dim: int, hidden: int, classes: int, seed: int = 0) -> dict:
+    """The classifier's parameters, float32 numpy: ``table`` (V, D), ``w1`` (D, H), ``b1``,
+    ``w2`` (H, C), ``b2``."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    return {
+        "table": normal(vocab, dim),
+        "w1": normal(dim, hidden, scale=0.7),
+        "b1": normal(hidden, scale=0.3),
+        "w2": normal(hidden, classes, scale=0.7),
+        "b2": normal(classes, scale=0.3),
+    }
+
+
+def pooled_f(p: dict, x: torch.Tensor, target: int) -> torch.Tensor:
+    """log p(target | x) for ONE unpadded text's word embeddings x (L, D), float64."""
+    t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in p.items()}
+    h = torch.tanh(x @ t["w1"] + t["b1"])
+    return torch.log_softmax(h.mean(0) @ t["w2"] + t["b2"], -1)[target]
+
+
+def _fg(p: dict, x: np.ndarray, target: int) -> tuple[float, np.ndarray]:
+    e = torch.as_tensor(np.asarray(x, dtype=np.float64)).requires_grad_()
+    val = pooled_f(p, e, target)
+    (g,) = torch.autograd.grad(val, e)
+    return float(val.detach()), g.numpy()
+
+
+def _embed(p: dict, ids: np.ndarray) -> np.ndarray:
+    return p["table"].astype(np.float64)[np.asarray(ids)]
+
+
+def _pad(rows: list[np.ndarray], length: int) -> np.ndarray:
+    out = np.zeros((len(rows), length, *rows[0].shape[1:]))
+    for b, r in enumerate(rows):
+        out[b, : r.shape[0]] = r
+    return out
+
+
+def oracle_gradient(p: dict, texts: list, targets: np.ndarray, length: int, **_: Any) -> dict:
+    """``gradient`` (reduce="norm"): g = df/dx per text; scores ||g_t||₂, padding 0."""
+    fg = [_fg(p, _embed(p, ids), int(c)) for ids, c in zip(texts, targets, strict=True)]
+    g = _pad([g for _, g in fg], length)
+    return {"losses": np.array([f for f, _ in fg]), "attributions": g,
+            "scores": np.linalg.norm(g, axis=-1), "signed": g.sum(-1)}  # fmt: skip
+
+
+def oracle_grad_x_input(p: dict, texts: list, targets: np.ndarray, length: int, **_: Any) -> dict:
+    """``grad_x_input`` (reduce="sum"): g ⊙ x summed over the embedding."""
+    out = oracle_gradient(p, texts, targets, length)
+    x = _pad([_embed(p, ids) for ids in texts], length)
+    out["attributions"] = out["attributions"] * x
+    out["scores"] = out["signed"] = out["attributions"].sum(-1)
+    return out
+
+
+def oracle_integrated_gradients(
+    p: dict, texts: list, targets: np.ndarray, length: int, *, n_steps: int, **_: Any
+) -> dict:
+    """``integrated_gradients``, zeros baseline, Gauss–Legendre (numpy's ``leggauss``):
+    IG = x ⊙ Σ_s w_s g(α_s x); delta = |Σ IG − (f(x) − f(0))|."""
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    alphas, weights = 0.5 * (nodes + 1.0), 0.5 * weights
+    igs, deltas, losses = [], [], []
+    for ids, c in zip(texts, targets, strict=True):
+        x = _embed(p, ids)
+        path = sum(w * _fg(p, a * x, int(c))[1] for a, w in zip(alphas, weights, strict=True))
+        ig = x * path
+        fx, f0 = _fg(p, x, int(c))[0], _fg(p, np.zeros_like(x), int(c))[0]
+        igs.append(ig)
+        deltas.append(abs(ig.sum() - (fx - f0)))
+        losses.append(fx)
+    attr = _pad(igs, length)
+    return {"losses": np.array(losses), "attributions": attr, "scores": attr.sum(-1),
+            "delta": np.array(deltas)}  # fmt: skip
+
+
+def oracle_smoothgrad(
+    p: dict, texts: list, targets: np.ndarray, length: int, *, n_samples: int, sigma: float,
+    seed: int, **_: Any,
+) -> dict:  # fmt: skip
+    """``smoothgrad`` (reduce="norm"): the documented noise — one draw of
+    ``default_rng(seed).standard_normal((B · n, T, D), float32)`` for the padded batch, row
+    b · n + k for draw k of text b, times sigma · std(table) — then one gradient per draw."""
+    dim = p["table"].shape[1]
+    noise = np.random.default_rng(seed).standard_normal(
+        (len(texts) * n_samples, length, dim), dtype=np.float32
+    )
+    noise *= np.float32(sigma * p["table"].std(dtype=np.float64))
+    means, norms, losses = [], [], []
+    for b, (ids, c) in enumerate(zip(texts, targets, strict=True)):
+        x = _embed(p, ids)
+        gs = [_fg(p, x + noise[b * n_samples + k, : len(ids)], int(c))[1]
+              for k in range(n_samples)]  # fmt: skip
+        means.append(np.mean(gs, axis=0))
+        norms.append(np.mean([np.linalg.norm(g, axis=-1) for g in gs], axis=0))
+        losses.append(_fg(p, x, int(c))[0])
+    mean = _pad(means, length)
+    return {"losses": np.array(losses), "attributions": mean, "scores": _pad(norms, length),
+            "signed": mean.sum(-1)}  # fmt: skip
+
+
+def flip_change(p: dict, ids: np.ndarray, target: int, swaps: list[tuple[int, int]]) -> float:
+    """f(x with each (position, replacement id) of ``swaps`` made) − f(x), one text alone."""
+    new = np.array(ids)
+    for t, w in swaps:
+        new[t] = w
+    return _fg(p, _embed(p, new), target)[0] - _fg(p, _embed(p, ids), target)[0]
+
+
+def oracle_hotflip(
+    p: dict, texts: list, targets: np.ndarray, length: int, *, k: int, exclude_ids: list,
+    **_: Any,
+) -> dict:  # fmt: skip
+    """``hotflip`` (direction="increase", every token a candidate): per real position t of a
+    text, the ``k`` replacements w' ∉ exclude_ids ∪ {w} with the largest (e_w' − e_w) · g_t,
+    by brute force over the table; scores: each position's best estimate."""
+    table = p["table"].astype(np.float64)
+    flips, best = [], np.zeros((len(texts), length))
+    for b, (ids, c) in enumerate(zip(texts, targets, strict=True)):
+        _, g = _fg(p, _embed(p, ids), int(c))
+        mine = {}
+        for t, w in enumerate(ids):
+            est = (table - table[w]) @ g[t]
+            allowed = [v for v in range(table.shape[0]) if v not in exclude_ids and v != w]
+            top = sorted(allowed, key=lambda v: -est[v])[:k]
+            mine.update({(t, int(v)): float(est[v]) for v in top})
+            best[b, t] = est[top[0]]
+        flips.append(mine)
+    return {"losses": oracle_gradient(p, texts, targets, length)["losses"], "scores": best,
+            "flips": flips}  # fmt: skip
+
+
+def oracle_hotflip_search_step(
+    p: dict, ids: np.ndarray, target: int, done: list[tuple[int, int]], swap: tuple[int, int]
+) -> float:
+    """The first-order estimate of one more ``swap`` after the flips ``done``: (e_w' − e_w) · g_t
+    at the text so far."""
+    new = np.array(ids)
+    for t, w in done:
+        new[t] = w
+    _, g = _fg(p, _embed(p, new), target)
+    table = p["table"].astype(np.float64)
+    t, w = swap
+    return float((table[w] - table[new[t]]) @ g[t])

@@ -15,6 +15,7 @@ it in the requested direction (see :func:`verify_flips`).
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -139,6 +140,14 @@ class HotFlip(Method):
                 out["continues"] = kinds
         return out
 
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """As every method's, plus the counts' ranges (``k``, ``verify``, ``verify_rows``,
+        ``max_bytes``), so a bad one is refused before the gradient pass."""
+        super().validate(options)
+        check_counts(options, {"k": 1, "verify": 0, "verify_rows": 1, "max_bytes": 1})
+        return options
+
     def _attribute(
         self,
         base: Base,
@@ -157,11 +166,10 @@ class HotFlip(Method):
     ) -> Scores:
         choice("direction", direction, ("increase", "decrease", "abs"))
         choice("replacements", replacements, ("words", "pieces"))
-        if not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be an integer ≥ 1, got {k!r}")
-        for name, value, low in (("verify", verify, 0), ("verify_rows", verify_rows, 1)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise InputError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        check_counts(
+            {"k": k, "verify": verify, "verify_rows": verify_rows, "max_bytes": max_bytes},
+            {"k": 1, "verify": 0, "verify_rows": 1, "max_bytes": 1},
+        )
         if verify and self.mode == "train":
             raise InputError(_TRAIN_VERIFY)
         table = base.weight()
@@ -276,6 +284,36 @@ class HotFlip(Method):
             score[s:e] = np.take_along_axis(full, top, axis=1)
             ok[s:e] = np.isfinite(np.take_along_axis(key, top, axis=1))
         return cand, score, ok
+
+
+#: what each count option bounds, for the errors of :func:`check_counts`
+_COUNT_WHY = {
+    "max_bytes": " (bytes of one block of the score matrix; the default is 256 MiB)",
+}
+
+
+def check_counts(options: Mapping[str, Any], lows: Mapping[str, int]) -> None:
+    """InputError unless each option of ``lows`` present in ``options`` is a whole number at
+    least its low bound (``max_bytes=0`` would make every block one row by accident, a
+    negative one is a mistake)."""
+    for name, low in lows.items():
+        if name not in options:
+            continue
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InputError(
+                f"{name} must be an integer ≥ {low}{_COUNT_WHY.get(name, '')}, got {value!r}"
+            )
+
+
+def check_goal(goal: Any) -> None:
+    """InputError unless ``goal`` is a finite number > 0 (an infinite goal is never reached:
+    the search would spend its whole budget for nothing)."""
+    ok = isinstance(goal, (int, float, np.integer, np.floating)) and not isinstance(goal, bool)
+    if not ok or not goal > 0 or not math.isfinite(goal):
+        raise InputError(
+            f"goal must be a finite number > 0 (the change of f to reach), got {goal!r}"
+        )
 
 
 def _kinds(continues: Any, vocab: int) -> np.ndarray | None:

@@ -32,11 +32,15 @@ from .hotflip import (
     HotFlip,
     Replacements,
     _replace_ids,
+    check_counts,
+    check_goal,
     rank_value,
     word_ids_input,
 )
 
 Direction = Literal["increase", "decrease"]
+#: the least value of each count option
+_LOWS = {"budget": 1, "beam": 1, "k": 1, "verify": 1, "verify_rows": 1, "max_bytes": 1}
 
 
 @register
@@ -88,6 +92,16 @@ class HotFlipSearch(Method):
         out.pop("verify", None)  # its own budget of measured candidates per step
         return out
 
+    @classmethod
+    def validate(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """As every method's, plus ``goal`` (finite, > 0) and the counts' ranges, so a bad one
+        is refused before the gradient pass."""
+        super().validate(options)
+        if "goal" in options:
+            check_goal(options["goal"])
+        check_counts(options, _LOWS)
+        return options
+
     def _attribute(
         self,
         base: Base,
@@ -108,11 +122,12 @@ class HotFlipSearch(Method):
         continues: Any = None,
     ) -> Scores:
         choice("direction", direction, ("increase", "decrease"))
-        if not isinstance(goal, (int, float)) or isinstance(goal, bool) or not goal > 0:
-            raise InputError(f"goal must be a number > 0 (the change of f to reach), got {goal!r}")
-        for name, value in (("budget", budget), ("beam", beam), ("k", k), ("verify", verify)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be an integer ≥ 1, got {value!r}")
+        check_goal(goal)
+        check_counts(
+            {"budget": budget, "beam": beam, "k": k, "verify": verify,
+             "verify_rows": verify_rows, "max_bytes": max_bytes},
+            _LOWS,
+        )  # fmt: skip
         if self.mode == "train":
             raise InputError(_TRAIN_VERIFY)
         if mask is not None:

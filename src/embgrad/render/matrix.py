@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Sequence
-from html import escape
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import InputError, missing_extra
 from ..items import StepAttribution
+from .html import escape
 from .scale import BLUE, HEADING_CHARS, RED, WHITE, ink, normalized, rgb
 
 LEGEND = (
@@ -65,11 +65,6 @@ def _summary(item: StepAttribution) -> str:
     if item.delta:
         parts.append(f"max IG delta {max(item.delta):.2e}")
     return " · ".join(parts)
-
-
-def _literal(text: str) -> str:
-    """Text matplotlib draws as written (a ``$`` would start mathtext)."""
-    return text.replace("$", r"\$")
 
 
 def _table(item: StepAttribution) -> str:
@@ -177,18 +172,20 @@ def _figure(items: Sequence[StepAttribution]) -> Any:
             len(item.generated), len(item.tokens)
         )
         ax.imshow(m, cmap=cmap, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+        # parse_math=False on every text drawn: a "$" is a dollar sign, not mathtext
         ax.set_xticks(
-            range(len(item.tokens)), [_literal(shown(t)) for t in item.tokens],
-            rotation=90, fontsize=7,
+            range(len(item.tokens)), [shown(t) for t in item.tokens],
+            rotation=90, fontsize=7, parse_math=False,
         )  # fmt: skip
         ax.set_yticks(
-            range(len(item.generated)), [_literal(shown(g)) for g in item.generated], fontsize=7
-        )
+            range(len(item.generated)), [shown(g) for g in item.generated], fontsize=7,
+            parse_math=False,
+        )  # fmt: skip
         if item.source_length:
             ax.axvline(item.source_length - 0.5, color="black", linewidth=1)
         ax.set_title(
-            _literal(f"{heading(i, item, 120)}  ·  {steps_line(item)}"),
-            fontsize=8, loc="left",
+            f"{heading(i, item, 120)}  ·  {steps_line(item)}",
+            fontsize=8, loc="left", parse_math=False,
         )  # fmt: skip
         if item.step_scores:  # each step's scores, right of its row
             tr = ax.get_yaxis_transform()  # x in axes units, y in rows
@@ -196,15 +193,17 @@ def _figure(items: Sequence[StepAttribution]) -> Any:
                 line = "  ".join(
                     f"{_SHORT.get(n, n)} {_num(v[k])}" for n, v in item.step_scores.items()
                 )
-                ax.text(1.01, k, line, transform=tr, fontsize=7, va="center", ha="left")
-            ax.text(1.01, -0.9, _key(item), transform=tr, fontsize=6, color="#555", ha="left")
+                ax.text(1.01, k, line, transform=tr, fontsize=7, va="center", ha="left",
+                        parse_math=False)  # fmt: skip
+            ax.text(1.01, -0.9, _key(item), transform=tr, fontsize=6, color="#555", ha="left",
+                    parse_math=False)  # fmt: skip
     axes[-1].axis("off")  # its place holds the colour bar, drawn after the layout is made
     fig.tight_layout(rect=(0, 0, 1 - right / width, 1))
     box = axes[-1].get_position()
     fig.delaxes(axes[-1])
     cax = fig.add_axes((0.3, box.y0 + 0.7 * box.height, 0.4, 0.2 * box.height))
     bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=cax, orientation="horizontal")
-    bar.set_label(LEGEND, fontsize=8)
+    bar.set_label(LEGEND, fontsize=8, parse_math=False)
     bar.ax.tick_params(labelsize=7)
     return fig
 
