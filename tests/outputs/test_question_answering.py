@@ -133,3 +133,16 @@ def test_views_show_question_and_context_apart(qa):
     assert item.text.startswith("Q: ") and " | C: " in item.text
     assert len(item.generated) == 3 and "span" in item.generated[0]
     assert '"kind": "question_answering"' in res.to_json()
+
+
+def test_writers_refuse_to_overwrite_and_the_notebook_view_is_sandboxed(qa, tmp_path):
+    res = embgrad.attribute(qa.model, QUESTIONS[:1], pairs=CONTEXTS[:1], tokenizer=qa.tokenizer)
+    assert res._repr_html_().startswith("<iframe srcdoc=")
+    for name, write in (("a.json", res.to_json), ("a.html", res.to_html)):
+        path = tmp_path / name
+        path.write_text("mine")
+        with pytest.raises(InputError, match="exists; pass overwrite=True"):
+            write(path)
+        assert path.read_text() == "mine"
+        write(path, overwrite=True)
+        assert "question_answering" in path.read_text() or "Q: " in path.read_text()

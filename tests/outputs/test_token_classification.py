@@ -153,8 +153,17 @@ def test_views_write_one_matrix_per_text(ner, tmp_path):
     pytest.importorskip("matplotlib")
     res.plot(tmp_path / "ner.png")
     assert (tmp_path / "ner.png").stat().st_size > 0
-    assert res._repr_html_() == html
+    notebook = res._repr_html_()  # sandboxed: the report's CSS stays out of the notebook's
+    assert notebook.startswith("<iframe srcdoc=") and " sandbox" in notebook
     assert repr(res).count("\n") == 0 and "explained=" in repr(res)  # one line, no arrays
+    for path, write in ((tmp_path / "ner.png", res.plot), (tmp_path / "a.json", res.to_json),
+                        (tmp_path / "a.html", res.to_html)):  # fmt: skip
+        path.write_text("mine")
+        with pytest.raises(InputError, match="exists; pass overwrite=True"):
+            write(path)
+        assert path.read_text() == "mine"
+        write(path, overwrite=True)
+        assert path.stat().st_size > 100
 
 
 @pytest.mark.parametrize("vmap", [False, True])

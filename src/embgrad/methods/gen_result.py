@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..items import StepAttribution
-from ..render import matrix
+from ..render.matrix_views import MatrixViews
 
 #: prompts longer than this are decoded token by token (each alone), not in context
 CONTEXT_DECODE_TOKENS = 1024
@@ -51,7 +50,7 @@ def _ids(tokenizer: Any, tokens: Sequence[str]) -> list[int] | None:
 
 
 @dataclass(repr=False)
-class GenerationAttribution:
+class GenerationAttribution(MatrixViews):
     """Per step (generated token) of each sample, one score per attributed token.
 
     Attributes:
@@ -107,6 +106,8 @@ class GenerationAttribution:
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     tokenizer: Any = field(default=None, repr=False, compare=False)
     prompts: list[str] | None = None
+
+    _title = "embgrad generation"
 
     @property
     def items(self) -> list[StepAttribution]:
@@ -226,61 +227,6 @@ class GenerationAttribution:
 
     def _view_meta(self) -> dict[str, Any]:
         return {"method": self.method, "kind": self.kind}
-
-    def to_json(self, path: str | Path | None = None, *, overwrite: bool = False) -> str:
-        """The items as JSON text (``{"embgrad_version", "method", "kind", "items": [...]}``);
-        written to ``path`` when given (an existing file only with ``overwrite=True``)."""
-        from ..render import write
-
-        if path is not None:
-            write.check_path(path, overwrite)
-        text = matrix.to_json(self.items, self._view_meta())
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def to_html(
-        self,
-        path: str | Path | None = None,
-        *,
-        title: str = "embgrad generation",
-        overwrite: bool = False,
-    ) -> str:
-        """One self-contained HTML report (a matrix per generation); written to ``path`` when
-        given (an existing file only with ``overwrite=True``)."""
-        from ..render import write
-
-        if path is not None:
-            write.check_path(path, overwrite)
-        text = matrix.to_html(self.items, title=title)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def plot(self, path: str | Path | None = None, *, overwrite: bool = False) -> Any:
-        """The heatmaps, with the colour bar and each step's scores; saved as PNG when
-        ``path`` is given (an existing file only with ``overwrite=True``). Returns a
-        :class:`~embgrad.render.png.Heatmap` (shown as a PNG in Jupyter; ``.figure`` is the
-        matplotlib Figure)."""
-        from ..render import write
-        from ..render.png import Heatmap
-
-        if path is not None:
-            write.check_path(path, overwrite)
-        items = self.items
-        if path is not None:
-            matrix.save(items, "png", path)
-        return Heatmap(matrix.figure(items))
-
-    def show(self, console: Any = None, *, top: int = 3) -> None:
-        """Print, for each generated token, its top input tokens (plain text when not a TTY)."""
-        matrix.show(self.items, console=console, top=top)
-
-    def _repr_html_(self) -> str:
-        """The HTML report in a sandboxed ``<iframe srcdoc>`` (its styles stay out of the
-        notebook's), as :class:`~embgrad.methods.result.Attribution` shows itself."""
-        items = self.items
-        return matrix.notebook_html(items)
 
     def __repr__(self) -> str:
         items = self.items

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import numpy as np
 from ..errors import InputError
 from ..items import StepAttribution
 from ..methods._passes import forward_losses
-from ..render import matrix
+from ..render.matrix_views import MatrixViews
 from ..tasks.base import TOKENIZER_LOCK
 from ..tasks.inputs import is_texts, tokenized
 from . import qa
@@ -30,7 +29,7 @@ def is_qa_model(model: Any) -> bool:
 
 
 @dataclass
-class SpanAttribution:
+class SpanAttribution(MatrixViews):
     """Per (question, context) pair, the attribution of the explained span.
 
     Attributes:
@@ -74,6 +73,11 @@ class SpanAttribution:
     def answer(self) -> list[str]:
         return [" ".join(t[s : e + 1]) for t, (s, e) in zip(self.tokens, self.span, strict=True)]
 
+    _title = "embgrad QA"
+
+    def _view_meta(self) -> dict[str, Any]:
+        return {"method": self.method, "kind": self.kind, "max_answer_len": self.max_answer_len}
+
     @property
     def items(self) -> list[StepAttribution]:
         """Per pair a matrix of 3 rows (span, start, end) × the question's then the context's
@@ -102,30 +106,6 @@ class SpanAttribution:
                 )
             )  # fmt: skip
         return out
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        meta = {"method": self.method, "kind": self.kind, "max_answer_len": self.max_answer_len}
-        text = matrix.to_json(self.items, meta)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def to_html(self, path: str | Path | None = None, *, title: str = "embgrad QA") -> str:
-        text = matrix.to_html(self.items, title=title)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def plot(self, path: str | Path | None = None) -> Any:
-        if path is not None:
-            matrix.save(self.items, "png", path)
-        return matrix.figure(self.items)
-
-    def show(self, console: Any = None, *, top: int = 3) -> None:
-        matrix.show(self.items, console=console, top=top)
-
-    def _repr_html_(self) -> str:
-        return self.to_html()
 
 
 def attribute_qa(

@@ -5,17 +5,16 @@ per text a matrix of explained positions × input tokens, shown with the generat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..items import StepAttribution
-from ..render import matrix
+from ..render.matrix_views import MatrixViews
 
 
 @dataclass
-class TokenClassAttribution:
+class TokenClassAttribution(MatrixViews):
     """Per text, one row per explained position, one score per input token.
 
     Attributes:
@@ -61,6 +60,11 @@ class TokenClassAttribution:
             f"explained={int((self.positions >= 0).sum())} positions (K={k}), tokens={t})"
         )
 
+    _title = "embgrad token classification"
+
+    def _view_meta(self) -> dict[str, Any]:
+        return {"method": self.method, "kind": self.kind, "words": self.words}
+
     @property
     def items(self) -> list[StepAttribution]:
         """One :class:`~embgrad.items.StepAttribution` per text: its explained positions
@@ -92,33 +96,3 @@ class TokenClassAttribution:
                 )
             )
         return out
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The items as JSON text (``{"embgrad_version", "method", "kind", "items": [...]}``)."""
-        meta = {"method": self.method, "kind": self.kind, "words": self.words}
-        text = matrix.to_json(self.items, meta)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def to_html(
-        self, path: str | Path | None = None, *, title: str = "embgrad token classification"
-    ) -> str:
-        """One self-contained HTML report (a matrix per text); written to ``path``."""
-        text = matrix.to_html(self.items, title=title)
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def plot(self, path: str | Path | None = None) -> Any:
-        """The heatmaps (matplotlib Figure); saved as PNG when ``path`` is given."""
-        if path is not None:
-            matrix.save(self.items, "png", path)
-        return matrix.figure(self.items)
-
-    def show(self, console: Any = None, *, top: int = 3) -> None:
-        """Print, for each explained position, its top input tokens."""
-        matrix.show(self.items, console=console, top=top)
-
-    def _repr_html_(self) -> str:
-        return self.to_html()
