@@ -54,9 +54,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.contract import Backend, Capture, Forward, Mode, Replace, Session
 from ..core.ops import NumpyOps, Ops
 from ..errors import InputError, LossError, UnsupportedModelError
-from .base import Backend, Capture, Forward, Mode, Replace, Session
 from .gluon_symbol import has_graph, intercept
 from .gluon_trace import Tracer, lazy_mxnet, patched, to_numpy
 
@@ -556,6 +556,12 @@ class GluonBackend(Backend):
         mx = sys.modules.get("mxnet")
         gluon = getattr(mx, "gluon", None)
         return gluon is not None and isinstance(model, gluon.Block)
+
+    @staticmethod
+    def array_ops(array_type: type) -> Ops | None:
+        mx = sys.modules.get("mxnet")
+        nd = getattr(mx, "nd", None)
+        return MXNetOps() if nd is not None and issubclass(array_type, nd.NDArray) else None
 
     @contextlib.contextmanager
     def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:

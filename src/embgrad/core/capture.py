@@ -29,8 +29,6 @@ from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 
-from ..backends import backend_for
-from ..backends.base import Capture, Forward, Mode, Replace, Session
 from ..errors import (
     BatchAxisError,
     CouplingError,
@@ -40,6 +38,8 @@ from ..errors import (
     NoLookupError,
 )
 from . import probe as probe_mod
+from .contract import Capture, Forward, Mode, Replace, Session
+from .registry import backend_for
 from .results import Gradients, LookupGrad
 from .sparse import SparseRows, build_rows
 
