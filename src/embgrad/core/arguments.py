@@ -9,23 +9,14 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from ..errors import (
-    InputError,
-)
+from ..errors import InputError
 from .contract import Mode
 
 Check = Literal["auto", "probe", "exact", "off"]
-
-
 LayerSpec = str | type
-
-
 BatchAxis = int | str | None | Mapping[str, int | str | None]
 
-
 CHECKS: tuple[str, ...] = get_args(Check)
-
-
 MODES: tuple[str, ...] = get_args(Mode)
 
 

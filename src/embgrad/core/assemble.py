@@ -13,6 +13,8 @@ from .sparse import SparseRows, build_rows
 
 
 def rows_fast(session: Session, c: Capture, grad: Any, axis: int | None, batch: int) -> SparseRows:
+    """Lookup ``c``'s sparse table rows from the one backward's output gradient: per sample
+    along ``axis``, or one batch-sum row set without a batch axis."""
     ops = session.ops
     if c.rows is not None:
         out_index, ids, vals = c.rows(grad)

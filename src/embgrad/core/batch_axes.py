@@ -9,11 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import (
-    BatchAxisError,
-    InputError,
-    LossError,
-)
+from ..errors import BatchAxisError, InputError, LossError
 from .arguments import FOLDED, BatchAxis, axis_value
 from .contract import Capture, Forward, Session
 from .folded import foldable, is_folded, rank, refuse_unprobed_fold, unfold
@@ -47,54 +43,53 @@ def candidates(
     batch axes: those of size ``batch``, or the one given. ``found``: every captured lookup
     (a ``batch_axis`` key must name one of them)."""
     if isinstance(batch_axis, Mapping):
-        names = {c.name for c in found}
-        unknown = [k for k in batch_axis if k not in names]
-        if unknown:
-            raise InputError(
-                f"batch_axis names {', '.join(map(repr, unknown))}, which match no lookup of "
-                f"this forward; the lookups are: {', '.join(repr(c.name) for c in found)} "
-                "(keys are lookup names as in res.layers, not table names or globs)"
-            )
-    out_caps: list[Capture] = []
-    out = []
-    for c in caps:
-        shape = c.out_shape[:-1]
-        given: Any = batch_axis
-        where = ""
-        if isinstance(batch_axis, Mapping):
-            given = batch_axis.get(c.name, "auto")
-            where = f"[{c.name!r}]"
-        elif batch_axis is None:
-            given = "auto"
-        if given != "auto":
-            given = axis_value(given, where)
-        if given == "auto":
-            out_caps.append(c)
-            out.append(candidate_axes(shape, batch))
-            continue
-        if given is None:
-            out_caps.append(c)
-            out.append([])
-            continue
-        if given == FOLDED:
-            out_caps.append(unfold(c, batch, declared=True))
-            out.append([0])
-            continue
-        if not -len(shape) <= given < len(shape):
-            raise InputError(
-                f"batch_axis{where}={given!r} for lookup {c.name!r} whose ids have shape "
-                f"{shape}: there is no axis {given}"
-            )
-        axis = given % len(shape)
-        said = f"batch_axis{where}={given}" + (f" (axis {axis})" if axis != given else "")
-        if shape[axis] != batch:
-            raise InputError(
-                f"{said} for lookup {c.name!r}: its ids have shape {shape}, whose axis {axis} "
-                f"has size {shape[axis]}, not the batch size {batch}"
-            )
-        out_caps.append(c)
-        out.append([axis])
-    return out_caps, out
+        _check_names(batch_axis, found)
+    pairs = [_candidates_of(c, batch, batch_axis) for c in caps]
+    return [c for c, _ in pairs], [a for _, a in pairs]
+
+
+def _check_names(batch_axis: Mapping[str, Any], found: list[Capture]) -> None:
+    names = {c.name for c in found}
+    unknown = [k for k in batch_axis if k not in names]
+    if unknown:
+        raise InputError(
+            f"batch_axis names {', '.join(map(repr, unknown))}, which match no lookup of "
+            f"this forward; the lookups are: {', '.join(repr(c.name) for c in found)} "
+            "(keys are lookup names as in res.layers, not table names or globs)"
+        )
+
+
+def _candidates_of(c: Capture, batch: int, batch_axis: BatchAxis) -> tuple[Capture, list[int]]:
+    """One capture (or its unfolded view) and its candidate axes under ``batch_axis``."""
+    shape = c.out_shape[:-1]
+    given: Any = batch_axis
+    where = ""
+    if isinstance(batch_axis, Mapping):
+        given = batch_axis.get(c.name, "auto")
+        where = f"[{c.name!r}]"
+    elif batch_axis is None:
+        given = "auto"
+    if given != "auto":
+        given = axis_value(given, where)
+    if given == "auto":
+        return c, candidate_axes(shape, batch)
+    if given is None:
+        return c, []
+    if given == FOLDED:
+        return unfold(c, batch, declared=True), [0]
+    if not -len(shape) <= given < len(shape):
+        raise InputError(
+            f"batch_axis{where}={given!r} for lookup {c.name!r} whose ids have shape "
+            f"{shape}: there is no axis {given}"
+        )
+    axis = given % len(shape)
+    said = f"batch_axis{where}={given}" + (f" (axis {axis})" if axis != given else "")
+    if shape[axis] != batch:
+        raise InputError(
+            f"{said} for lookup {c.name!r}: its ids have shape {shape}, whose axis {axis} "
+            f"has size {shape[axis]}, not the batch size {batch}"
+        )
+    return c, [axis]
 
 
 def fold_when_no_batch_axis(

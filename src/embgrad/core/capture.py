@@ -31,15 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .arguments import (
-    BatchAxis,
-    Check,
-    LayerSpec,
-    check_args,
-    check_dense,
-    seeds,
-    split_inputs,
-)
+from .arguments import BatchAxis, Check, LayerSpec, check_args, check_dense, seeds, split_inputs
 from .assemble import lookup_result, rows_fast, wrap
 from .batch_axes import candidate_batch_axes, require_unambiguous
 from .contract import Mode, Replace

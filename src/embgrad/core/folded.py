@@ -9,10 +9,7 @@ import dataclasses
 import weakref
 from typing import Any
 
-from ..errors import (
-    BatchAxisError,
-    InputError,
-)
+from ..errors import BatchAxisError, InputError
 from .arguments import FOLDED
 from .contract import Capture
 

@@ -11,11 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import (
-    EmbgradError,
-    InputError,
-    LossError,
-)
+from ..errors import EmbgradError, InputError, LossError
 from .arguments import is_sparse
 from .contract import Forward, Session
 

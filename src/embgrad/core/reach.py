@@ -8,9 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from ..errors import (
-    NoLookupError,
-)
+from ..errors import NoLookupError
 from .arguments import LayerSpec
 from .contract import Capture
 

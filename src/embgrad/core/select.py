@@ -6,10 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
-from ..errors import (
-    InputError,
-    NoLookupError,
-)
+from ..errors import InputError, NoLookupError
 from .arguments import LayerSpec
 from .contract import Capture
 

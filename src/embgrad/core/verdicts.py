@@ -11,6 +11,7 @@ from typing import Any
 from .arguments import BatchAxis
 from .contract import Forward
 
+#: model -> {(structure key): resolved batch axes}; remembers probes that passed (check="auto").
 _PROBED: weakref.WeakKeyDictionary[Any, dict[Any, tuple[int | None, ...]]] = (
     weakref.WeakKeyDictionary()
 )
