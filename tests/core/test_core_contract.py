@@ -141,6 +141,15 @@ def test_matches_the_per_sample_loop(kit: FakeKit, check: str, layout: str, posi
     if position:
         assert lookup(res, "position").batch_axis is None
         assert "batch sums" in lookup(res, "position").note
+    # the sparse per-sample table rows, built through the kit's Ops, scatter the same gradients
+    ids = make_ids(fake, B, T)
+    grad = kit.numpy(lookup(res, "word").output_grad).astype(np.float64)
+    if layout == "TB":
+        ids, grad = ids.T, grad.transpose(1, 0, 2)
+    want = np.zeros((B, V, D))
+    for b in range(B):
+        np.add.at(want[b], ids[b], grad[b])
+    close(kit, lookup(res, "word").table_grad().to_dense(), want)
 
 
 @pytest.mark.parametrize("check", ["auto", "probe", "exact", "off"])
@@ -189,6 +198,15 @@ def test_a_folded_batch_is_found_by_the_probe(kit: FakeKit) -> None:
     assert "folded" in word.note
 
 
+def test_a_declared_fold_needs_no_probe(kit: FakeKit) -> None:
+    fake = make_fake(fold=True)
+    ids = make_ids(fake, B, T)
+    with pytest.raises(BatchAxisError, match="runs no probe"):
+        run(kit, fake, ids, check="off")
+    res = compare(kit, fake, ids, check="off", batch_axis="folded")
+    assert lookup(res, "word").batch_axis == 0 and "declared" in lookup(res, "word").note
+
+
 def test_interleaved_rows_are_no_fold(kit: FakeKit) -> None:
     fake = make_fake(fold=True, layout="TB")  # (T, B) ids flattened: row t·B + b
     with pytest.raises(BatchAxisError, match="interleaved"):
@@ -226,6 +244,12 @@ def test_unreached_lookups_are_left_out_or_refused(kit: FakeKit) -> None:
     assert [res[n].role for n in res.layers] == ["word"] and len(res.unreached) == 1
     with pytest.raises(NoLookupError, match="do not reach"):
         run(kit, fake, ids, layers="position")
+
+
+def test_no_reached_lookup_is_an_error(kit: FakeKit) -> None:
+    fake = make_fake(detach="word")
+    with pytest.raises(NoLookupError, match="reach none"):
+        run(kit, fake, make_ids(fake, B, T), make_x(B))
 
 
 @pytest.mark.parametrize("check", ["auto", "exact"])
