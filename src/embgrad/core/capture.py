@@ -112,8 +112,8 @@ def gradients(
         ``res.input_grads``, ``res.unreached`` / ``res.notes`` (lookups left out).
 
     Raises:
-        InputError, LossError, NoLookupError, BatchAxisError, CouplingError,
-        UnsupportedModelError (all :class:`embgrad.EmbgradError`).
+        EmbgradError: the subclasses InputError, LossError, NoLookupError, BatchAxisError,
+            CouplingError and UnsupportedModelError, each naming what was wrong.
     """
     # 1. Check the arguments before touching the model.
     check_args(check, mode, loss_fn, batch_axis, replace, input_grads)
