@@ -16,6 +16,9 @@ PACKAGE = "embgrad"
 FRAMEWORKS = ("torch", "mxnet")
 #: modules outside backends/ allowed to import a framework: loaders of framework weights
 FRAMEWORK_LOADERS = {"embgrad.models.minilm_gluon"}
+#: core modules of the dispatch between frameworks, allowed to read ``__module__``: the Backend
+#: base (which model library masks padding) and the registry (names a model's type in its error)
+DISPATCH = {"embgrad.core.contract", "embgrad.core.registry"}
 
 
 def _modules() -> dict[str, Path]:
@@ -108,9 +111,9 @@ def test_the_cycle_finder_finds_cycles():
 
 
 def test_the_graph_sees_relative_lazy_and_parent_package_imports():
-    edges = _edges("embgrad.core.capture")
-    assert {"embgrad.backends", "embgrad.core.probe", "embgrad.core.results"} <= edges
-    assert "embgrad.core" not in edges  # its own package is already being imported
+    edges = _edges("embgrad.backends.torch")
+    assert {"embgrad.core.contract", "embgrad.core.ops", "embgrad.backends.torch_ops"} <= edges
+    assert "embgrad.backends" not in edges  # its own package is already being imported
     assert "embgrad.explain" in _edges("embgrad.data.config")  # a lazy import inside a function
 
 
@@ -148,7 +151,7 @@ def test_only_backends_import_a_framework(framework):
 def test_only_backends_tell_frameworks_apart_by_module_name():
     offenders = []
     for name, path in MODULES.items():
-        if name.startswith(f"{PACKAGE}.backends"):
+        if name.startswith(f"{PACKAGE}.backends") or name in DISPATCH:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr == "__module__":
@@ -165,3 +168,22 @@ def test_only_backends_tell_frameworks_apart_by_module_name():
             ):
                 offenders.append(f"{name} (line {node.lineno}: sys.modules.get)")
     assert not offenders, "framework sniffing outside backends/: " + ", ".join(offenders)
+
+
+#: The bottom of the house, lowest first: a module of one of these layers imports only modules
+#: of its own layer or of layers below it (``errors`` ← ``core`` ← ``backends``); the core
+#: reaches the backends only through the table they install in ``core.registry``.
+BOTTOM_LAYERS = ("errors", "core", "backends")
+
+
+@pytest.mark.parametrize("layer", BOTTOM_LAYERS)
+def test_the_bottom_layers_import_only_downwards(layer):
+    allowed = {f"{PACKAGE}.{name}" for name in BOTTOM_LAYERS[: BOTTOM_LAYERS.index(layer) + 1]}
+    offenders = [
+        f"{name} -> {target}"
+        for name in MODULES
+        if name == f"{PACKAGE}.{layer}" or name.startswith(f"{PACKAGE}.{layer}.")
+        for target in sorted(_edges(name))
+        if not any(target == a or target.startswith(a + ".") for a in allowed)
+    ]
+    assert not offenders, f"{layer} imports above itself: " + ", ".join(offenders)

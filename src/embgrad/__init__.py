@@ -14,6 +14,7 @@ Public API::
     embgrad.list_methods()                            # the registered attribution methods
 """
 
+from . import backends as _backends  # noqa: F401  (installs the frameworks' table in the core)
 from ._version import __version__
 from .core.capture import gradients
 from .core.results import Gradients, LookupGrad

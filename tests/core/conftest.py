@@ -7,17 +7,18 @@ from collections.abc import Iterator
 import pytest
 
 from embgrad import backends
+from embgrad.core import registry
 from fakes.numpy_backend import FakeBackend, FakeModel
 
 
 @pytest.fixture
 def fake_backend() -> Iterator[None]:
     """Register the fake for one test; afterwards the registry and the cache are as before."""
-    before = list(backends._REGISTERED)
+    before = list(registry._REGISTERED)
     backends.register_backend(FakeBackend)
     try:
         yield
     finally:
         backends.unregister_backend(FakeBackend)
-        assert before == backends._REGISTERED
-        assert FakeModel not in backends._CACHE
+        assert before == registry._REGISTERED
+        assert FakeModel not in registry._CACHE

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import embgrad
 from embgrad import backends
+from embgrad.core import registry
 from embgrad.errors import (
     BatchAxisError,
     CouplingError,
@@ -760,9 +761,9 @@ def test_restored_after_error_in_forward() -> None:
 def test_registry() -> None:
     model = FakeModel()
     assert isinstance(backends.backend_for(model), FakeBackend)
-    assert backends._CACHE[FakeModel] is backends.backend_for(model)
+    assert registry._CACHE[FakeModel] is backends.backend_for(model)
     backends.register_backend(FakeBackend)  # idempotent
-    assert backends._REGISTERED.count(FakeBackend) == 1 and FakeModel not in backends._CACHE
+    assert registry._REGISTERED.count(FakeBackend) == 1 and FakeModel not in registry._CACHE
     backends.unregister_backend(FakeBackend)
     with pytest.raises(UnsupportedModelError, match="FakeModel"):
         backends.backend_for(model)

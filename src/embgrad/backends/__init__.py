@@ -1,5 +1,13 @@
 """The one place that tells frameworks apart (einops-style dispatch by type, lazy imports).
 
+:data:`FRAMEWORKS` is the one table of the frameworks embgrad supports: for each, the module
+holding its :class:`Backend` (which provides the framework's array operations, its array types
+and the mode/lookup switches), the model and array types named in error texts, the install
+extra and the text-input layout. Everything that lists or tells frameworks apart reads it: the
+core's dispatch (installed into :mod:`embgrad.core.registry`, so the core imports nothing above
+it), the ``--framework`` choices, the layouts of tokenized texts and every error text. A new
+framework is one row here plus one backend module (docs/design.md, "Adding a backend").
+
 * :func:`backend_for` (a model → its :class:`Backend`) and :func:`ops_for` (an array → the
   :class:`~embgrad.core.ops.Ops` of its library) look the object's type up, walking its MRO,
   and cache the answer per type.
@@ -9,96 +17,82 @@
 Every layer above (methods, tasks, the Explainer, data runs) asks here for array operations
 instead of testing module names.
 
-Other backends (a test double, a third framework) join with :func:`register_backend`; they are
-asked before the built-in ones, and :func:`unregister_backend` takes one out again. Both clear
-the per-type cache, so no model type keeps a backend chosen under the old registry.
+Other backends (a test double) join with :func:`register_backend`; they are asked before the
+built-in ones, and :func:`unregister_backend` takes one out again.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 
+from ..core.contract import Backend
 from ..core.ops import NumpyOps, Ops
-from ..errors import InputError, UnsupportedModelError
-from .base import Backend
+from ..core.registry import (
+    Framework,
+    backend_for,
+    frameworks,
+    install,
+    register_backend,
+    unregister_backend,
+)
+from ..errors import InputError
 
 __all__ = [
+    "FRAMEWORKS",
     "Backend",
+    "Framework",
     "backend_for",
+    "framework_names",
     "is_array",
     "ops_for",
     "register_backend",
     "unregister_backend",
 ]
 
-_CACHE: dict[type, Backend] = {}
-#: Backends added with :func:`register_backend`, asked first, in registration order.
-_REGISTERED: list[type[Backend]] = []
+#: The supported frameworks, in the order a model is offered to them.
+FRAMEWORKS: tuple[Framework, ...] = (
+    Framework(
+        name="gluon",
+        package="mxnet",
+        backend=f"{__name__}.gluon:GluonBackend",
+        models="mxnet.gluon.Block",
+        models_note="incl. HybridBlock and SymbolBlock",
+        arrays="mxnet NDArray",
+        extra="gluon",
+        layout="bert_tuple",
+    ),
+    Framework(
+        name="torch",
+        package="torch",
+        backend=f"{__name__}.torch:TorchBackend",
+        models="torch.nn.Module",
+        models_note="incl. HuggingFace models",
+        arrays="torch.Tensor",
+        extra="torch",
+        layout="hf",
+    ),
+)
+install(FRAMEWORKS)
+
 _OPS_CACHE: dict[type, Ops | None] = {}
 _NUMPY = NumpyOps()
 
 
-def register_backend(cls: type[Backend]) -> type[Backend]:
-    """Add a :class:`Backend` subclass to the dispatch (idempotent); usable as a decorator."""
-    if cls not in _REGISTERED:
-        _REGISTERED.append(cls)
-    _CACHE.clear()
-    return cls
-
-
-def unregister_backend(cls: type[Backend]) -> None:
-    """Remove a backend added with :func:`register_backend` (no-op if it is not registered)."""
-    if cls in _REGISTERED:
-        _REGISTERED.remove(cls)
-    _CACHE.clear()
-
-
-def _candidates() -> list[type[Backend]]:
-    found: list[type[Backend]] = list(_REGISTERED)
-    if "mxnet" in sys.modules:
-        from .gluon import GluonBackend
-
-        found.append(GluonBackend)
-    if "torch" in sys.modules:
-        from .torch import TorchBackend
-
-        found.append(TorchBackend)
-    return found
-
-
-def backend_for(model: Any) -> Backend:
-    """The backend for ``model``; raises UnsupportedModelError naming the supported types."""
-    cls = type(model)
-    if cls in _CACHE:
-        return _CACHE[cls]
-    for backend_cls in _candidates():
-        if backend_cls.accepts(model):
-            backend = backend_cls()
-            _CACHE[cls] = backend
-            return backend
-    raise UnsupportedModelError(
-        f"embgrad does not know models of type {cls.__module__}.{cls.__qualname__}. Supported: "
-        "mxnet.gluon.Block (incl. HybridBlock and SymbolBlock; pip install 'embgrad[gluon]') and "
-        "torch.nn.Module (incl. HuggingFace models; pip install 'embgrad[torch]')."
-    )
+def framework_names() -> tuple[str, ...]:
+    """The names of the supported frameworks (``framework=``, ``--framework``)."""
+    return tuple(f.name for f in frameworks())
 
 
 def _array_ops(cls: type) -> Ops | None:
     if issubclass(cls, np.ndarray):
         return _NUMPY
-    torch = sys.modules.get("torch")
-    if torch is not None and issubclass(cls, torch.Tensor):
-        from .torch_ops import TorchOps
-
-        return TorchOps()
-    mx = sys.modules.get("mxnet")
-    if mx is not None and issubclass(cls, mx.nd.NDArray):
-        from .gluon import MXNetOps
-
-        return MXNetOps()
+    for f in frameworks():
+        if f.loaded():
+            ops = f.load().array_ops(cls)
+            if ops is not None:
+                return ops
     return None
 
 
@@ -110,17 +104,18 @@ def _lookup(x: Any) -> Ops | None:
 
 
 def is_array(x: Any) -> bool:
-    """Whether ``x`` is an array embgrad knows: numpy, a torch tensor or an MXNet NDArray."""
+    """Whether ``x`` is an array embgrad knows: numpy or one of a supported framework's."""
     return _lookup(x) is not None
 
 
 def ops_for(x: Any) -> Ops:
-    """The array operations for ``x``'s library (numpy, torch or MXNet); InputError otherwise."""
+    """The array operations for ``x``'s library (numpy or a framework's); InputError otherwise."""
     ops = _lookup(x)
     if ops is None:
         cls = type(x)
+        kinds = ["numpy.ndarray", *(f.arrays for f in frameworks())]
         raise InputError(
-            f"expected an array (numpy.ndarray, torch.Tensor or mxnet NDArray), got "
+            f"expected an array ({', '.join(kinds[:-1])} or {kinds[-1]}), got "
             f"{cls.__module__}.{cls.__qualname__}"
         )
     return ops

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.contract import Capture, Replace
 from ..core.site import CallSite, guess_role
 from ..errors import InputError
-from .base import Capture, Replace
 from .gluon_graph import LOOKUP_OPS, fed_elsewhere, reaching, table_input
 
 __all__ = ["Site", "Tracer", "dense", "lazy_mxnet", "patched", "to_numpy", "validate_ids"]

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.contract import Backend, Forward, Mode, Replace, Session
 from ..core.ops import Ops
 from ..errors import InputError, LossError, UnsupportedModelError
-from .base import Backend, Forward, Mode, Replace, Session
 
 
 def _torch() -> Any:
@@ -55,6 +55,15 @@ class TorchBackend(Backend):
     def accepts(model: Any) -> bool:
         torch = sys.modules.get("torch")
         return torch is not None and isinstance(model, torch.nn.Module)
+
+    @staticmethod
+    def array_ops(array_type: type) -> Ops | None:
+        torch = sys.modules.get("torch")
+        if torch is None or not issubclass(array_type, torch.Tensor):
+            return None
+        from .torch_ops import TorchOps
+
+        return TorchOps()
 
     @contextlib.contextmanager
     def open(self, model: Any, *, mode: Mode) -> Iterator[Session]:

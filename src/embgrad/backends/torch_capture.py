@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..core.contract import Capture, Replace
 from ..core.site import CallSite
 from ..errors import InputError
-from .base import Capture, Replace
 from .torch_bags import bag_rows
 from .torch_tables import TableNames, check_dtype, check_ids, check_index_ids, norm_pad
 

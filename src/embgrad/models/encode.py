@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import backend_for, is_array, ops_for
+from ..backends import FRAMEWORKS, backend_for, is_array, ops_for
 from ..errors import InputError
 from ..tasks.base import TOKENIZER_LOCK
 
@@ -94,8 +94,8 @@ def bert_tuple_inputs(model: Any, enc: dict[str, Any], truncated: list[bool]) ->
     return TextBatch(inputs, mask.astype(bool), mask_native, truncated)
 
 
+Layout = Callable[[Any, dict[str, Any], list[bool]], TextBatch]
+#: the input layouts an HF tokenizer's output can be fed in, by the names the backends' table uses
+_BY_NAME: dict[str, Layout] = {"hf": hf_inputs, "bert_tuple": bert_tuple_inputs}
 #: the input layout of a model fed by an HF tokenizer, by its backend's framework name
-LAYOUTS: dict[str, Callable[[Any, dict[str, Any], list[bool]], TextBatch]] = {
-    "torch": hf_inputs,
-    "gluon": bert_tuple_inputs,
-}
+LAYOUTS: dict[str, Layout] = {f.name: _BY_NAME[f.layout] for f in FRAMEWORKS}

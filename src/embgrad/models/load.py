@@ -12,10 +12,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ..backends import framework_names
 from ..errors import InputError
 
-#: the frameworks a spec can be loaded into (``--framework``)
-FRAMEWORKS = ("torch", "gluon")
+#: the frameworks a spec can be loaded into (``--framework``): the backends' table
+FRAMEWORKS = framework_names()
 
 
 @dataclass

@@ -10,7 +10,7 @@
   (``couple=True``: samples interact, like BatchNorm in training mode), applies a seeded dropout
   in training mode, and multiplies by an optional float input ``x`` (B, D). ``detach=`` cuts a
   lookup's output off the graph (the losses then do not reach it: backward returns None).
-* :class:`FakeBackend` / :class:`FakeSession` implement :class:`embgrad.backends.base.Backend` and
+* :class:`FakeBackend` / :class:`FakeSession` implement :class:`embgrad.core.contract.Backend` and
   the ``Session`` protocol (checked by mypy: see ``_SESSION_CHECK`` at the bottom).  The model
   records every open/close, forward seed and backward call, so tests can count probes and check
   that the model is restored after errors.
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from embgrad.backends.base import Backend, Capture, Forward, Mode, Replace, Session
+from embgrad.core.contract import Backend, Capture, Forward, Mode, Replace, Session
 from embgrad.core.ops import NumpyOps, Ops
 from embgrad.core.site import CallSite, guess_role
 from embgrad.errors import InputError, LossError

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
-from ..core.ops import Ops
-from ..core.site import CallSite, SiteView
+from .ops import Ops
+from .site import CallSite, SiteView
 
 Mode = Literal["eval", "train"]
 
@@ -73,7 +73,7 @@ class Session(Protocol):
 
     #: the backend's array operations on its working arrays
     ops: Ops
-    #: ``"torch"`` or ``"gluon"``
+    #: the framework's name (``embgrad.backends.FRAMEWORKS``)
     framework: str
     #: False where a second backward over a retained graph is not exact (MXNet re-draws dropout
     #: masks): the core then re-runs the forward with the same seed instead.
@@ -150,6 +150,12 @@ class Backend(abc.ABC):
     def masks_padding(self, model: Any) -> bool:
         """Whether ``model`` comes from a model library known to mask padding out."""
         return type(model).__module__.split(".")[0] in self.padding_masked_by
+
+    @staticmethod
+    def array_ops(array_type: type) -> Ops | None:
+        """The :class:`Ops` for arrays of ``array_type`` if they are this framework's, else None
+        (without importing the framework if it is not loaded)."""
+        return None
 
     @abc.abstractmethod
     def array(self, model: Any, a: Any) -> Any:
