@@ -24,6 +24,23 @@ def option(value: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def formats(choices: tuple[str, ...] | list[str]) -> Any:
+    """An argparse ``type`` for ``--format A,B``: the comma-separated names, each one of
+    ``choices`` (a usage error naming the unknown ones and the choices otherwise)."""
+
+    def parse(value: str) -> list[str]:
+        chosen = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in chosen if v not in choices]
+        if bad or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"unknown format(s) {', '.join(bad) or repr(value)}; choose from "
+                f"{', '.join(choices)}"
+            )
+        return chosen
+
+    return parse
+
+
 def method_name(value: str) -> str:
     """A registered method's name; a usage error suggesting the close names otherwise."""
     from .methods import get_method

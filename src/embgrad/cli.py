@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._cliargs import add_label_args, add_method_args, check_method_args, labels_of
+from ._cliargs import add_label_args, add_method_args, check_method_args, formats, labels_of
 from ._version import __version__
 from .cli_generation import add_flags as generation_flags
 from .cli_generation import run as run_generation
@@ -34,16 +34,6 @@ DEFAULT_FORMATS = ("terminal", "html", "png")
 DEFAULT_OUT = "embgrad-out"
 #: the file that marks a folder as embgrad's default output folder (so it may be refreshed)
 OWN_MARK = ".embgrad-default-out"
-
-
-def _formats(value: str) -> list[str]:
-    chosen = [v.strip() for v in value.split(",") if v.strip()]
-    bad = [v for v in chosen if v not in FORMATS]
-    if bad or not chosen:
-        raise argparse.ArgumentTypeError(
-            f"unknown format(s) {', '.join(bad) or repr(value)}; choose from {', '.join(FORMATS)}"
-        )
-    return chosen
 
 
 def _methods_help() -> str:
@@ -111,7 +101,7 @@ def _add_explain(sub: Any) -> None:
                    "own: each run replaces the files there; a folder you name is never "
                    "overwritten without --overwrite)")  # fmt: skip
     p.add_argument(
-        "--format", action="append", type=_formats, metavar="FORMATS",
+        "--format", action="append", type=formats(FORMATS), metavar="FORMATS",
         help=f"outputs: {', '.join(FORMATS)}; repeatable or a comma list "
         f"(default {','.join(DEFAULT_FORMATS)})",
     )  # fmt: skip

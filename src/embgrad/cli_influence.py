@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cliargs import formats
 from .errors import InputError
 from .models.load import FRAMEWORKS
 
@@ -26,15 +27,9 @@ DEFAULT_FORMATS = ("terminal", "html")
 
 
 def _formats(value: str) -> list[str]:
-    from .influence.report import FORMATS
+    from .influence.report import FORMATS  # imported when the flag is used, not at start-up
 
-    chosen = [v.strip() for v in value.split(",") if v.strip()]
-    bad = [v for v in chosen if v not in FORMATS]
-    if bad or not chosen:
-        raise argparse.ArgumentTypeError(
-            f"unknown format(s) {', '.join(bad) or repr(value)}; choose from {', '.join(FORMATS)}"
-        )
-    return chosen
+    return formats(FORMATS)(value)
 
 
 def add_parser(sub: Any) -> None:

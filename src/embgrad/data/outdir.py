@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EmbgradError, InputError
+from ..render.write import check_creatable
 from ._deps import require
 from .badrows import RowError
 from .writer import commit_file, jsonl, write_parquet_atomic, write_text_atomic
@@ -90,29 +91,7 @@ def check_writable(path: Path) -> None:
     read-only file system or not writable by this user."""
     if path.exists() and not path.is_dir():
         raise InputError(f"--out {str(path)!r} is a file, not a folder; choose a folder")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise InputError(
-            f"--out {str(path)!r} cannot be made: {str(probe)!r} is a file, not a folder"
-        )
-    try:
-        readonly = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        readonly = False
-    if readonly:
-        raise InputError(
-            f"--out {str(path)!r} is on a read-only file system ({str(probe)!r}); choose "
-            "another --out folder"
-        )
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(
-            f"--out {str(path)!r}: {str(probe)!r} is not writable by you; choose another "
-            "--out folder or change its permissions"
-        )
+    check_creatable(path)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -62,7 +62,7 @@ def check_folder(formats: Sequence[str], folder: str | Path, overwrite: bool) ->
             f"--out {str(out)!r} is an existing file; --out names a folder for the outputs"
         )
     if files:
-        _check_creatable(out)
+        check_creatable(out)
     existing = [str(f) for f in files if f.exists()]
     if existing and not overwrite:
         these = "it" if len(existing) == 1 else "them"
@@ -73,23 +73,32 @@ def check_folder(formats: Sequence[str], folder: str | Path, overwrite: bool) ->
     return files
 
 
-def _check_creatable(out: Path) -> None:
-    """InputError when ``out`` cannot be made or written: a file stands where a parent folder
-    should be, or the nearest existing parent is on a read-only file system."""
+def check_creatable(out: Path) -> None:
+    """InputError, before any work, when the folder ``out`` cannot be made or written: a file
+    stands where it or one of its parents should be, or the nearest existing parent is on a
+    read-only file system or not writable by this user."""
     import os
 
     probe = out
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        raise InputError(f"--out {str(out)!r} cannot be made: {str(probe)!r} is a file")
+        raise InputError(
+            f"--out {str(out)!r} cannot be made: {str(probe)!r} is a file, not a folder"
+        )
     try:
         readonly = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):
         readonly = False
     if readonly:
         raise InputError(
-            f"--out {str(out)!r} is on a read-only file system; choose another --out folder"
+            f"--out {str(out)!r} is on a read-only file system ({str(probe)!r}); choose "
+            "another --out folder"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(
+            f"--out {str(out)!r}: {str(probe)!r} is not writable by you; choose another "
+            "--out folder or change its permissions"
         )
 
 
