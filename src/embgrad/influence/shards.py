@@ -5,6 +5,7 @@ at a time and only the rows a query touches."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -229,7 +230,7 @@ def open_sidecars(metas: list[tuple[Path, dict[str, Any]]]) -> None:
     """Validate (building again where missing, stale or corrupt) every shard's sidecar."""
     for path, meta in metas:
         selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
-        side = sidecar.ensure(path, lambda p=path, m=meta, s=selfsq: _read_parquet(p, m, s))
+        side = sidecar.ensure(path, functools.partial(_read_parquet, path, meta, selfsq))
         if side is None:
             _SIDECARS.pop(path, None)
         else:

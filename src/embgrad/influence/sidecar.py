@@ -152,7 +152,7 @@ def _ranges(keys: np.ndarray, starts: np.ndarray, wanted: np.ndarray | None) -> 
 
 def _read_ranges(path: Path, at: int, item: int, ranges: np.ndarray, out: np.ndarray) -> None:
     """``out`` ← the items of ``ranges`` of the array whose data begin at byte ``at``."""
-    view = memoryview(out.reshape(-1).view(np.uint8))
+    view = memoryview(out.reshape(-1).view(np.uint8).data)
     done = 0
     with open(path, "rb", buffering=0) as f:
         for a, b in ranges.tolist():
