@@ -26,7 +26,11 @@ One torch thread throughout (``--threads``). Parts:
     this machine). Built twice (exact and ``top_rows=10``) in child processes, then queried in
     another child: median seconds per query over ``--queries`` texts, recall@10 of the
     ``top_rows=10`` proponents against the exact ones; peak RSS (VmHWM) of each child, next to
-    what the same index would take densely (n × V × D float32).
+    what the same index would take densely (n × V × D float32). "on disk" counts the Parquet
+    shards and their postings sidecars (``IDX/postings/``, built when the build opens the
+    index; about as large as the shards). To time the code before the sidecar, run the
+    ``--child query WORK N THREADS`` step with another tree first on ``PYTHONPATH`` (an older
+    embgrad ignores ``IDX/postings/``).
 """
 
 from __future__ import annotations

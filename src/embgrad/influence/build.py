@@ -3,6 +3,7 @@ and the stored index)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -15,6 +16,8 @@ from .rows import TableRows, batch_rows, squared_norms, top_rows
 from .segment import Postings, Segment
 
 LossFn = Callable[..., Any]
+#: batches run per checkpoint load when there are several checkpoints (the local engine)
+GROUP = 8
 
 
 class _Keep:
@@ -86,16 +89,25 @@ class Examples:
             self.slot.load(state, f"checkpoint {c}")
 
     def run(self, batch: Any, loss: LossFn, first: int, count: int) -> list[TableRows]:
-        rows = np.arange(first, first + count)
-        out = []
-        for c, state in enumerate(self.states):
+        return self.run_group([(batch, first, count)], loss)[0]
+
+    def run_group(
+        self, jobs: list[Job], loss: LossFn, reverse: bool = False
+    ) -> list[list[TableRows]]:
+        """Each job's rows per checkpoint, the checkpoints outermost: each is loaded once for
+        the whole group (``reverse``: last first, so consecutive groups share the checkpoint
+        at their boundary); the same numbers as one job at a time."""
+        out: list[list[TableRows]] = [[{} for _ in self.states] for _ in jobs]
+        order = list(enumerate(self.states))
+        for c, state in reversed(order) if reverse else order:
             m = self.slot.load(state, f"checkpoint {c}")
-            tables, roles = batch_rows(
-                m, batch, bound_loss(loss, rows), first=first, count=count,
-                layer=self.layer, skip=self.skip,
-            )  # fmt: skip
-            self.roles.update(roles)
-            out.append(tables)
+            for k, (batch, first, count) in enumerate(jobs):
+                tables, roles = batch_rows(
+                    m, batch, bound_loss(loss, np.arange(first, first + count)), first=first,
+                    count=count, layer=self.layer, skip=self.skip,
+                )  # fmt: skip
+                self.roles.update(roles)
+                out[k][c] = tables
         return out
 
 
@@ -116,9 +128,17 @@ class LocalEngine:
         self.runner, self.loss, self.top = runner, loss, top
 
     def map(self, jobs: Iterable[Job]) -> Iterator[Segment]:
-        for batch, first, count in jobs:
-            per_ckpt = self.runner.run(batch, self.loss, first, count)
-            yield make_segment(per_ckpt, first, count, self.top, self.runner.roles)
+        # several checkpoints given as state dicts: each load copies the whole model, so
+        # batches go in groups with the checkpoints outermost (one load per checkpoint and
+        # group, not per batch); one checkpoint: one batch at a time, as it streams
+        size = GROUP if len(self.runner.states) > 1 else 1
+        it = iter(jobs)
+        reverse = True  # validate() loaded the last checkpoint last
+        while group := list(itertools.islice(it, size)):
+            per_job = self.runner.run_group(group, self.loss, reverse)
+            reverse = not reverse
+            for (_, first, count), per_ckpt in zip(group, per_job, strict=True):
+                yield make_segment(per_ckpt, first, count, self.top, self.runner.roles)
 
 
 def make_segment(

@@ -5,6 +5,7 @@ at a time and only the rows a query touches."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmbgradError, InputError, missing_extra
+from . import sidecar
 from .segment import Postings, Segment
 
 FORMAT = "embgrad-influence/1"
@@ -204,12 +206,46 @@ def read_shard(
 ) -> Segment:
     """A shard as a :class:`Segment` (postings per (checkpoint, table), sorted by row); only
     the table rows ``rows`` and / or the training example ``example`` when given (Parquet row
-    groups whose row statistics miss every wanted row are not read)."""
-    _, pq = _pyarrow()
+    groups whose row statistics miss every wanted row are not read). When the shard has a
+    valid sidecar (:func:`open_sidecars`), and the shard is unchanged since, the postings are
+    read from it: only the posting lists of ``rows``, no decoding."""
     meta = shard_meta(path) if meta is None else meta
     selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
     if rows is not None and not len(rows):
         return Segment(int(meta["first"]), int(meta["count"]), {}, selfsq)
+    side = _SIDECARS.get(path)
+    if side is not None and side.current():
+        try:
+            return side.read(int(meta["first"]), int(meta["count"]), selfsq, rows, example)
+        except OSError:
+            _SIDECARS.pop(path, None)  # gone or cut since validated: the Parquet answers
+    return _read_parquet(path, meta, selfsq, rows=rows, example=example)
+
+
+#: shard path → its validated sidecar (filled by :func:`open_sidecars`)
+_SIDECARS: dict[Path, sidecar.Sidecar] = {}
+
+
+def open_sidecars(metas: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Validate (building again where missing, stale or corrupt) every shard's sidecar."""
+    for path, meta in metas:
+        selfsq = np.asarray(meta["selfsq"], dtype=np.float64).reshape(-1, int(meta["count"]))
+        side = sidecar.ensure(path, functools.partial(_read_parquet, path, meta, selfsq))
+        if side is None:
+            _SIDECARS.pop(path, None)
+        else:
+            _SIDECARS[path] = side
+
+
+def _read_parquet(
+    path: Path,
+    meta: dict[str, Any],
+    selfsq: np.ndarray,
+    *,
+    rows: np.ndarray | None = None,
+    example: int | None = None,
+) -> Segment:
+    _, pq = _pyarrow()
     filters: list[tuple[str, str, Any]] = []
     if rows is not None:
         filters.append(("row", "in", np.unique(rows).tolist()))
@@ -259,6 +295,7 @@ class ShardSource:
         self.metas = metas
         self.n_train = sum(int(m["count"]) for _, m in metas)
         self._firsts = np.asarray([int(m["first"]) for _, m in metas], dtype=np.int64)
+        open_sidecars(metas)
 
     def segments(self, rows: np.ndarray | None = None) -> Iterator[Segment]:
         for path, meta in self.metas:
