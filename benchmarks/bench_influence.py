@@ -217,13 +217,16 @@ def _table_path(model: Any) -> str:
     return next(name for name, m in model.named_modules() if m is table)
 
 
-def one_captum(model: Any, tok: Any, n: int, rounds: int, label: str) -> list[str]:
+def one_captum(
+    model: Any, tok: Any, n: int, rounds: int, label: str, short: bool = False
+) -> list[str]:
     import numpy as np
     import torch
 
     import embgrad
 
-    texts = mislabel_data.corpus()
+    # short: disjoint 12-word windows of the same docstrings (the "short texts")
+    texts = mislabel_data.windows(n + 1, stride=12) if short else mislabel_data.corpus()
     train, test_text = texts[:n], texts[n]
     batches, labels, ys = labelled_batches(tok, train, max_length=128, batch=16)
     test = tok([test_text], return_tensors="pt", truncation=True, max_length=128)
@@ -251,12 +254,17 @@ def one_captum(model: Any, tok: Any, n: int, rounds: int, label: str) -> list[st
     ]
 
 
-def part_captum(n: int, n_big: int, rounds: int) -> str:
+def part_captum(n: int, n_big: int, rounds: int, short: bool = False) -> str:
+    what = ", 12-word texts" if short else ""
     model, tok = minilm_classifier()
-    rows = [one_captum(model, tok, n, rounds, "MiniLM + head (V = 30,522)")]
+    rows = [one_captum(model, tok, n, rounds, f"MiniLM + head (V = 30,522){what}", short)]
     del model
     big = random_bert(128_000, 6)
-    rows.append(one_captum(big, tok, n_big, rounds, "random-init, MiniLM's shape, V = 128,000"))
+    rows.append(
+        one_captum(
+            big, tok, n_big, rounds, f"random-init, MiniLM's shape, V = 128,000{what}", short
+        )
+    )
     return (
         f"### One test text against n training texts: embgrad vs Captum TracInCP on the word "
         f"embedding, {rounds} rounds\n\n"
@@ -435,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-n", type=int, default=256)
     p.add_argument("--captum-n", type=int, default=64)
     p.add_argument("--captum-big-n", type=int, default=32)
+    p.add_argument(
+        "--captum-short",
+        action="store_true",
+        help="captum part on disjoint 12-word windows instead of whole docstrings",
+    )
     p.add_argument("--index-n", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=20)
     p.add_argument("--keep", type=Path, default=None, help="keep the query part's indexes here")
@@ -450,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         if part == "build":
             table = part_build(a.build_n, a.rounds)
         elif part == "captum":
-            table = part_captum(a.captum_n, a.captum_big_n, a.rounds)
+            table = part_captum(a.captum_n, a.captum_big_n, a.rounds, a.captum_short)
         else:
             table = part_query(a.index_n, a.queries, a.threads, a.keep)
         print(f"\n{table}\n\n({part}: {time.perf_counter() - t0:.0f} s in all)\n", flush=True)
