@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._locks import exclusive
 from ..errors import EmbgradError, InputError
 from ..render.write import check_creatable
 from ._deps import require
@@ -257,24 +258,13 @@ class OutDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the folder for the run (released even on kill -9)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            yield
-            return
         self.repair_state()
         self.state.mkdir(parents=True, exist_ok=True)
-        with (self.state / "lock").open("a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                raise InputError(
-                    f"another embgrad run is writing to {str(self.path)!r}; wait for it to end"
-                ) from exc
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive(
+            self.state / "lock",
+            f"another embgrad run is writing to {str(self.path)!r}; wait for it to end",
+        ):
+            yield
 
     # -- local shards -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._locks import exclusive
 from ..errors import EmbgradError, InputError, missing_extra
 from . import sidecar
 from .segment import Postings, Segment
@@ -62,22 +63,11 @@ class Folder:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """An exclusive lock on the folder while building (released even on kill -9)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
+        with exclusive(
+            self.path / ".lock",
+            f"another build is writing the index in {self.path}; wait for it to end",
+        ):
             yield
-            return
-        with (self.path / ".lock").open("a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise InputError(
-                    f"another build is writing the index in {self.path}; wait for it to end"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write_manifest(self, data: dict[str, Any]) -> None:
         _atomic(self.manifest_file, json.dumps(data, indent=1).encode())
