@@ -42,7 +42,8 @@ from .methods.plan import PASS_TOKENS
 from .methods.result import TokenAttribution
 from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, tokenize
 from .models.load import Loaded, load
-from .tasks import Task, task_for
+from .outputs.route import Route, find_task
+from .tasks import Task
 from .tasks.zeroshot import embed
 
 __all__ = ["Explainer", "TokenAttribution"]
@@ -132,13 +133,16 @@ class Explainer:
     def task(
         self, texts: Any, pairs: Any = None, targets: Any = None, candidate_labels: Any = None
     ) -> Task:
-        """The task for these texts on this model (every check before any model work)."""
-        if self.kind in ("token_classifier", "question_answering"):
+        """The task for these texts on this model, from the task registry that
+        ``embgrad.attribute`` uses (``outputs.route``; every check before any model work)."""
+        route = self._route(pairs, targets=targets, candidate_labels=candidate_labels)
+        if route.task is None:
             raise InputError(
-                f"model {self.name or type(self.model).__name__} is a {self.kind}: it explains "
-                "several outputs per text; use Explainer.explain_outputs (or embgrad.attribute)"
+                f"model {self.name or type(self.model).__name__} is a {self.kind} "
+                f"({route.name}): it explains several outputs per text; use "
+                "Explainer.explain_outputs (or embgrad.attribute)"
             )
-        return task_for(
+        return route.task(
             self.kind,
             texts,
             pairs,
@@ -147,6 +151,9 @@ class Explainer:
             candidate_labels=candidate_labels,
             model_name=self.name,
         )
+
+    def _route(self, pairs: Any, **request: Any) -> Route:
+        return find_task(self.model, {"kind": self.kind, "pairs": pairs, **request})
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """(n, D) float64 sentence embeddings (mean-pooled, L2-normalised), cached per texts
@@ -295,10 +302,8 @@ class Explainer:
         """A token-classification or question-answering head (``kind``): per text its matrix
         of explained outputs × tokens and their labels / span, as the fields of one data-run row
         (``data.writer.outputs_fields``)."""
-        from .outputs.qa_api import attribute_qa
-        from .outputs.tokens_api import attribute_tokens
-
-        if self.kind not in ("token_classifier", "question_answering") or self.tokenizer is None:
+        route = self._route(pairs)
+        if route.task is not None or self.tokenizer is None:
             raise InputError(
                 f"model {self.name or type(self.model).__name__} is a {self.kind}, not a token "
                 "classifier or question-answering model with a tokenizer"
@@ -306,25 +311,11 @@ class Explainer:
         get_method(method).validate(options)
         out: list[dict[str, Any]] = []
         for s in range(0, len(texts), self.batch_size):
-            part = texts[s : s + self.batch_size]
-            if self.kind == "question_answering":
-                ctx = (pairs or [])[s : s + self.batch_size]
-                qa = attribute_qa(self.model, part, ctx, method=method, tokenizer=self.tokenizer,
-                                  **options)  # fmt: skip
-                for b, item in enumerate(qa.items):
-                    out.append(_fields(item, span=[int(v) for v in qa.span[b]]))
-            else:
-                tc = attribute_tokens(self.model, part, method=method, tokenizer=self.tokenizer,
-                                      **options)  # fmt: skip
-                for b, item in enumerate(tc.items):
-                    keep = tc.positions[b] >= 0
-                    names = tc.label_names[b] if tc.label_names is not None else None
-                    labels = [
-                        names[k] if names is not None else str(int(tc.labels[b, k]))
-                        for k in np.flatnonzero(keep)
-                    ]
-                    pos = [int(p) for p in tc.positions[b][keep]]
-                    out.append(_fields(item, labels=labels, positions=pos))
+            part = slice(s, s + self.batch_size)
+            given = {} if pairs is None else {"pairs": pairs[part]}
+            res = route.run(self.model, texts[part], loss_fn=None, target=None, method=method,
+                            tokenizer=self.tokenizer, **given, **options)  # fmt: skip
+            out += res.run_rows()
         return out
 
     # -- tokenizing ----------------------------------------------------------------------
@@ -349,21 +340,3 @@ class Explainer:
         vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
         ids.update(int(i) for t, i in vocab.items() if _UNUSED.match(t))
         return sorted(ids)
-
-
-def _fields(item: StepAttribution, **extra: Any) -> dict[str, Any]:
-    """The data-run fields of one explained-outputs matrix (``data.writer.outputs_fields``)."""
-    fields: dict[str, Any] = {
-        "tokens": [str(t) for t in item.tokens],
-        "rows": [str(g) for g in item.generated],
-        "scores": [[float(v) for v in r] for r in item.scores],
-        "quantity": [float(v) for v in item.quantity],
-        "probability": [float(v) for v in item.step_scores.get("probability", [])],
-        "labels": None,
-        "positions": None,
-        "span": None,
-        "delta": None if item.delta is None else [float(v) for v in item.delta],
-        "source_length": int(item.source_length),
-    }
-    fields.update(extra)
-    return fields

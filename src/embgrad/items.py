@@ -98,3 +98,22 @@ class StepAttribution:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def run_fields(self, **extra: Any) -> dict[str, Any]:
+        """The fields of one data-run row of an explained-outputs matrix (token
+        classification, QA: ``data.writer.outputs_fields``); ``extra`` sets the kind's own
+        (``labels`` and ``positions``, or ``span``)."""
+        fields: dict[str, Any] = {
+            "tokens": [str(t) for t in self.tokens],
+            "rows": [str(g) for g in self.generated],
+            "scores": [[float(v) for v in r] for r in self.scores],
+            "quantity": [float(v) for v in self.quantity],
+            "probability": [float(v) for v in self.step_scores.get("probability", [])],
+            "labels": None,
+            "positions": None,
+            "span": None,
+            "delta": None if self.delta is None else [float(v) for v in self.delta],
+            "source_length": int(self.source_length),
+        }
+        fields.update(extra)
+        return fields

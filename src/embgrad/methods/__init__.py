@@ -16,7 +16,7 @@ from . import (  # noqa: F401  (register)
     integrated_gradients,
     smoothgrad,
 )
-from .api import attribute
+from .api import attribute_task
 from .base import Method, Scores, get_method, list_methods, register
 from .gen_result import GenerationAttribution
 from .result import Attribution, TokenAttribution
@@ -27,7 +27,7 @@ __all__ = [
     "Method",
     "Scores",
     "TokenAttribution",
-    "attribute",
+    "attribute_task",
     "get_method",
     "list_methods",
     "register",

@@ -1,28 +1,31 @@
-"""``embgrad.attribute``: one call from a model and a batch to token attributions."""
+"""One quantity per text, from a model and a tokenized batch to token attributions (where
+``embgrad.attribute`` lands for it), and the per-text items every caller builds."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..backends import is_array
-from ..errors import InputError
+from ..models.encode import TextBatch
+from ..tasks.zeroshot import label_embedder
 from ._arrays import to_numpy
-from ._passes import LossFn, batch_size_hint, ignores_padding
+from ._passes import batch_size_hint, ignores_padding
 from .base import Context, Scores, get_method
 from .hotflip import flip_key
 from .result import Attribution, TokenAttribution
 
+if TYPE_CHECKING:
+    from ..tasks import Task
 
-def attribute(
+
+def attribute_task(
     model: Any,
     inputs: Any,
-    loss_fn: LossFn | None = None,
+    task: Task,
     *,
-    target: Any = None,
-    candidate_labels: Sequence[str] | None = None,
     method: str = "gradient",
     tokenizer: Any = None,
     layer: str = "word",
@@ -30,31 +33,28 @@ def attribute(
     check: str = "auto",
     **options: Any,
 ) -> Attribution:
-    """Token attributions of ``model`` on a batch, by the registered ``method``.
+    """Token attributions of ``model`` on a tokenized batch for one quantity per text, the
+    ``task``'s (``tasks.task_for``: the caller's ``loss_fn``, a class target, zero-shot labels
+    or a pair's similarity), by the registered ``method``. ``embgrad.attribute`` lands here for
+    every request that is not about several outputs per text (``outputs.route``).
 
     Args:
         model: a ``torch.nn.Module`` or ``mxnet.gluon.Block`` with an embedding lookup.
         inputs: as for :func:`embgrad.gradients` (an array, a tuple, or a dict or other
-            ``Mapping`` such as a tokenizer's ``BatchEncoding``); batch first. A dict's ``attention_mask`` marks the tokens kept.
-        loss_fn: ``loss_fn(outputs)`` or ``loss_fn(outputs, rows)`` → the explained quantity per
-            sample, (B,). Or leave it None and give ``target``.
-        target: a class index, a label name (``model.config.label2id``) or one per sample: the
-            explained quantity is then log p(target | x) from the model's (B, classes) logits.
-            With ``candidate_labels``: one of those labels (default: the predicted one).
-        candidate_labels: zero-shot labels for a sentence encoder (an HF ``AutoModel``): the
-            explained quantity is log p(label | text) under a softmax over the cosine
-            similarities of the texts' and the labels' mean-pooled embeddings / 0.05 (see
-            ``embgrad.tasks.zeroshot``); needs ``tokenizer`` (to embed the labels) and an
-            ``attention_mask`` among the inputs.
+            ``Mapping`` such as a tokenizer's ``BatchEncoding``); batch first. A dict's
+            ``attention_mask`` marks the tokens kept.
+        task: what is explained; its ``prepare`` gets the labels' embedder of zero-shot
+            labels (``tokenizer`` embeds them).
         method: one of :func:`embgrad.list_methods`.
-        tokenizer: optional, to display tokens (``convert_ids_to_tokens``) and to exclude its
-            special tokens from HotFlip.
+        tokenizer: optional, to display tokens (``convert_ids_to_tokens``), to exclude its
+            special tokens from HotFlip, and to embed zero-shot labels.
         layer: which lookup to attribute to (default the word lookup).
         mode: the model's mode, ``"eval"`` (default) or ``"train"``.
         check: the independence check of :func:`embgrad.gradients`.
-        **options: the method's options (``embgrad methods`` lists them). With ``target``, a
-            HuggingFace or gluonnlp model and an ``attention_mask`` among the inputs,
-            integrated gradients and SmoothGrad skip the padding (their ``mask=`` option).
+        **options: the method's options (``embgrad methods`` lists them). For a quantity that
+            reads no padding (``Task.padding_free``: a class, labels, a pair) on a HuggingFace
+            or gluonnlp model with an ``attention_mask`` among the inputs, integrated gradients
+            and SmoothGrad skip the padding (their ``mask=`` option).
 
     Returns:
         :class:`Attribution`: ``.tokens``, ``.scores``, ``.delta``, ``.items``, ``.to_html()``,
@@ -63,49 +63,27 @@ def attribute(
     cls = get_method(method)
     if isinstance(inputs, Mapping) and not isinstance(inputs, dict):
         inputs = dict(inputs)  # a tokenizer's BatchEncoding, or any other Mapping
-    label: Any = None
-    names: list[str] | None = None
-    if candidate_labels is not None:
-        if loss_fn is not None:
-            raise InputError("pass either loss_fn or candidate_labels, not both")
-        from ..tasks.zeroshot import zero_shot_loss
-
-        loss_fn, names = zero_shot_loss(model, inputs, tokenizer, candidate_labels, target, mode)
-    elif loss_fn is None:
-        if target is None:
-            raise InputError(
-                "give loss_fn (outputs -> (B,) quantity), target= (a class) or "
-                "candidate_labels= (zero-shot labels, for a sentence encoder)"
-            )
-        from ..tasks.heads import ClassLogProb, resolve_targets
-
-        config = getattr(model, "config", None)
-        labels = getattr(config, "label2id", None) or None
-        targets = resolve_targets(target, batch_size_hint(inputs), labels)
-        loss_fn = ClassLogProb(targets)
-        id2label = getattr(config, "id2label", None) or {}
-        label = [str(id2label.get(int(t), t)) for t in targets]
-    elif target is not None:
-        raise InputError("pass either loss_fn or target, not both")
     mask = _attention_mask(inputs)
+    n = batch_size_hint(inputs)
+    native = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    batch = TextBatch(inputs, mask if mask is not None else np.ones((n, 0), bool), native,
+                      [False] * n)  # fmt: skip
+    task.prepare(label_embedder(model, inputs, tokenizer, mode))
+    loss_fn = task.loss(0, batch)
     ids = inputs.get("input_ids") if isinstance(inputs, Mapping) else None
-    known = label is not None or names is not None
-    auto = known and mask is not None and mask.shape == getattr(ids, "shape", None)
-    # log p(target) does not care where the passes stop: padding may be skipped
+    auto = task.padding_free and mask is not None and mask.shape == getattr(ids, "shape", None)
+    # a quantity that reads no padding does not care where the passes stop
     ctx = Context(mask=mask, tokenizer=tokenizer, skip_padding=auto and ignores_padding(model))
     for key, value in cls.defaults(ctx).items():
         options.setdefault(key, value)
     scores = cls(model, layer=layer, mode=mode, check=check).attribute(inputs, loss_fn, **options)
-    if names is not None:  # the zero-shot labels explained (given, or predicted by the loss)
-        chosen = getattr(loss_fn, "targets", None)
-        label = [names[int(t)] for t in (chosen if chosen is not None else [])]
     keep = _keep(scores, mask)
     items = build_items(
         scores,
         keep,
         tokens_of=_token_namer(tokenizer),
         texts=None,
-        targets=label,
+        targets=task.labels(loss_fn),
         truncated=None,
         flips=scores.hotflip,
         hotflip_k=None,

@@ -107,6 +107,13 @@ class SpanAttribution(MatrixViews):
             )  # fmt: skip
         return out
 
+    def run_rows(self) -> list[dict[str, Any]]:
+        """Per pair the fields of one data-run row (``data.writer.outputs_fields``)."""
+        return [
+            item.run_fields(span=[int(v) for v in self.span[b]])
+            for b, item in enumerate(self.items)
+        ]
+
 
 def attribute_qa(
     model: Any,

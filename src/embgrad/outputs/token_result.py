@@ -96,3 +96,15 @@ class TokenClassAttribution(MatrixViews):
                 )
             )
         return out
+
+    def run_rows(self) -> list[dict[str, Any]]:
+        """Per text the fields of one data-run row (``data.writer.outputs_fields``): its
+        matrix, and the explained labels (names where the model has them) and positions."""
+        out = []
+        for b, item in enumerate(self.items):
+            keep = np.flatnonzero(self.positions[b] >= 0)
+            names = self.label_names[b] if self.label_names is not None else None
+            labels = [names[k] if names is not None else str(int(self.labels[b, k])) for k in keep]
+            positions = [int(self.positions[b, k]) for k in keep]
+            out.append(item.run_fields(labels=labels, positions=positions))
+        return out

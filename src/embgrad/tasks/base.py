@@ -30,10 +30,19 @@ class Task(abc.ABC):
     group: ClassVar[int] = 1
     #: what f_i is, for people (``None``: log p(target))
     quantity: ClassVar[str | None] = None
+    #: f_i reads no padded position's output (a class's log-probability, a mean pooled over
+    #: the attention mask): a pass may stop at its samples' last real token
+    padding_free: ClassVar[bool] = True
 
-    @abc.abstractmethod
+    #: the texts fed to the model, in output order; None for a task built on a batch that is
+    #: already tokenized (``embgrad.attribute`` on token ids), whose rows are the batch's
+    _rows: list[str] | None = None
+
     def rows(self) -> list[str]:
         """The texts fed to the model, in output order."""
+        if self._rows is None:
+            raise InputError("this task was built for a tokenized batch: it has no texts")
+        return self._rows
 
     @abc.abstractmethod
     def loss(self, start: int, batch: Any) -> Any:

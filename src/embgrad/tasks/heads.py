@@ -156,13 +156,25 @@ class LabelSimilarity:
         return ops.log_softmax_pick(logits, self.targets[rows])
 
 
+def target_items(targets: Any, n: int) -> list[Any]:
+    """Targets as a list of n items: one for every text (a scalar, a one-item list, a 0-d
+    array) or one per text (a list, tuple or torch / MXNet / numpy array)."""
+    if is_array(targets):  # a torch / MXNet / numpy array of indices, 0-d included
+        targets = ops_for(targets).to_numpy(targets)
+    if isinstance(targets, np.ndarray):
+        targets = targets.reshape(-1).tolist()
+    items = list(targets) if isinstance(targets, (list, tuple)) else [targets]
+    if len(items) == 1:
+        items = items * n
+    if len(items) != n:
+        raise InputError(f"got {len(items)} targets for {n} texts; give one, or one per text")
+    return items
+
+
 def resolve_targets(target: Any, batch: int, labels: dict[str, int] | None) -> np.ndarray:
     """Target(s) → (B,) class indices: an int, a label name, or one of those per sample."""
-    items = list(target) if isinstance(target, (list, tuple, np.ndarray)) else [target] * batch
-    if len(items) != batch:
-        raise InputError(f"got {len(items)} targets for a batch of {batch}")
     out = []
-    for t in items:
+    for t in target_items(target, batch):
         if (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) or (
             isinstance(t, str) and t.lstrip("-").isdigit()
         ):

@@ -29,11 +29,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..backends import is_array, ops_for
+from ..backends import ops_for
 from ..core.capture import gradients
 from ..errors import InputError
 from .base import Task
-from .heads import LabelSimilarity, first_array, pass_mask
+from .heads import LabelSimilarity, first_array, pass_mask, target_items
 
 #: the softmax temperature over cosine similarities (MultipleNegativesRankingLoss's scale 20)
 TEMPERATURE = 0.05
@@ -77,15 +77,7 @@ def label_targets(targets: Any, n: int, labels: Sequence[str]) -> np.ndarray | N
     """Targets (a label name or index; one for all texts or one per text) → (n,) indices."""
     if targets is None:
         return None
-    if is_array(targets):  # a torch / MXNet / numpy array of indices, 0-d included
-        targets = ops_for(targets).to_numpy(targets)
-    if isinstance(targets, np.ndarray):
-        targets = targets.reshape(-1).tolist()
-    items = list(targets) if isinstance(targets, (list, tuple)) else [targets]
-    if len(items) == 1:
-        items = items * n
-    if len(items) != n:
-        raise InputError(f"got {len(items)} targets for {n} texts; give one, or one per text")
+    items = target_items(targets, n)
     index = {name: i for i, name in enumerate(labels)}
     out = []
     for t in items:
@@ -122,38 +114,33 @@ def embed(model: Any, inputs: Any, mask: Any, *, mode: str = "eval") -> np.ndarr
     return kept["emb"]
 
 
-def zero_shot_loss(
-    model: Any,
-    inputs: Any,
-    tokenizer: Any,
-    candidate_labels: Sequence[str],
-    target: Any = None,
-    mode: str = "eval",
-) -> tuple[LabelSimilarity, list[str]]:
-    """The zero-shot loss of ``embgrad.attribute(..., candidate_labels=)`` on a tokenized batch
-    (a Mapping with ``attention_mask``), and the labels. The labels are tokenized by
+def label_embedder(
+    model: Any, inputs: Any, tokenizer: Any, mode: str = "eval"
+) -> Callable[[list[str]], np.ndarray]:
+    """``embed_texts(labels) -> (n, D)`` for ``embgrad.attribute(..., candidate_labels=)`` on a
+    tokenized batch (a Mapping with ``attention_mask``): the labels are tokenized by
     ``tokenizer`` into the batch's array type (``ops_for(...).from_numpy``) and embedded by one
-    :func:`embed` call; all checks run before it."""
-    labels = check_labels(candidate_labels, "candidate_labels")
-    if not hasattr(inputs, "keys") or "attention_mask" not in inputs:
-        raise InputError(
-            "candidate_labels need the tokenizer's output as inputs (a dict with "
-            "attention_mask): the embeddings are mean-pooled over the attention mask"
-        )
-    if tokenizer is None or not callable(tokenizer):
-        raise InputError("candidate_labels need tokenizer= (the texts' tokenizer) to embed them")
-    mask = inputs["attention_mask"]
-    batch = int(mask.shape[0])
-    targets = label_targets(target, batch, labels)
-    enc = tokenizer(labels, padding=True, return_tensors="np")
-    label_inputs = {
-        k: ops_for(inputs[k]).from_numpy(np.asarray(enc[k]), inputs[k]) for k in inputs if k in enc
-    }
-    emb = embed(model, label_inputs, label_inputs["attention_mask"], mode=mode)
-    loss = LabelSimilarity(
-        emb, targets, lambda rows: ops_for(mask).take_rows(mask, rows, 0), TEMPERATURE
-    )
-    return loss, labels
+    :func:`embed` call (the inputs and the tokenizer are checked first)."""
+
+    def embed_texts(labels: list[str]) -> np.ndarray:
+        if not hasattr(inputs, "keys") or "attention_mask" not in inputs:
+            raise InputError(
+                "candidate_labels need the tokenizer's output as inputs (a dict with "
+                "attention_mask): the embeddings are mean-pooled over the attention mask"
+            )
+        if tokenizer is None or not callable(tokenizer):
+            raise InputError(
+                "candidate_labels need tokenizer= (the texts' tokenizer) to embed them"
+            )
+        enc = tokenizer(labels, padding=True, return_tensors="np")
+        label_inputs = {
+            k: ops_for(inputs[k]).from_numpy(np.asarray(enc[k]), inputs[k])
+            for k in inputs
+            if k in enc
+        }
+        return embed(model, label_inputs, label_inputs["attention_mask"], mode=mode)
+
+    return embed_texts
 
 
 class ZeroShotTask(Task):
@@ -170,7 +157,7 @@ class ZeroShotTask(Task):
 
     def __init__(
         self,
-        texts: list[str],
+        texts: list[str] | None,
         labels: Sequence[str],
         targets: np.ndarray | None,
         *,
@@ -179,9 +166,6 @@ class ZeroShotTask(Task):
         self._rows, self.candidate_labels = texts, list(labels)
         self.targets, self.default = targets, default
         self.label_embeddings: np.ndarray | None = None
-
-    def rows(self) -> list[str]:
-        return self._rows
 
     def prepare(self, embed_texts: Callable[[list[str]], np.ndarray]) -> None:
         self.label_embeddings = embed_texts(self.candidate_labels)
