@@ -40,9 +40,9 @@ def test_gpu_check_bad_ids_pass_through_the_deferred_check_of_devices(
 ) -> None:
     """The check a GPU run makes of bad ids, through the path non-CPU devices take."""
     import gpu_check
-    from embgrad.backends import torch_capture
+    from embgrad.backends import torch_record
 
-    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", True)
+    monkeypatch.setattr(torch_record, "_DEFER_ON_CPU", True)
     assert gpu_check.bad_ids_check("cpu") == []
 
 

@@ -55,11 +55,12 @@ import numpy as np
 
 from ..core.contract import Backend, Mode, Session
 from ..core.ops import Ops
+from .gluon_arrays import lazy_mxnet
 from .gluon_inputs import param_contexts
 from .gluon_ops import MXNetOps
 from .gluon_session import BlockSession, GluonSession
 from .gluon_state import all_params, aux_restored, aux_states, refuse_numpy_interface, switched
-from .gluon_trace import Tracer, lazy_mxnet, patched
+from .gluon_trace import Tracer, patched
 
 __all__ = ["GLUON_LOCK", "GluonBackend", "GluonSession", "MXNetOps"]
 

@@ -1,12 +1,13 @@
 """Reachability in MXNet's JSON graphs (no MXNet needed): which variables feed the heads other
 than through an ``Embedding`` node's weight input — the tables a forward also uses otherwise
-(tied weights) — and which nodes the heads reach along differentiable paths (not through
-``BlockGrad``): lookups the losses do not reach. Used by the graph rewrite (``gluon_symbol``) and by the imperative tracer
-(``gluon_trace``), on the graph autograd recorded."""
+(tied weights) — which nodes the heads reach along differentiable paths (not through
+``BlockGrad``): lookups the losses do not reach — and which lookups on a table no delta of
+embgrad's follows (not split per sample). Used by the graph rewrite (``gluon_symbol``) and, on
+the graph autograd recorded, by the imperative forward's record (``gluon_forward``)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 #: Lookup operators and the position of their table input.
@@ -84,3 +85,56 @@ def reaching(
         if nodes[i]["op"] not in cut:
             stack.extend(e[0] for e in nodes[i]["inputs"])
     return seen
+
+
+#: why a lookup seen in a recorded graph has no per-sample gradient (see unsplit_lookups)
+_UNSPLIT = (
+    "embgrad saw this lookup in the recorded graph but could not intercept it (a lookup "
+    "function embgrad does not replace, e.g. an alias bound before the call, or gather_nd "
+    "with computed indices), so it has no per-sample gradient here; write it as "
+    "F.Embedding(ids, weight) or F.take(weight, ids)"
+)
+
+
+def unknown_tables(
+    nodes: list[dict[str, Any]], variables: Mapping[str, str], deltas: set[str]
+) -> bool:
+    """Whether a lookup-like node (``Embedding``..., ``take``, ``gather_nd``) reads its table
+    from a variable that is neither a known table nor one of embgrad's deltas."""
+    for n in nodes:
+        if n["op"] in LOOKUP_OPS:
+            k = LOOKUP_OPS[n["op"]]
+        elif n["op"] in ("take", "gather_nd"):
+            k = 0
+        else:
+            continue
+        if len(n["inputs"]) <= k:
+            continue
+        src = nodes[n["inputs"][k][0]]
+        if src["op"] == "null" and src["name"] not in variables and src["name"] not in deltas:
+            return True
+    return False
+
+
+def unsplit_lookups(
+    nodes: list[dict[str, Any]], variables: Mapping[str, str], deltas: set[str]
+) -> dict[str, str]:
+    """Lookups on a table Parameter (``Embedding``/``SparseEmbedding``, ``take`` along axis
+    0, ``gather_nd``) in a recorded graph whose output is not one embgrad added a delta to:
+    ``"<op>(<table>)"`` -> why. Never silent: they are reported on the result."""
+    delta_idx = {i for i, n in enumerate(nodes) if n["op"] == "null" and n["name"] in deltas}
+    captured: set[int] = set()
+    for n in nodes:
+        ins = [e[0] for e in n["inputs"]]
+        if delta_idx.intersection(ins):
+            captured.update(ins)
+    out: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        k = 0 if n["op"] == "gather_nd" else table_input(n, nodes, variables)
+        if k is None or i in captured or not n["inputs"]:
+            continue
+        src = nodes[n["inputs"][k][0]]
+        table = variables.get(str(src["name"])) if src["op"] == "null" else None
+        if table is not None:
+            out[f"{n['op']}({table})"] = _UNSPLIT
+    return out

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .gluon_trace import lazy_mxnet
+from .gluon_arrays import lazy_mxnet
 
 
 def _labelled_arrays(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..core.ops import NumpyOps
-from .gluon_trace import lazy_mxnet, to_numpy
+from .gluon_arrays import lazy_mxnet, to_numpy
 
 
 class MXNetOps(NumpyOps):

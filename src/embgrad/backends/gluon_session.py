@@ -12,10 +12,11 @@ import numpy as np
 from ..core.contract import Capture, Forward, Mode, Replace
 from ..core.ops import Ops
 from ..errors import InputError, LossError
+from .gluon_arrays import lazy_mxnet
 from .gluon_inputs import check_inputs, float_leaves
 from .gluon_ops import MXNetOps
 from .gluon_state import AuxSnapshot
-from .gluon_trace import Tracer, lazy_mxnet
+from .gluon_trace import Tracer
 
 
 class GluonSession:

@@ -9,8 +9,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import UnsupportedModelError
+from .gluon_arrays import lazy_mxnet
 from .gluon_symbol import has_graph, intercept
-from .gluon_trace import Tracer, lazy_mxnet
+from .gluon_trace import Tracer
 
 
 @contextlib.contextmanager

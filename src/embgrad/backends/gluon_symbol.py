@@ -23,7 +23,7 @@ forward recorded (``autograd.get_symbol`` of the losses) for imperative lookups.
 Reachability: :func:`reaching` finds the nodes the graph's outputs depend on through a path
 autograd differentiates (not through ``BlockGrad``/``stop_gradient``); a lookup whose delta is
 not among them is ``cut`` (found once per graph, at the rewrite). Imperative lookups get the
-same test on the graph the forward recorded (``Tracer.settle``).
+same test on the graph the forward recorded (``ForwardRecord.settle``).
 
 Names: for a hybridized block, the block path of the block whose prefix names the node
 (``embed``, ``encoder.position_weight``), as in imperative mode; for an exported model (no
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, UnsupportedModelError
-from .gluon_graph import LOOKUP_OPS, fed_elsewhere, reaching, table_input
-from .gluon_trace import _unsplit, lazy_mxnet, validate_ids
+from .gluon_arrays import lazy_mxnet, validate_ids
+from .gluon_graph import LOOKUP_OPS, fed_elsewhere, reaching, table_input, unsplit_lookups
 
 if TYPE_CHECKING:
     from .gluon_trace import Tracer
@@ -341,7 +341,7 @@ def graph_for(block: Any) -> Graph:
         nested,
         {
             k: v
-            for k, v in _unsplit(original["nodes"], {n: n for n in params}, set()).items()
+            for k, v in unsplit_lookups(original["nodes"], {n: n for n in params}, set()).items()
             if k.startswith("gather_nd(")
         },
         cut_inputs,

@@ -166,7 +166,7 @@ class CheckpointSlot:
 
     def _load_gluon(self, state: Mapping[str, Any]) -> Any:
         from .gluon import GLUON_LOCK
-        from .gluon_trace import lazy_mxnet
+        from .gluon_arrays import lazy_mxnet
 
         params = _gluon_params(self.model)
         if self._saved is None:

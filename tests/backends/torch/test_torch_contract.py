@@ -582,9 +582,9 @@ class Frozen(nn.Module):
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("deferred", [False, True], ids=["cpu-check", "deferred-check"])
 def test_indexing_a_frozen_table_and_a_table_used_through_t(dtype, deferred, monkeypatch):
-    from embgrad.backends import torch_capture
+    from embgrad.backends import torch_record
 
-    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", deferred)
+    monkeypatch.setattr(torch_record, "_DEFER_ON_CPU", deferred)
     torch.manual_seed(11)
     model = Frozen()
     ids = _ids(B, T, V, 15).to(dtype)
@@ -604,10 +604,10 @@ def test_indexing_a_frozen_table_and_a_table_used_through_t(dtype, deferred, mon
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["cpu-check", "deferred-check"])
 def test_an_indexing_id_outside_the_table_is_refused_by_name(deferred, monkeypatch):
-    from embgrad.backends import torch_capture
+    from embgrad.backends import torch_record
     from embgrad.errors import InputError
 
-    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", deferred)
+    monkeypatch.setattr(torch_record, "_DEFER_ON_CPU", deferred)
     model = Indexed("getitem")
     ids = _ids(B, T, V, 16)
     ids[1, 2] = -V - 1  # -V..-1 wrap (Python indexing); below that is outside the table

@@ -36,9 +36,9 @@ def _fails(model: torch.nn.Module, inputs, loss, error, match: str, **kw) -> Non
 def id_check(request, monkeypatch):
     """Both ways ids are checked: PyTorch's own check on the CPU, and the deferred check of other
     devices (bad ids looked up as 0, all flags read once after the backward is queued)."""
-    from embgrad.backends import torch_capture
+    from embgrad.backends import torch_record
 
-    monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", request.param == "deferred")
+    monkeypatch.setattr(torch_record, "_DEFER_ON_CPU", request.param == "deferred")
     return request.param
 
 
@@ -110,14 +110,14 @@ def test_ids_outside_the_table_are_refused_through_every_lookup_function(how, ba
 def test_the_deferred_id_check_gives_the_same_gradients(how, monkeypatch):
     """With valid ids, looking up through the deferred check (ids with none replaced) changes
     nothing: the same output and table gradients, bit for bit."""
-    from embgrad.backends import torch_capture
+    from embgrad.backends import torch_record
 
     ids = torch.randint(0, 30, (3, 4))
     results = []
     for defer in (False, True):
         torch.manual_seed(0)
         model = _Direct(how)  # a fresh one: max_norm renormalises the table in place
-        monkeypatch.setattr(torch_capture, "_DEFER_ON_CPU", defer)
+        monkeypatch.setattr(torch_record, "_DEFER_ON_CPU", defer)
         res = embgrad.gradients(model, ids, _loss(), check="probe")
         results.append([(lk.output_grad, lk.table_grad().to_dense()) for lk in res])
     for (g0, t0), (g1, t1) in zip(*results, strict=True):
