@@ -13,6 +13,8 @@ from ..models.encode import TextBatch
 from ..tasks.zeroshot import label_embedder
 from ._arrays import to_numpy
 from ._passes import batch_size_hint, ignores_padding
+
+__all__ = ["attribute_task", "batch_size_hint", "build_items", "rank_key"]
 from .base import Context, Scores, get_method
 from .hotflip import flip_key
 from .result import Attribution, TokenAttribution

@@ -18,7 +18,7 @@ import numpy as np
 from ..backends import ops_for
 from ..errors import InputError
 from ..methods._arrays import repeat_samples
-from .rows import Chunk, Outputs, RowBuilder, logits_of
+from .rows import Chunk, Outputs, WholeInputRows, logits_of
 
 PARTS = ("span", "start", "end")
 #: the longest predicted answer, in tokens (HF's question-answering pipeline's default)
@@ -66,11 +66,10 @@ class SpanLoss:
         self.seen["probability"] = np.where(part == 0, ps * pe, np.where(part == 1, ps, pe))
 
 
-class SpanRows(RowBuilder):
+class SpanRows(WholeInputRows):
     """Rows (b, part) of a question-answering model: pair b's inputs, part 0/1/2."""
 
     kind: ClassVar[str] = "question_answering"
-    main = "word"
 
     def __init__(self, inputs: Any, span: np.ndarray, width: int, mask: np.ndarray) -> None:
         batch = int(span.shape[0])
@@ -78,13 +77,6 @@ class SpanRows(RowBuilder):
             Outputs(np.tile(np.arange(3), (batch, 1)), np.ones((batch, 3), dtype=bool))
         )
         self.inputs, self.span, self._width, self.mask = inputs, span, width, mask
-
-    @property
-    def widths(self) -> dict[str, int | None]:
-        return {"word": None}
-
-    def width(self, k1: int) -> int:
-        return self._width
 
     def shared(self) -> tuple[Any, Any]:
         """The B pairs as given; every row's loss picked from their outputs (one forward)."""

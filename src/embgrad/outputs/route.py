@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
-from ..methods._passes import batch_size_hint
-from ..methods.api import attribute_task
+from ..methods.api import attribute_task, batch_size_hint
 from ..tasks import Task, task_for
 from ..tasks.inputs import is_texts, tokenized
 from .qa_api import attribute_qa, is_qa_model

@@ -137,6 +137,21 @@ class RowBuilder(abc.ABC):
         """The rows of outputs [k0, k1)."""
 
 
+class WholeInputRows(RowBuilder):
+    """Rows fed their sample's inputs unchanged (token classification, question answering):
+    one lookup, ``"word"``, as wide as those inputs (``_width``, set by the subclass)."""
+
+    main = "word"
+    _width: int
+
+    @property
+    def widths(self) -> dict[str, int | None]:
+        return {"word": None}
+
+    def width(self, k1: int) -> int:
+        return self._width
+
+
 def logits_of(outputs: Any, name: str = "logits", hint: str = "") -> Any:
     """``outputs.<name>`` (an HF ModelOutput or a dict); InputError (with ``hint``) if absent."""
     got = getattr(outputs, name, None)

@@ -19,7 +19,7 @@ import numpy as np
 from ..backends import ops_for
 from ..errors import InputError
 from ..methods._arrays import repeat_samples, to_numpy
-from .rows import Chunk, Outputs, RowBuilder, StepLoss, logits_of
+from .rows import Chunk, Outputs, StepLoss, WholeInputRows, logits_of
 
 
 class PositionLoss:
@@ -43,11 +43,10 @@ class PositionLoss:
         return ops_for(q).pick_positions(q, self.positions[index])
 
 
-class TokenRows(RowBuilder):
+class TokenRows(WholeInputRows):
     """Row (b, k): text b's inputs, explained at position ``positions[b, k]``."""
 
     kind: ClassVar[str] = "token_classification"
-    main = "word"
 
     def __init__(
         self,
@@ -62,13 +61,6 @@ class TokenRows(RowBuilder):
         super().__init__(outputs)
         self.inputs, self.positions, self.axis = inputs, positions, batch_axis
         self._width, self.loss_fn = width, loss_fn
-
-    @property
-    def widths(self) -> dict[str, int | None]:
-        return {"word": None}
-
-    def width(self, k1: int) -> int:
-        return self._width
 
     def shared(self) -> tuple[Any, Any]:
         """The inputs of the B texts as given and the loss of every row (b, k) picked from
