@@ -116,7 +116,7 @@ def bench_gluon(rounds: int) -> None:
     import mxnet as mx
 
     import embgrad
-    from embgrad.backends import gluon_symbol
+    from embgrad.backends import gluon_forward
     from embgrad.models.minilm import model_path
     from embgrad.models.minilm_gluon import load_gluon_bert
 
@@ -128,20 +128,20 @@ def bench_gluon(rounds: int) -> None:
     def loss(o: Any) -> Any:
         return (o[0] ** 2).mean(axis=(1, 2))
 
-    real = gluon_symbol.reaching
+    real = gluon_forward.reaching
 
     def no_walk(nodes: Any, heads: Any, cut: Any = ()) -> Any:
         return range(len(nodes))
 
     def run(reach: Any) -> Callable[[], Any]:
         def call() -> Any:
-            gluon_symbol.reaching = reach
+            gluon_forward.reaching = reach
             try:
                 res = embgrad.gradients(model, inputs, loss, input_grads=False)
                 nd.waitall()
                 return res
             finally:
-                gluon_symbol.reaching = real
+                gluon_forward.reaching = real
 
         return call
 

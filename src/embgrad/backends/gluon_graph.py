@@ -2,7 +2,7 @@
 than through an ``Embedding`` node's weight input — the tables a forward also uses otherwise
 (tied weights) — which nodes the heads reach along differentiable paths (not through
 ``BlockGrad``): lookups the losses do not reach — and which lookups on a table no delta of
-embgrad's follows (not split per sample). Used by the graph rewrite (``gluon_symbol``) and, on
+embgrad's follows (not split per sample). Used by the graph rewrite (``gluon_rewrite``) and, on
 the graph autograd recorded, by the imperative forward's record (``gluon_forward``)."""
 
 from __future__ import annotations

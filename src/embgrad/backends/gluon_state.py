@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import UnsupportedModelError
 from .gluon_arrays import lazy_mxnet
-from .gluon_symbol import has_graph, intercept
+from .gluon_compiled import has_graph
+from .gluon_symbol import intercept
 from .gluon_trace import Tracer
 
 
