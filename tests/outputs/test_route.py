@@ -194,3 +194,12 @@ def test_a_registered_task_serves_attribute_and_the_explainer(monkeypatch):
             (g,) = torch.autograd.grad(torch.log_softmax(model.head(torch.tanh(x)), -1)[0, j, 1], x)
             np.testing.assert_allclose(row["scores"][j], (g * x).sum(-1)[0].detach().numpy(),
                                        rtol=1e-5, atol=1e-7)  # fmt: skip
+
+
+def test_a_token_classifier_refuses_pairs_by_name():
+    _, tok = minilm()
+    cfg = tf.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=16, num_labels=2)  # fmt: skip
+    model = tf.BertForTokenClassification(cfg).eval()
+    with pytest.raises(InputError, match="contexts of question answering"):
+        embgrad.attribute(model, ["Paris is nice"], pairs=["x"], tokenizer=tok)

@@ -89,6 +89,11 @@ def _qa(model: Any, inputs: Any, *, loss_fn: Any, target: Any, **kwargs: Any) ->
 def _tokens(model: Any, inputs: Any, *, loss_fn: Any, target: Any, **kwargs: Any) -> Any:
     if kwargs.pop("candidate_labels", None) is not None:
         raise InputError("candidate_labels apply to sentence encoders, not token tagging")
+    if kwargs.pop("pairs", None) is not None:
+        raise InputError(
+            "pairs= are the contexts of question answering; token classification explains each "
+            "text's own tokens: give the texts alone"
+        )
     return attribute_tokens(model, inputs, target, loss_fn=loss_fn, **kwargs)
 
 
