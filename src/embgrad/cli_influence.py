@@ -227,8 +227,8 @@ def _read_config(folder: Path, *, must: bool = True) -> dict[str, Any] | None:
 class _Opened:
     def __init__(self, folder: Path) -> None:
         from .influence import InfluenceIndex
-        from .influence.texts import id2label
         from .models.load import load
+        from .tasks.heads import id2label
 
         cfg = _read_config(folder)
         if cfg is None:  # pragma: no cover - _read_config(must=True) raises instead

@@ -44,6 +44,7 @@ from .models.encode import LAYOUTS, TextBatch, from_callable, token_counts, toke
 from .models.load import Loaded, load
 from .outputs.route import Route, find_task
 from .tasks import Task
+from .tasks.heads import id2label
 from .tasks.zeroshot import embed
 
 __all__ = ["Explainer", "TokenAttribution"]
@@ -104,10 +105,7 @@ class Explainer:
         self.skip_padding = bool(skip_padding)
         self._checked = False  # samples proved independent once: later batches skip the probe
         self._embedded: dict[tuple[str, ...], np.ndarray] = {}
-        config = getattr(model, "config", None)
-        self.labels: dict[int, str] = {
-            int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()
-        }
+        self.labels: dict[int, str] = id2label(model)
         self.special_ids = self._special_ids()
 
     # -- construction --------------------------------------------------------------------

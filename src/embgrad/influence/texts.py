@@ -124,12 +124,6 @@ def label2id(model: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in mapping.items()}
 
 
-def id2label(model: Any) -> dict[int, str]:
-    config = getattr(model, "config", None)
-    mapping = getattr(config, "id2label", None) or {}
-    return {int(k): str(v) for k, v in mapping.items()}
-
-
 def label_id(value: Any, model: Any) -> int:
     """One label as a class id: a name from the config's label2id, or an integer in range."""
     names = label2id(model)

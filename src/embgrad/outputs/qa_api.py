@@ -18,14 +18,13 @@ from ..tasks.inputs import is_texts, tokenized
 from . import qa
 from .api import step_method
 from .driver import explain
+from .rows import has_head
 from .tokens import ids_and_mask
 
 
 def is_qa_model(model: Any) -> bool:
     """An HF ``...ForQuestionAnswering`` model (by its class or its config's architectures)."""
-    names = [type(model).__name__]
-    names += list(getattr(getattr(model, "config", None), "architectures", None) or [])
-    return any(str(n).endswith("ForQuestionAnswering") for n in names)
+    return has_head(model, "ForQuestionAnswering")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import InputError
 from ..methods.api import attribute_task, batch_size_hint
 from ..tasks import Task, task_for
+from ..tasks.heads import id2label
 from ..tasks.inputs import is_texts, tokenized
 from .qa_api import attribute_qa, is_qa_model
 from .tokens_api import attribute_tokens, is_token_classifier
@@ -108,13 +109,11 @@ def _one_quantity(
     candidate_labels: Any = None,
     **kwargs: Any,
 ) -> Any:
-    config = getattr(model, "config", None)
-    labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     texts = ([inputs] if isinstance(inputs, str) else list(inputs)) if is_texts(inputs) else None
     if pairs is not None and texts is not None and isinstance(pairs, str):
         pairs = [pairs]
     rows: Any = texts if texts is not None else batch_size_hint(inputs)
-    task = task_for(None, rows, pairs, target, labels=labels, candidate_labels=candidate_labels,
+    task = task_for(None, rows, pairs, target, labels=id2label(model), candidate_labels=candidate_labels,
                     loss_fn=loss_fn)  # fmt: skip
     if texts is not None:  # both sentences of every pair go into one batch
         inputs = tokenized(model, task.rows(), tokenizer, "attribute")

@@ -152,6 +152,14 @@ class WholeInputRows(RowBuilder):
         return self._width
 
 
+def has_head(model: Any, suffix: str) -> bool:
+    """Whether ``model`` is an HF model with the head ``suffix`` (``"ForQuestionAnswering"``),
+    by its class name or its config's ``architectures``."""
+    names = [type(model).__name__]
+    names += list(getattr(getattr(model, "config", None), "architectures", None) or [])
+    return any(str(n).endswith(suffix) for n in names)
+
+
 def logits_of(outputs: Any, name: str = "logits", hint: str = "") -> Any:
     """``outputs.<name>`` (an HF ModelOutput or a dict); InputError (with ``hint``) if absent."""
     got = getattr(outputs, name, None)

@@ -9,20 +9,19 @@ import numpy as np
 
 from ..errors import InputError
 from ..tasks.base import TOKENIZER_LOCK
+from ..tasks.heads import id2label
 from ..tasks.inputs import is_texts, tokenized
 from . import tokens as tk
 from .api import step_method
 from .driver import explain
 from .generation import first_input, to_np
-from .rows import Outputs
+from .rows import Outputs, has_head
 from .token_result import TokenClassAttribution
 
 
 def is_token_classifier(model: Any) -> bool:
     """An HF ``...ForTokenClassification`` model (by its class or its config's architectures)."""
-    names = [type(model).__name__]
-    names += list(getattr(getattr(model, "config", None), "architectures", None) or [])
-    return any(str(n).endswith("ForTokenClassification") for n in names)
+    return has_head(model, "ForTokenClassification")
 
 
 def attribute_tokens(
@@ -90,7 +89,7 @@ def attribute_tokens(
         pos_list = tk.default_positions(mask, ids, special)
     config = getattr(model, "config", None)
     label2id = getattr(config, "label2id", None) or None
-    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    names_of = id2label(model)
     if loss_fn is None and config is None:
         raise InputError(
             f"{type(model).__name__} is not an HF token classifier: pass loss_fn(outputs, rows) "
@@ -98,7 +97,7 @@ def attribute_tokens(
         )
     if loss_fn is not None and target is not None:
         raise InputError("pass either loss_fn or target, not both")
-    n_labels = len(id2label) or None
+    n_labels = len(names_of) or None
     labels = tk.resolve_labels(target, pos_list, label2id, n_labels)
     pos, active = tk.as_matrix(pos_list)
     builder = tk.TokenRows(
@@ -119,8 +118,8 @@ def attribute_tokens(
     signed[nan_rows] = np.nan
     prob = driver.seen.get("probability", np.full(labels.shape, np.nan))
     names = None
-    if id2label and loss_fn is None:
-        names = [[id2label.get(int(x), str(int(x))) for x in row] for row in labels]
+    if names_of and loss_fn is None:
+        names = [[names_of.get(int(x), str(int(x))) for x in row] for row in labels]
     return TokenClassAttribution(
         method=cls.name,
         scores=scores,

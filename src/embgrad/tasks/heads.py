@@ -156,6 +156,13 @@ class LabelSimilarity:
         return ops.log_softmax_pick(logits, self.targets[rows])
 
 
+def id2label(model: Any) -> dict[int, str]:
+    """The model config's class ids → label names (empty when it has none)."""
+    config = getattr(model, "config", None)
+    mapping = getattr(config, "id2label", None) or {}
+    return {int(k): str(v) for k, v in mapping.items()}
+
+
 def target_items(targets: Any, n: int) -> list[Any]:
     """Targets as a list of n items: one for every text (a scalar, a one-item list, a 0-d
     array) or one per text (a list, tuple or torch / MXNet / numpy array)."""
