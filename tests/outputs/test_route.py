@@ -79,13 +79,13 @@ def classifier():
     _, tok = minilm()
     torch.manual_seed(3)
     cfg = tf.BertConfig(vocab_size=tok.vocab_size, hidden_size=24, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=40, num_labels=3,
-                        id2label={0: "neg", 1: "neutral", 2: "pos"},
-                        label2id={"neg": 0, "neutral": 1, "pos": 2})  # fmt: skip
+                        num_attention_heads=2, intermediate_size=40, num_labels=4,
+                        id2label={0: "neg", 1: "neutral", 2: "pos", 3: "mixed"},
+                        label2id={"neg": 0, "neutral": 1, "pos": 2, "mixed": 3})  # fmt: skip
     return tf.BertForSequenceClassification(cfg).eval(), tok
 
 
-@pytest.mark.parametrize("target", ["pos", ["neg", "pos", "neutral"], [1]])
+@pytest.mark.parametrize("target", ["pos", ["mixed", "pos", "neutral"], [1]])
 def test_a_class_target_is_one_task_for_attribute_and_the_explainer(classifier, target):
     model, tok = classifier
     got = embgrad.attribute(model, TEXTS, target=target, tokenizer=tok, method="grad_x_input")
